@@ -1,0 +1,156 @@
+"""The command line: `mqtt-speaker run | say | devices`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mqtt_speaker import __version__
+from mqtt_speaker.models import TERMINAL_EVENTS, EventType
+from mqtt_speaker.settings import ConfigError, Settings, load_settings
+from mqtt_speaker.topics import BROADCAST_SITE, Command, Topics
+
+EXIT_OK = 0
+EXIT_NOT_FINISHED = 1
+EXIT_CONFIG = 2
+EXIT_BROKER = 3
+EXIT_TIMEOUT = 4
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd the journal stamps each line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    from mqtt_speaker.daemon import run_daemon
+
+    asyncio.run(run_daemon(settings))
+    return EXIT_OK
+
+
+def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
+    from mqtt_speaker.mqtt import new_client
+
+    site = args.site or settings.site
+    topics = Topics(settings.base_topic, settings.site)
+    request: dict[str, Any] = {"id": args.id or uuid.uuid4().hex, "text": args.text}
+    if args.emotion:
+        request["emotion"] = args.emotion
+    client = new_client(settings.mqtt, f"mqtt-speaker-cli-{uuid.uuid4().hex[:8]}")
+    subscribed = threading.Event()
+    ended = threading.Event()
+    outcome: dict[str, Any] = {}
+    event_topic = Topics(settings.base_topic, "+" if site == BROADCAST_SITE else site).event
+
+    def on_connect(client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            outcome["refused"] = str(reason)
+            ended.set()
+        elif args.wait:
+            client.subscribe(event_topic, qos=1)
+        else:
+            subscribed.set()
+
+    def on_message(_c: Any, _u: Any, message: Any) -> None:
+        try:
+            event = json.loads(message.payload)
+        except ValueError:
+            return
+        if isinstance(event, dict) and event.get("id") == request["id"] and event.get("event_type") in TERMINAL_EVENTS:
+            outcome["event"] = event
+            ended.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_message = on_message
+    try:
+        client.connect(settings.mqtt.host, settings.mqtt.port, keepalive=30)
+    except OSError as exc:
+        print(f"cannot reach the broker at {settings.mqtt.host}:{settings.mqtt.port}: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    client.loop_start()
+    try:
+        if not subscribed.wait(10) or "refused" in outcome:
+            print(f"the broker did not accept us: {outcome.get('refused', 'no answer')}", file=sys.stderr)
+            return EXIT_BROKER
+        info = client.publish(topics.command(Command.SAY, site), json.dumps(request), qos=1)
+        info.wait_for_publish(10)
+        if not args.wait:
+            print(request["id"])
+            return EXIT_OK
+        if not ended.wait(args.timeout):
+            print(f"no terminal event for {request['id']} within {args.timeout:.0f} s", file=sys.stderr)
+            return EXIT_TIMEOUT
+        print(json.dumps(outcome["event"]))
+        return EXIT_OK if outcome["event"]["event_type"] == EventType.FINISHED else EXIT_NOT_FINISHED
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def cmd_devices(settings: Settings, _args: argparse.Namespace) -> int:
+    try:
+        import sounddevice
+    except OSError as exc:
+        print(f"PortAudio is not installed ({exc}); on Debian: apt install libportaudio2", file=sys.stderr)
+        return EXIT_CONFIG
+    devices = sounddevice.query_devices()
+    try:
+        default_out = sounddevice.default.device[1]
+    except (TypeError, IndexError):
+        default_out = -1
+    outputs = [(i, d) for i, d in enumerate(devices) if d["max_output_channels"] > 0]
+    if not outputs:
+        print("no output devices found", file=sys.stderr)
+        return EXIT_NOT_FINISHED
+    for index, device in outputs:
+        mark = "*" if index == default_out else " "
+        host = sounddevice.query_hostapis(device["hostapi"])["name"]
+        print(f"{mark} {index:3d}  {device['name']}  ({host}, {int(device['default_samplerate'])} Hz)")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mqtt-speaker", description="Speak MQTT messages aloud.")
+    p.add_argument("--config", type=Path, help="TOML config file (default: $MQTT_SPEAKER_CONFIG or /etc/mqtt-speaker)")
+    p.add_argument("--version", action="version", version=f"mqtt-speaker {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
+    say = sub.add_parser("say", help="publish a say request")
+    say.add_argument("text")
+    say.add_argument("--emotion")
+    say.add_argument("--site", help=f"speaker to address (default: this one's site; '{BROADCAST_SITE}' for every one)")
+    say.add_argument("--id", help="request id (default: generated)")
+    say.add_argument("--wait", action="store_true", help="wait for the terminal event; exit 1 unless it is finished")
+    say.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (default 120)")
+    say.set_defaults(func=cmd_say)
+    sub.add_parser("devices", help="list output devices").set_defaults(func=cmd_devices)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"mqtt-speaker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    result: int = args.func(settings, args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

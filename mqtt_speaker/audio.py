@@ -1,0 +1,320 @@
+"""Playback: a PortAudio output stream fed as chunks arrive, or WAV files for machines without sound.
+
+The PortAudio callback is the only code that runs on the audio thread. It reads from a FIFO that the
+event loop fills, and hands back "room again" and "drained" through call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+import threading
+import time
+import wave
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from mqtt_speaker.engines.base import AudioChunk, Pcm
+from mqtt_speaker.settings import AudioSettings
+
+LOG = logging.getLogger(__name__)
+Samples = npt.NDArray[np.float32]
+DEFAULT_RATE = 44100
+
+
+class AudioDeviceError(Exception):
+    """The sound device cannot be opened or stopped working."""
+
+
+@dataclass(frozen=True)
+class Played:
+    seconds: float
+
+
+class Output(Protocol):
+    @property
+    def sample_rate(self) -> int:
+        """The rate audio is best delivered at (no resampling)."""
+        ...
+
+    async def play(self, chunks: AsyncIterator[AudioChunk], name: str, on_first_audio: Callable[[], None]) -> Played:
+        """Play (or write) chunks as they arrive; return when the last sample has been heard."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Resampler:
+    """Streaming linear-interpolation resampler (speech from 22.05 kHz engines onto a 44.1/48 kHz device)."""
+
+    def __init__(self, source_rate: int, target_rate: int) -> None:
+        self._step = source_rate / target_rate
+        self._position = 0.0  # next output position, in input samples, relative to `_last`
+        self._last: float | None = None
+
+    def __call__(self, samples: Samples) -> Samples:
+        if self._step == 1.0 or samples.size == 0:
+            return samples
+        data = samples if self._last is None else np.concatenate(([self._last], samples)).astype(np.float32)
+        positions = np.arange(self._position, data.size - 1, self._step)
+        out: Samples = np.interp(positions, np.arange(data.size), data).astype(np.float32)
+        self._position = (positions[-1] + self._step - (data.size - 1)) if positions.size else self._position
+        self._last = float(data[-1])
+        return out
+
+
+def to_float(samples: Pcm) -> Samples:
+    return (samples.astype(np.float32) / 32768.0).astype(np.float32)
+
+
+class _Fifo:
+    """Samples waiting for the PortAudio callback. Written by the event loop, read by the audio thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._blocks: collections.deque[Samples] = collections.deque()
+        self._head = 0
+        self.buffered = 0
+        self.played = 0
+        self.ended = True
+        self.on_drained: Callable[[], None] | None = None
+        self.on_room: Callable[[], None] | None = None
+        self.room_below = 0
+
+    def begin(self, on_drained: Callable[[], None]) -> None:
+        with self._lock:
+            self._blocks.clear()
+            self._head = 0
+            self.buffered = 0
+            self.played = 0
+            self.ended = False
+            self.on_drained = on_drained
+
+    def write(self, samples: Samples) -> None:
+        with self._lock:
+            self._blocks.append(samples)
+            self.buffered += samples.size
+
+    def end(self) -> None:
+        with self._lock:
+            self.ended = True
+            if self.buffered == 0:
+                self._fire_drained()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._blocks.clear()
+            self._head = 0
+            self.buffered = 0
+            self.ended = True
+            self.on_drained = None
+
+    def _fire_drained(self) -> None:
+        callback, self.on_drained = self.on_drained, None
+        if callback is not None:
+            callback()
+
+    def read_into(self, out: Samples) -> None:
+        """Fill `out` (audio thread): queued samples first, silence after."""
+        filled = 0
+        with self._lock:
+            while filled < out.size and self._blocks:
+                block = self._blocks[0]
+                take = min(out.size - filled, block.size - self._head)
+                out[filled : filled + take] = block[self._head : self._head + take]
+                filled += take
+                self._head += take
+                if self._head == block.size:
+                    self._blocks.popleft()
+                    self._head = 0
+            self.buffered -= filled
+            self.played += filled
+            if self.on_room is not None and self.buffered < self.room_below:
+                callback, self.on_room = self.on_room, None
+                callback()
+            if self.ended and self.buffered == 0:
+                self._fire_drained()
+        out[filled:] = 0.0
+
+
+class SoundDevicePlayer:
+    """One PortAudio output stream, opened on the first utterance and closed after `idle_close` of silence.
+
+    Between utterances a running stream plays silence, so the next one starts without the cost of
+    opening the device; stopping a stream while audio is buffered would cut the tail, so it never is.
+    """
+
+    def __init__(self, settings: AudioSettings) -> None:
+        import sounddevice
+
+        self._sd: Any = sounddevice
+        self._settings = settings
+        self._stream: Any = None
+        self._fifo = _Fifo()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._rate = settings.sample_rate or self._device_rate()
+
+    def _device_rate(self) -> int:
+        try:
+            info = self._sd.query_devices(self._settings.device, "output")
+            return int(info["default_samplerate"])
+        except (self._sd.PortAudioError, ValueError) as exc:
+            LOG.warning("cannot query the output device (%s); assuming %d Hz", exc, DEFAULT_RATE)
+            return DEFAULT_RATE
+
+    @property
+    def sample_rate(self) -> int:
+        return self._rate
+
+    def _open(self) -> Any:
+        if self._stream is not None and self._stream.active:
+            return self._stream
+        self._close_stream()
+        try:
+            stream = self._sd.OutputStream(
+                samplerate=self._rate,
+                channels=1,
+                dtype="float32",
+                device=self._settings.device,
+                latency=self._settings.latency,
+                callback=self._callback,
+            )
+            stream.start()
+        except (self._sd.PortAudioError, ValueError) as exc:
+            device = self._settings.device if self._settings.device is not None else "(default)"
+            raise AudioDeviceError(f"cannot open the output device {device}: {exc}") from exc
+        LOG.debug("output stream open: %d Hz, latency %.1f ms", self._rate, stream.latency * 1000)
+        self._stream = stream
+        return stream
+
+    def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+        self._fifo.read_into(outdata[:, 0])
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(self._sd.PortAudioError):
+                stream.close()
+
+    async def play(self, chunks: AsyncIterator[AudioChunk], name: str, on_first_audio: Callable[[], None]) -> Played:
+        loop = asyncio.get_running_loop()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        drained = loop.create_future()
+        fifo = self._fifo
+        resampler: Resampler | None = None
+        started = False
+        limit = int(self._settings.max_buffer_seconds * self._rate)
+        try:
+            async for chunk in chunks:
+                if resampler is None:
+                    resampler = Resampler(chunk.sample_rate, self._rate)
+                samples = resampler(to_float(chunk.samples))
+                if not samples.size:
+                    continue
+                if not started:
+                    stream = self._open()
+                    fifo.begin(lambda: _resolve_threadsafe(loop, drained))
+                    started = True
+                    on_first_audio()
+                fifo.write(samples)
+                if fifo.buffered > limit:
+                    await self._wait_for_room(loop, limit // 2, stream)
+            if not started:
+                return Played(0.0)
+            fifo.end()
+            await self._wait_drained(drained, stream)
+            # The last samples have left our buffer; let them pass PortAudio's own latency too.
+            await asyncio.sleep(stream.latency)
+            return Played(fifo.played / self._rate)
+        except BaseException:
+            fifo.abandon()
+            raise
+        finally:
+            self._idle_timer = loop.call_later(self._settings.idle_close, self._close_stream)
+
+    async def _wait_for_room(self, loop: asyncio.AbstractEventLoop, below: int, stream: Any) -> None:
+        room = loop.create_future()
+        self._fifo.room_below = below
+        self._fifo.on_room = lambda: _resolve_threadsafe(loop, room)
+        await self._wait_playing(room, stream, self._settings.max_buffer_seconds)
+
+    async def _wait_drained(self, drained: asyncio.Future[None], stream: Any) -> None:
+        await self._wait_playing(drained, stream, self._fifo.buffered / self._rate)
+
+    async def _wait_playing(self, future: asyncio.Future[None], stream: Any, expected: float) -> None:
+        """Wait for the callback to signal; a stream that stopped calling back is a device failure."""
+        deadline = time.monotonic() + expected + 2.0 + stream.latency
+        while not future.done():
+            timeout = deadline - time.monotonic()
+            if timeout <= 0 or not stream.active:
+                self._close_stream()
+                raise AudioDeviceError("the output device stopped playing")
+            await asyncio.wait({future}, timeout=min(timeout, 1.0))
+
+    async def close(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._close_stream()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """Called on the audio thread: wake the event loop."""
+    loop.call_soon_threadsafe(_resolve, future)
+
+
+class WavWriter:
+    """Writes each utterance to <output_dir>/<time>-<id>.wav instead of playing it."""
+
+    def __init__(self, directory: Path, sample_rate: int = DEFAULT_RATE) -> None:
+        self._dir = directory
+        self._rate = sample_rate
+
+    @property
+    def sample_rate(self) -> int:
+        return self._rate
+
+    async def play(self, chunks: AsyncIterator[AudioChunk], name: str, on_first_audio: Callable[[], None]) -> Played:
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AudioDeviceError(f"cannot create the output directory {self._dir}: {exc}") from exc
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3]
+        path = self._dir / f"{stamp}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:80]}.wav"
+        frames = 0
+        writer: wave.Wave_write | None = None
+        try:
+            async for chunk in chunks:
+                if writer is None:
+                    writer = wave.open(str(path), "wb")  # noqa: SIM115 - opened on the first chunk, closed below
+                    writer.setnchannels(1)
+                    writer.setsampwidth(2)
+                    writer.setframerate(chunk.sample_rate)
+                    on_first_audio()
+                writer.writeframes(chunk.samples.astype("<i2").tobytes())
+                frames += chunk.samples.size
+            rate = writer.getframerate() if writer else self._rate
+        except OSError as exc:
+            raise AudioDeviceError(f"cannot write {path}: {exc}") from exc
+        finally:
+            if writer is not None:
+                writer.close()
+        LOG.info("wrote %s (%.2f s)", path, frames / rate)
+        return Played(frames / rate)
+
+    async def close(self) -> None:
+        """Nothing is held open between utterances."""

@@ -1,0 +1,157 @@
+"""The daemon: wires the MQTT core, the speaker and the engine together and answers inbound messages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
+from mqtt_speaker.engines.base import Engine, Voicing
+from mqtt_speaker.engines.cartesia import CartesiaEngine
+from mqtt_speaker.engines.espeak import EspeakEngine
+from mqtt_speaker.models import ErrorCode, ErrorReport, Event, RequestRejected, parse_say
+from mqtt_speaker.mqtt import Inbound, MqttLink, Will
+from mqtt_speaker.settings import Settings
+from mqtt_speaker.speaker import Speaker
+from mqtt_speaker.topics import Command, Topics
+
+LOG = logging.getLogger(__name__)
+ONLINE, OFFLINE = "online", "offline"
+
+
+def build_engine(settings: Settings) -> Engine:
+    if settings.use_cartesia:
+        return CartesiaEngine(settings.cartesia)
+    return EspeakEngine(settings.espeak)
+
+
+def build_output(settings: Settings) -> Output:
+    if settings.audio.output_dir is not None:
+        return WavWriter(settings.audio.output_dir)
+    return SoundDevicePlayer(settings.audio)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, engine: Engine, output: Output) -> None:
+        self._settings = settings
+        self._topics = Topics(settings.base_topic, settings.site)
+        self._engine = engine
+        self._output = output
+        self._last_state: str | None = None
+        self.speaker = Speaker(
+            engine,
+            output,
+            Voicing(
+                emotion=settings.default_emotion,
+                voice=settings.cartesia.voice,
+                language=settings.cartesia.language,
+            ),
+            queue_size=settings.queue_size,
+            publish_event=self._publish_event,
+            report_error=self.report,
+            on_change=self._publish_state,
+        )
+        self._link = MqttLink(
+            settings.mqtt,
+            settings.client_id,
+            self._topics.subscriptions(),
+            Will(self._topics.availability, OFFLINE),
+            on_message=self._on_message,
+            on_connected=self._on_connected,
+        )
+
+    # ---------------------------------------------------------------------------------- publishing
+
+    def report(self, error: ErrorReport) -> None:
+        """Log a problem and publish it on the error topic."""
+        level = logging.WARNING if error.severity == "warning" else logging.ERROR
+        LOG.log(level, "%s%s: %s", error.code, f" [{error.id}]" if error.id else "", error.message)
+        self._link.publish(self._topics.error, error.to_payload())
+
+    def _publish_event(self, event: Event) -> None:
+        self._link.publish(self._topics.event, event.to_payload())
+
+    def _publish_state(self, force: bool = False) -> None:
+        payload = self.speaker.state().to_payload()
+        if force or payload != self._last_state:
+            self._last_state = payload
+            self._link.publish(self._topics.state, payload, retain=True)
+
+    def _on_connected(self) -> None:
+        self._link.publish(self._topics.availability, ONLINE, retain=True)
+        self._publish_state(force=True)
+
+    # ------------------------------------------------------------------------------------- inbound
+
+    def _on_message(self, message: Inbound) -> None:
+        command = self._topics.parse_command(message.topic)
+        if command is Command.SAY:
+            self._on_say(message)
+
+    def _on_say(self, message: Inbound) -> None:
+        if message.retain:
+            self.report(
+                ErrorReport(
+                    code=ErrorCode.RETAINED_COMMAND_IGNORED,
+                    message=f"a retained message on {message.topic} is not spoken; publish say requests without "
+                    f"the retain flag, and clear this one with an empty retained message",
+                    field="retain",
+                )
+            )
+            return
+        try:
+            parsed = parse_say(message.payload, max_text_length=self._settings.max_text_length)
+        except RequestRejected as exc:
+            self.report(
+                ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
+            )
+            return
+        for warning in parsed.warnings:
+            self.report(
+                ErrorReport(
+                    code=warning.code,
+                    message=warning.message,
+                    id=parsed.request.id,
+                    field=warning.field,
+                    severity="warning",
+                )
+            )
+        self.speaker.submit(parsed.request)
+
+    # ----------------------------------------------------------------------------------------- run
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down cleanly: every request ends, `offline` is published."""
+        LOG.info(
+            "mqtt-speaker for site %r on %s:%d, engine %s",
+            self._settings.site,
+            self._settings.mqtt.host,
+            self._settings.mqtt.port,
+            self._engine.name,
+        )
+        self._link.start()
+        await self._engine.start()
+        worker = asyncio.create_task(self.speaker.run(), name="speaker")
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        worker.cancel()
+        crashed = None if worker.cancelled() or not worker.done() else worker.exception()
+        await asyncio.gather(worker, return_exceptions=True)
+        self.speaker.shutdown()
+        await self._output.close()
+        await self._engine.close()
+        await self._link.stop(last_words=(self._topics.availability, OFFLINE))
+        if crashed is not None:
+            raise RuntimeError("the speaker stopped unexpectedly") from crashed
+        LOG.info("stopped")
+
+
+async def run_daemon(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    daemon = Daemon(settings, build_engine(settings), build_output(settings))
+    await daemon.run(stop)

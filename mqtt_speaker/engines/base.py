@@ -1,0 +1,69 @@
+"""What every speech engine offers: a stream of PCM chunks for a say request, or a SynthesisError."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from mqtt_speaker.models import ErrorCode, SayRequest
+
+Pcm = npt.NDArray[np.int16]
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """Mono signed 16-bit samples of one segment of a request, in order."""
+
+    samples: Pcm
+    sample_rate: int
+    segment: int
+
+
+@dataclass(frozen=True)
+class Voicing:
+    """The defaults a request is spoken with where it does not say otherwise."""
+
+    emotion: str
+    voice: str
+    language: str
+
+
+class SynthesisError(Exception):
+    """Speech could not be produced. `retryable`: a fresh attempt may succeed at once."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+class Engine(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Get ready to speak (open connections); failures are logged, not raised."""
+
+    async def close(self) -> None:
+        """Release connections and processes."""
+
+    def synthesize(self, request: SayRequest, voicing: Voicing, sample_rate: int) -> AsyncGenerator[AudioChunk, None]:
+        """Audio for every segment in order, as it is produced. Close the iterator to abandon it."""
+        ...
+
+
+class PcmAssembler:
+    """Turns a byte stream into whole 16-bit samples, carrying an odd byte over to the next read."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def feed(self, data: bytes) -> Pcm:
+        data = self._carry + data
+        whole = len(data) - len(data) % 2
+        self._carry = data[whole:]
+        return np.frombuffer(data[:whole], dtype="<i2").astype(np.int16, copy=False)

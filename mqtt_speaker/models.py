@@ -1,0 +1,447 @@
+"""Every payload in and out: say requests (parsed and validated), events, errors and state."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+from cartesia.types import SupportedLanguage
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
+
+from mqtt_speaker import __version__
+from mqtt_speaker.emotions import EMOTIONS
+
+LANGUAGES: tuple[str, ...] = tuple(get_args(get_args(SupportedLanguage)[0]))
+SPEED_RANGE = (0.6, 1.5)
+VOLUME_RANGE = (0.5, 2.0)
+MAX_ID_LENGTH = 128
+MAX_SEGMENTS = 64
+_T = TypeVar("_T")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    INVALID_EMOTION = "invalid_emotion"
+    VALUE_CLAMPED = "value_clamped"
+    UNKNOWN_FIELD = "unknown_field"
+    RETAINED_COMMAND_IGNORED = "retained_command_ignored"
+    QUEUE_FULL = "queue_full"
+    INBOX_OVERFLOW = "inbox_overflow"
+    CARTESIA_AUTH = "cartesia_auth"
+    CARTESIA_RATE_LIMITED = "cartesia_rate_limited"
+    CARTESIA_UNREACHABLE = "cartesia_unreachable"
+    SYNTHESIS_FAILED = "synthesis_failed"
+    SYNTHESIS_TIMEOUT = "synthesis_timeout"
+    SYNTHESIS_INTERRUPTED = "synthesis_interrupted"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
+    AUDIO_DEVICE_UNAVAILABLE = "audio_device_unavailable"
+    MQTT_CONNECTION = "mqtt_connection"
+    INTERNAL_ERROR = "internal_error"
+
+
+class RequestRejected(Exception):
+    """A say payload that cannot be spoken. The message names the field."""
+
+    def __init__(self, message: str, field: str | None, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.request_id = request_id
+
+
+class Warning_(BaseModel):
+    """Something odd about an accepted request, published as a warning on the error topic."""
+
+    code: ErrorCode
+    field: str
+    message: str
+
+
+# --------------------------------------------------------------------------------------------- inbound
+
+
+def _reject_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(float(value)):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Number = Annotated[StrictFloat | StrictInt, BeforeValidator(_reject_bool), AfterValidator(_finite)]
+Text = Annotated[StrictStr, Field(max_length=1_000_000)]
+
+
+class _SegmentPayload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    text: Text
+    emotion: StrictStr | None = None
+    speed: Number | None = None
+    volume: Number | None = None
+
+
+class _SayPayload(BaseModel):
+    """The JSON object form of a say request, as received."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: Annotated[StrictStr | StrictInt, BeforeValidator(_reject_bool)] | None = None
+    text: Text | None = None
+    segments: Annotated[list[_SegmentPayload], Field(min_length=1, max_length=MAX_SEGMENTS)] | None = None
+    emotion: StrictStr | None = None
+    voice: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+    language: StrictStr | None = None
+    speed: Number | None = None
+    volume: Number | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _usable_id(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, str) and (not value.strip() or len(value) > MAX_ID_LENGTH or _CONTROL.search(value)):
+            raise ValueError(f"must be 1 to {MAX_ID_LENGTH} printable characters")
+        return value
+
+    @field_validator("voice")
+    @classmethod
+    def _printable_voice(cls, value: str | None) -> str | None:
+        if value is not None and _CONTROL.search(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+class Segment(BaseModel):
+    """A run of text spoken with one emotion, speed and generation volume (None: the defaults)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    emotion: str | None = None
+    speed: float | None = None
+    volume: float | None = None
+
+
+class SayRequest(BaseModel):
+    """A validated say request, ready for the queue."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    segments: tuple[Segment, ...]
+    voice: str | None = None
+    language: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(segment.text for segment in self.segments)
+
+
+class ParsedSay(BaseModel):
+    request: SayRequest
+    warnings: list[Warning_]
+
+
+_UNION_TAGS = frozenset({"float", "int", "str", "bool"})
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    """A field path such as segments.1.speed (pydantic's union-member tags left out)."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p))]
+    return ".".join(parts) or "payload"
+
+
+def _reason(message: str) -> str:
+    return message.removeprefix("Value error, ")
+
+
+def _clean_text(text: str) -> str:
+    """Control characters (NUL and friends) become spaces; newlines and tabs stay."""
+    return _CONTROL.sub(" ", text)
+
+
+def _emotion(value: str | None, field: str, warnings: list[Warning_]) -> str | None:
+    if value is None:
+        return None
+    emotion = value.strip().lower()
+    if emotion in EMOTIONS:
+        return emotion
+    warnings.append(
+        Warning_(
+            code=ErrorCode.INVALID_EMOTION,
+            field=field,
+            message=f"{field}: unknown emotion {value[:40]!r}; spoken with the default emotion instead "
+            f"(known: {', '.join(EMOTIONS[:6])}, ... {len(EMOTIONS)} in all)",
+        )
+    )
+    return None
+
+
+def _clamped(value: float | None, bounds: tuple[float, float], field: str, warnings: list[Warning_]) -> float | None:
+    if value is None:
+        return None
+    low, high = bounds
+    clamped = min(max(float(value), low), high)
+    if clamped != value:
+        warnings.append(
+            Warning_(
+                code=ErrorCode.VALUE_CLAMPED,
+                field=field,
+                message=f"{field}: {value} is outside {low}-{high}; {clamped} is used",
+            )
+        )
+    return clamped
+
+
+def _language(value: str | None, request_id: str | None) -> str | None:
+    if value is None:
+        return None
+    code = value.strip().replace("_", "-").split("-")[0].lower()
+    if code not in LANGUAGES:
+        raise RequestRejected(
+            f"language: {value[:20]!r} is not a supported language code (for example en, de, fr)",
+            "language",
+            request_id,
+        )
+    return code
+
+
+def _decode(payload: bytes, max_bytes: int) -> str:
+    if len(payload) > max_bytes:
+        raise RequestRejected(f"payload: {len(payload)} bytes is more than the limit of {max_bytes}", "payload")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestRejected(f"payload: not valid UTF-8 ({exc.reason} at byte {exc.start})", "payload") from exc
+    if not text.strip():
+        raise RequestRejected("payload: empty; send the text to speak, or a JSON object with 'text'", "payload")
+    return text
+
+
+def _load_object(text: str) -> dict[str, Any] | None:
+    """The JSON object the payload holds, or None when the payload is plain text to speak.
+
+    Plain text is anything that does not start with '{', '[' or '"'. Numbers and words such as
+    'true' are spoken as they are.
+    """
+    stripped = text.lstrip()
+    if stripped[0] not in '{["':
+        return None
+    try:
+        value = json.loads(stripped)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise RequestRejected(f"payload: looks like JSON but is not valid JSON ({reason})", "payload") from exc
+    if not isinstance(value, dict):
+        raise RequestRejected(
+            f"payload: JSON {type(value).__name__} is not an object; send an object with 'text'", "payload"
+        )
+    return value
+
+
+def _id_of(obj: dict[str, Any]) -> str | None:
+    raw = obj.get("id")
+    if isinstance(raw, str) and 0 < len(raw) <= MAX_ID_LENGTH and not _CONTROL.search(raw):
+        return raw
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    return None
+
+
+def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
+    """Turn a say payload into a request, or raise RequestRejected naming the field."""
+    text = _decode(payload, max_bytes=max(65_536, max_text_length * 8))
+    obj = _load_object(text)
+    if obj is None:
+        obj = {"text": text}
+    request_id = _id_of(obj)
+    try:
+        body = _SayPayload.model_validate(obj)
+    except (ValidationError, RecursionError) as exc:
+        if isinstance(exc, RecursionError):
+            raise RequestRejected("payload: nested too deeply", "payload", request_id) from exc
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = _loc(first["loc"])
+        raise RequestRejected(f"{field}: {_reason(first['msg'])}", field, request_id) from exc
+    request_id = str(body.id) if body.id is not None else None
+    warnings: list[Warning_] = []
+
+    if body.text is not None and body.segments is not None:
+        raise RequestRejected("text: give either 'text' or 'segments', not both", "text", request_id)
+    if body.text is None and body.segments is None:
+        raise RequestRejected("text: missing; give 'text' or 'segments'", "text", request_id)
+
+    emotion = _emotion(body.emotion, "emotion", warnings)
+    speed = _clamped(body.speed, SPEED_RANGE, "speed", warnings)
+    volume = _clamped(body.volume, VOLUME_RANGE, "volume", warnings)
+    raw_segments = body.segments or [_SegmentPayload(text=body.text or "")]
+    segments: list[Segment] = []
+    for index, seg in enumerate(raw_segments):
+        where = "text" if body.segments is None else f"segments.{index}.text"
+        seg_text = _clean_text(seg.text)
+        if not seg_text:
+            raise RequestRejected(f"{where}: empty; nothing to speak", where, request_id)
+        prefix = "" if body.segments is None else f"segments.{index}."
+        segments.append(
+            Segment(
+                text=seg_text,
+                emotion=_first(_emotion(seg.emotion, f"{prefix}emotion", warnings), emotion),
+                speed=_first(_clamped(seg.speed, SPEED_RANGE, f"{prefix}speed", warnings), speed),
+                volume=_first(_clamped(seg.volume, VOLUME_RANGE, f"{prefix}volume", warnings), volume),
+            )
+        )
+        if seg.model_extra:
+            warnings.append(_unknown(seg.model_extra, prefix=prefix))
+    if not "".join(s.text for s in segments).strip():
+        field = "text" if body.segments is None else "segments"
+        raise RequestRejected(f"{field}: blank; nothing to speak", field, request_id)
+    total = sum(len(s.text) for s in segments)
+    if total > max_text_length:
+        field = "text" if body.segments is None else "segments"
+        raise RequestRejected(
+            f"{field}: {total} characters is more than the limit of {max_text_length}", field, request_id
+        )
+    if body.model_extra:
+        warnings.append(_unknown(body.model_extra, prefix=""))
+    request = SayRequest(
+        id=request_id or uuid.uuid4().hex,
+        segments=tuple(segments),
+        voice=body.voice,
+        language=_language(body.language, request_id),
+    )
+    return ParsedSay(request=request, warnings=warnings)
+
+
+def _first(value: _T | None, default: _T | None) -> _T | None:
+    return default if value is None else value
+
+
+def _unknown(extra: dict[str, Any], prefix: str) -> Warning_:
+    names = ", ".join(f"{prefix}{name}" for name in sorted(extra)[:10])
+    return Warning_(code=ErrorCode.UNKNOWN_FIELD, field=names, message=f"{names}: unknown field, ignored")
+
+
+# -------------------------------------------------------------------------------------------- outbound
+
+
+class Outbound(BaseModel):
+    def to_payload(self) -> str:
+        return self.model_dump_json(exclude_none=False)
+
+
+class ErrorReport(Outbound):
+    """Published on <base>/<site>/error."""
+
+    code: ErrorCode
+    message: str
+    id: str | None = None
+    field: str | None = None
+    severity: Literal["error", "warning"] = "error"
+    ts: str = Field(default_factory=now_iso)
+
+
+class EventType(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+    DROPPED = "dropped"
+    FAILED = "failed"
+
+
+TERMINAL_EVENTS = frozenset({EventType.FINISHED, EventType.INTERRUPTED, EventType.DROPPED, EventType.FAILED})
+
+
+class Event(Outbound):
+    """Published on <base>/<site>/event; every accepted request ends with exactly one terminal event."""
+
+    event_type: EventType
+    id: str
+    ts: str = Field(default_factory=now_iso)
+
+
+class QueuedEvent(Event):
+    event_type: Literal[EventType.QUEUED] = EventType.QUEUED
+    position: int
+    queue_length: int
+
+
+class StartedEvent(Event):
+    event_type: Literal[EventType.STARTED] = EventType.STARTED
+    engine: str
+    emotion: str
+    voice: str | None
+    segments: int
+    latency_ms: int = Field(description="From the request's arrival to its first audio")
+
+
+class FinishedEvent(Event):
+    event_type: Literal[EventType.FINISHED] = EventType.FINISHED
+    duration_ms: int = Field(description="Audio actually played")
+    engine: str
+
+
+class InterruptedEvent(Event):
+    event_type: Literal[EventType.INTERRUPTED] = EventType.INTERRUPTED
+    reason: Literal["shutdown"]
+    duration_ms: int = 0
+
+
+class DroppedEvent(Event):
+    event_type: Literal[EventType.DROPPED] = EventType.DROPPED
+    reason: Literal["queue_full", "shutdown"]
+
+
+class FailedEvent(Event):
+    event_type: Literal[EventType.FAILED] = EventType.FAILED
+    code: ErrorCode
+    message: str
+    duration_ms: int = 0
+
+
+class SpeakerState(StrEnum):
+    IDLE = "idle"
+    SPEAKING = "speaking"
+
+
+class LastError(BaseModel):
+    code: ErrorCode
+    message: str
+    ts: str
+
+
+class StateReport(Outbound):
+    """Published retained on <base>/<site>/state whenever something in it changes."""
+
+    state: SpeakerState
+    queue_length: int
+    current_id: str | None
+    engine: str
+    problem: bool
+    problems: list[str] = Field(description="What is failing now: 'audio', 'tts'")
+    last_error: LastError | None
+    version: str = __version__

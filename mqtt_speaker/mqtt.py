@@ -1,0 +1,157 @@
+"""The MQTT core: one paho client whose network thread only hands messages over to the event loop.
+
+paho reconnects by itself with backoff; on every (re)connect we subscribe again and the daemon
+republishes availability and state, so a broker restart never leaves the speaker deaf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from mqtt_speaker.settings import MqttSettings
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: str
+
+
+def new_client(settings: MqttSettings, client_id: str) -> paho.Client:
+    """A paho client (MQTT 5) with the credentials applied; shared by the daemon and the CLI."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    if settings.username:
+        password = settings.password.get_secret_value() if settings.password else None
+        client.username_pw_set(settings.username, password)
+    client.reconnect_delay_set(settings.reconnect_min_delay, settings.reconnect_max_delay)
+    client.enable_logger(logging.getLogger("paho"))
+    return client
+
+
+def connect_properties(session_expiry: int) -> Properties:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = session_expiry
+    return props
+
+
+class MqttLink:
+    """Subscribes, delivers inbound messages to the loop, publishes. Callbacks run on the loop."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        subscriptions: list[str],
+        will: Will,
+        *,
+        on_message: Callable[[Inbound], None],
+        on_connected: Callable[[], None],
+    ) -> None:
+        self._settings = settings
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_problem: str | None = None
+        self.connected = False
+        self._client = new_client(settings, client_id)
+        self._client.will_set(will.topic, will.payload, qos=1, retain=True)
+        self._client.on_connect = self._paho_connect
+        self._client.on_disconnect = self._paho_disconnect
+        self._client.on_connect_fail = self._paho_connect_fail
+        self._client.on_message = self._paho_message
+
+    # paho's network thread -------------------------------------------------------------------------
+
+    def _hand_over(self, callback: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _paho_connect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            self._hand_over(self._problem, f"the broker refused the connection: {reason}")
+            return
+        # retainAsPublished: a retained say is recognised (and refused) even when it arrives live.
+        options = SubscribeOptions(
+            qos=1, retainAsPublished=True, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+        )
+        client.subscribe([(topic, options) for topic in self._subscriptions])
+        self._hand_over(self._connected)
+
+    def _paho_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._hand_over(self._disconnected, str(reason))
+
+    def _paho_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
+        where = f"{self._settings.host}:{self._settings.port}"
+        self._hand_over(self._problem, f"cannot reach the broker at {where}")
+
+    def _paho_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        self._hand_over(self._on_message, Inbound(message.topic, bytes(message.payload), bool(message.retain)))
+
+    # the event loop --------------------------------------------------------------------------------
+
+    def _connected(self) -> None:
+        self.connected = True
+        LOG.info("connected to the broker at %s:%d", self._settings.host, self._settings.port)
+        self._last_problem = None
+        self._on_connected()
+
+    def _disconnected(self, reason: str) -> None:
+        was = self.connected
+        self.connected = False
+        if was:
+            self._problem(f"lost the broker connection ({reason}); reconnecting")
+
+    def _problem(self, message: str) -> None:
+        if message != self._last_problem:  # one log line per distinct problem, not one per retry
+            LOG.warning("%s", message)
+            self._last_problem = message
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        persistent = self._settings.session_expiry > 0
+        self._client.connect_async(
+            self._settings.host,
+            self._settings.port,
+            keepalive=self._settings.keepalive,
+            clean_start=not persistent,
+            properties=connect_properties(self._settings.session_expiry),
+        )
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: str, *, retain: bool = False, qos: int = 1) -> None:
+        """Queue a message; paho sends it now, or after the reconnect when the broker is away (QoS 1)."""
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    async def stop(self, last_words: tuple[str, str] | None = None) -> None:
+        """Publish `last_words` (topic, payload, retained) if connected, then disconnect cleanly."""
+        if last_words is not None and self.connected:
+            info = self._client.publish(last_words[0], last_words[1], qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                await asyncio.to_thread(info.wait_for_publish, 1.5)
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)

@@ -1,0 +1,223 @@
+"""The one settings model: a TOML file, overridden by MQTT_SPEAKER_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from mqtt_speaker.emotions import EMOTIONS
+
+DEFAULT_CONFIG_PATH = Path("/etc/mqtt-speaker/config.toml")
+DEFAULT_VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
+TOPIC_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+
+
+class ConfigError(Exception):
+    """The configuration file or the environment holds something that cannot be used."""
+
+
+class EngineChoice(StrEnum):
+    AUTO = "auto"
+    CARTESIA = "cartesia"
+    ESPEAK = "espeak"
+
+
+def default_site() -> str:
+    """The host name, lower-cased, reduced to [a-z0-9_-]."""
+    site = re.sub(r"[^a-z0-9_-]", "", socket.gethostname().split(".")[0].lower())
+    return site or "speaker"
+
+
+class MqttSettings(BaseModel):
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = Field(
+        default=None, description="MQTT client id; default mqtt-speaker-<site> (fixed, for the persistent session)"
+    )
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    session_expiry: int = Field(
+        default=3600,
+        ge=0,
+        description="Seconds the broker keeps our session (and queued QoS 1 say requests) while we are away; "
+        "0 starts a clean session every time",
+    )
+    reconnect_min_delay: int = Field(default=1, ge=1)
+    reconnect_max_delay: int = Field(default=30, ge=1)
+
+
+class CartesiaSettings(BaseModel):
+    api_key: SecretStr | None = None
+    url: str = Field(default="wss://api.cartesia.ai", description="WebSocket base URL; /tts/websocket is appended")
+    model: str = "sonic-3"
+    voice: str = DEFAULT_VOICE
+    language: str = "en"
+    first_chunk_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a context's first audio")
+    chunk_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait between two audio chunks")
+    connect_timeout: float = Field(default=5.0, gt=0)
+    idle_reconnect: float = Field(
+        default=270.0,
+        gt=0,
+        description="Open a fresh socket before speaking when the current one has been idle this long "
+        "(the service closes idle sockets after 300 s)",
+    )
+    prefetch_segments: int = Field(
+        default=2, ge=1, le=8, description="Contexts in flight at once for a multi-segment request"
+    )
+
+
+class EspeakSettings(BaseModel):
+    executable: str = "espeak-ng"
+    voice: str | None = Field(default=None, description="espeak-ng voice; default: the request's language")
+    words_per_minute: int = Field(default=175, ge=80, le=450)
+
+
+class AudioSettings(BaseModel):
+    device: str | int | None = Field(default=None, description="PortAudio output device name or index")
+    output_dir: Path | None = Field(default=None, description="Write WAV files here instead of playing")
+    sample_rate: int | None = Field(default=None, description="Output sample rate; default: the device's default rate")
+    latency: float | str = Field(default="low", description="PortAudio output latency: 'low', 'high' or seconds")
+    idle_close: float = Field(
+        default=30.0, ge=0, description="Seconds of silence after which the output stream is closed"
+    )
+    max_buffer_seconds: float = Field(default=30.0, gt=1, description="Audio buffered ahead of playback, at most")
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_index(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value or None
+
+
+class Settings(BaseSettings):
+    """Every setting of mqtt-speaker. See config/config.example.toml for the documented file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MQTT_SPEAKER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    site: str = Field(default_factory=default_site)
+    base_topic: str = "mqtt-speaker"
+    engine: EngineChoice = EngineChoice.AUTO
+    default_emotion: str = "neutral"
+    max_text_length: int = Field(default=2000, ge=1, le=100_000)
+    queue_size: int = Field(default=50, ge=1, le=10_000)
+    log_level: str = "INFO"
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    cartesia: CartesiaSettings = Field(default_factory=CartesiaSettings)
+    espeak: EspeakSettings = Field(default_factory=EspeakSettings)
+    audio: AudioSettings = Field(default_factory=AudioSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if toml_file:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
+        return sources
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cartesia_api_key_env(cls, data: Any) -> Any:
+        """CARTESIA_API_KEY works as well as MQTT_SPEAKER_CARTESIA__API_KEY (which wins)."""
+        key = os.environ.get("CARTESIA_API_KEY")
+        if key and isinstance(data, dict):
+            cartesia = data.get("cartesia")
+            if cartesia is None:
+                data["cartesia"] = {"api_key": key}
+            elif isinstance(cartesia, dict) and not cartesia.get("api_key"):
+                data["cartesia"] = {**cartesia, "api_key": key}
+        return data
+
+    @field_validator("site")
+    @classmethod
+    def _site_is_topic_safe(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_-]+", value) or value == "all":
+            raise ValueError("must be lower-case letters, digits, '_' or '-' (and not 'all')")
+        return value
+
+    @field_validator("base_topic")
+    @classmethod
+    def _base_topic_is_topic_safe(cls, value: str) -> str:
+        if not TOPIC_SEGMENT.fullmatch(value):
+            raise ValueError("must be topic levels of letters, digits, '_' or '-', separated by '/'")
+        return value
+
+    @field_validator("default_emotion")
+    @classmethod
+    def _known_emotion(cls, value: str) -> str:
+        if value.lower() not in EMOTIONS:
+            raise ValueError(f"unknown emotion {value!r}")
+        return value.lower()
+
+    @property
+    def use_cartesia(self) -> bool:
+        """Whether the primary engine is Cartesia (auto: when an API key is configured)."""
+        if self.engine is EngineChoice.AUTO:
+            return self.cartesia.api_key is not None and bool(self.cartesia.api_key.get_secret_value())
+        return self.engine is EngineChoice.CARTESIA
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"mqtt-speaker-{self.site}"
+
+
+def config_path_from(cli_path: Path | None) -> Path | None:
+    """--config wins, then MQTT_SPEAKER_CONFIG, then /etc/mqtt-speaker/config.toml when it exists."""
+    if cli_path is not None:
+        return cli_path
+    env = os.environ.get("MQTT_SPEAKER_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_settings(cli_path: Path | None = None) -> Settings:
+    """Read the settings; raise ConfigError with a message naming the file and the field."""
+    path = config_path_from(cli_path)
+    if path is None:
+        cls: type[Settings] = Settings
+    else:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+
+        class _FromFile(Settings):
+            model_config = SettingsConfigDict(toml_file=path)
+
+        cls = _FromFile
+    try:
+        return cls()
+    except ValidationError as exc:
+        where = f"config file {path} / environment" if path else "environment"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
+        )
+        raise ConfigError(f"invalid settings ({where}): {problems}") from exc

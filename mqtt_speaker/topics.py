@@ -1,0 +1,64 @@
+"""The topic layout. No other module builds a topic string.
+
+<base>/<site>/say            in   say request (QoS 1); also <base>/all/say for every speaker
+<base>/<site>/availability   out  online / offline, retained (offline is the last will)
+<base>/<site>/state          out  retained JSON, republished on every change
+<base>/<site>/event          out  lifecycle events (queued, started, finished, failed, ...)
+<base>/<site>/error          out  every problem, tied to a request or not
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+BROADCAST_SITE = "all"
+
+
+class Command(StrEnum):
+    """What an inbound topic asks for."""
+
+    SAY = "say"
+
+
+@dataclass(frozen=True)
+class Topics:
+    base: str
+    site: str
+
+    def _own(self, leaf: str) -> str:
+        return f"{self.base}/{self.site}/{leaf}"
+
+    @property
+    def availability(self) -> str:
+        return self._own("availability")
+
+    @property
+    def state(self) -> str:
+        return self._own("state")
+
+    @property
+    def event(self) -> str:
+        return self._own("event")
+
+    @property
+    def error(self) -> str:
+        return self._own("error")
+
+    def command(self, command: Command, site: str | None = None) -> str:
+        """The topic a command is published on, for this site or another one (or 'all')."""
+        return f"{self.base}/{site or self.site}/{command.value}"
+
+    def subscriptions(self) -> list[str]:
+        """Every topic the daemon subscribes to (re-subscribed on each connect)."""
+        return [self.command(command, site) for command in Command for site in (self.site, BROADCAST_SITE)]
+
+    def parse_command(self, topic: str) -> Command | None:
+        """The command an inbound topic carries, or None when it is not one of ours."""
+        prefix, _, leaf = topic.rpartition("/")
+        if prefix not in (f"{self.base}/{self.site}", f"{self.base}/{BROADCAST_SITE}"):
+            return None
+        try:
+            return Command(leaf)
+        except ValueError:
+            return None
