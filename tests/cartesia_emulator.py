@@ -1,0 +1,310 @@
+"""A local emulator of Cartesia's TTS WebSocket (`/tts/websocket`), for tests and benchmarks.
+
+It speaks the real protocol (bearer auth at the handshake, JSON generation requests, `chunk` / `done` /
+`error` frames with base64 PCM, cancel, the 5-minute idle close) and makes audio a test can check:
+each context is a sine tone whose pitch encodes the requested emotion, whose length follows the
+transcript's length and speed, and whose amplitude follows the generation volume.
+
+Faults for tests: a first chunk that never comes, a socket dropped after N chunks (TCP abort, close
+1011, close 1000, or silence), handshake rejections (401, 429) and error frames.
+
+It runs on its own event loop in a background thread of the test process, on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from mqtt_speaker.emotions import EMOTIONS
+
+FaultKind = Literal["abort", "close_1011", "close_1000", "silent"]
+TEST_API_KEY = "sk_car_emulator_test_key"
+
+
+def frequency_for(emotion: str | None) -> float:
+    """The tone (Hz) the emulator speaks an emotion with; neutral (or none) is 200 Hz, angry 620 Hz."""
+    index = EMOTIONS.index(emotion) if emotion in EMOTIONS else 0
+    return 200.0 + 20.0 * index
+
+
+@dataclass
+class Fault:
+    kind: FaultKind
+    after_chunks: int = 2
+
+
+@dataclass
+class ContextLog:
+    context_id: str
+    emotion: str | None
+    transcript: str = ""
+    samples_sent: int = 0
+    sample_rate: int = 0
+    done: bool = False
+    cancelled: bool = False
+    first_chunk_at: float | None = None
+    done_at: float | None = None
+
+
+@dataclass
+class Behaviour:
+    """What the emulator does; tests change it between requests."""
+
+    api_key: str = TEST_API_KEY
+    first_chunk_delay: float = 0.0
+    real_time_factor: float = 0.2  # seconds spent generating one second of audio
+    jitter: float = 0.0  # seconds, uniform, added to each chunk's pacing
+    ms_per_char: float = 40.0
+    chunk_ms: float = 20.0
+    amplitude: float = 0.3
+    idle_timeout: float = 300.0
+    handshake_status: int | None = None
+    stall: bool = False
+    faults: list[Fault] = field(default_factory=list)  # each one is used once, in order
+
+
+def _tone(frequency: float, rate: int, start: int, count: int, amplitude: float) -> np.ndarray:
+    n = np.arange(start, start + count, dtype=np.float64)
+    return amplitude * np.sin(2 * math.pi * frequency * n / rate)
+
+
+def _encode(samples: np.ndarray, encoding: str) -> bytes:
+    if encoding == "pcm_f32le":
+        return samples.astype("<f4").tobytes()
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+class CartesiaEmulator:
+    def __init__(self, behaviour: Behaviour | None = None) -> None:
+        self.behaviour = behaviour or Behaviour()
+        self.frames: list[dict[str, Any]] = []
+        self.contexts: dict[str, ContextLog] = {}
+        self.handshakes: list[dict[str, str]] = []
+        self.closes: list[tuple[int | None, str]] = []
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[ServerConnection] = set()
+        self._ready = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    # ------------------------------------------------------------------------------------ control
+
+    def start(self, port: int = 0) -> CartesiaEmulator:
+        self._thread = threading.Thread(target=self._run, args=(port,), name="cartesia-emulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the Cartesia emulator did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._thread.join(10)
+        self._loop = None
+
+    def drop_connections(self, code: int = 1000, reason: str = "connection idle timeout") -> None:
+        """Close every open socket from the server side (like the service's idle close)."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._close_all(code, reason), self._loop).result(10)
+
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    def contexts_for(self, text_fragment: str) -> list[ContextLog]:
+        return [c for c in list(self.contexts.values()) if text_fragment in c.transcript]
+
+    # --------------------------------------------------------------------------------- the server
+
+    def _run(self, port: int) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._serve(port))
+        self._loop.close()
+
+    async def _serve(self, port: int) -> None:
+        self._stopped = asyncio.Event()
+        async with serve(self._handler, "127.0.0.1", port, process_request=self._handshake) as server:
+            self._server = server
+            self.port = next(iter(server.sockets)).getsockname()[1]
+            self._ready.set()
+            await self._stopped.wait()
+
+    async def _shutdown(self) -> None:
+        await self._close_all(1001, "going away")
+        self._stopped.set()
+
+    async def _close_all(self, code: int, reason: str) -> None:
+        for ws in list(self._connections):
+            with contextlib.suppress(ConnectionClosed):
+                await ws.close(code, reason)
+
+    def _handshake(self, _connection: ServerConnection, request: Request) -> Response | None:
+        headers = {k.lower(): v for k, v in request.headers.raw_items()}
+        self.handshakes.append({"path": request.path, **headers})
+        if not request.path.rstrip("/").endswith("/tts/websocket"):
+            return self._reject(404, "not_found", "Not found")
+        status = self.behaviour.handshake_status
+        if status == 429:
+            return self._reject(429, "concurrency_limited", "Too many connections")
+        if status is not None:
+            return self._reject(status, "error", f"HTTP {status}")
+        if headers.get("authorization") != f"Bearer {self.behaviour.api_key}":
+            return self._reject(401, "invalid_api_key", "Invalid API key")
+        return None
+
+    @staticmethod
+    def _reject(status: int, code: str, message: str) -> Response:
+        body = json.dumps({"error_code": code, "title": message, "message": message, "request_id": "emu"}).encode()
+        headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return Response(status, message, headers, body)
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self._connections.add(ws)
+        tasks: dict[str, asyncio.Task[None]] = {}
+        inputs: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        activity = asyncio.Event()
+        idle = asyncio.create_task(self._idle_close(ws, activity))
+        try:
+            async for raw in ws:
+                activity.set()
+                message = json.loads(raw)
+                message["_received_at"] = time.monotonic()
+                self.frames.append(message)
+                context_id = str(message.get("context_id"))
+                if message.get("cancel"):
+                    if context_id in self.contexts:
+                        self.contexts[context_id].cancelled = True
+                    if context_id in tasks:
+                        tasks[context_id].cancel()
+                    continue
+                if context_id not in inputs:
+                    inputs[context_id] = asyncio.Queue()
+                    config = message.get("generation_config") or {}
+                    self.contexts[context_id] = ContextLog(context_id, config.get("emotion"))
+                    tasks[context_id] = asyncio.create_task(self._generate(ws, context_id, inputs[context_id]))
+                inputs[context_id].put_nowait(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closes.append((ws.close_code, ws.close_reason or ""))
+            idle.cancel()
+            for task in tasks.values():
+                task.cancel()
+            self._connections.discard(ws)
+
+    async def _idle_close(self, ws: ServerConnection, activity: asyncio.Event) -> None:
+        while True:
+            activity.clear()
+            try:
+                await asyncio.wait_for(activity.wait(), self.behaviour.idle_timeout)
+            except TimeoutError:
+                await ws.close(1000, "connection idle timeout")
+                return
+
+    async def _generate(self, ws: ServerConnection, context_id: str, inputs: asyncio.Queue[dict[str, Any]]) -> None:
+        log = self.contexts[context_id]
+        b = self.behaviour
+        position = 0
+        try:
+            while True:
+                message = await inputs.get()
+                error = self._error_for(message)
+                if error is not None:
+                    await ws.send(json.dumps({**error, "type": "error", "context_id": context_id, "done": True}))
+                    return
+                transcript = message.get("transcript") or ""
+                log.transcript += transcript
+                fmt = message.get("output_format") or {}
+                rate = int(fmt.get("sample_rate", 44100))
+                encoding = fmt.get("encoding", "pcm_f32le")
+                log.sample_rate = rate
+                config = message.get("generation_config") or {}
+                speed = float(config.get("speed", 1.0))
+                volume = float(config.get("volume", 1.0))
+                total = int(len(transcript) * b.ms_per_char / 1000 / speed * rate)
+                chunk = max(1, int(b.chunk_ms / 1000 * rate))
+                frequency = frequency_for(config.get("emotion"))
+                while total > 0:
+                    if log.first_chunk_at is None:
+                        if b.stall:
+                            await asyncio.Event().wait()
+                        await asyncio.sleep(b.first_chunk_delay)
+                    count = min(chunk, total)
+                    samples = _tone(frequency, rate, position, count, min(1.0, b.amplitude * volume))
+                    await asyncio.sleep(count / rate * b.real_time_factor + random.uniform(0, b.jitter))
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "type": "chunk",
+                                "context_id": context_id,
+                                "status_code": 206,
+                                "done": False,
+                                "data": base64.b64encode(_encode(samples, encoding)).decode(),
+                                "step_time": 5.0,
+                                "flush_id": 1,
+                            }
+                        )
+                    )
+                    if log.first_chunk_at is None:
+                        log.first_chunk_at = time.monotonic()
+                    position += count
+                    total -= count
+                    log.samples_sent += count
+                    await self._maybe_fault(ws, log)
+                if message.get("continue") is False:
+                    await ws.send(
+                        json.dumps({"type": "done", "context_id": context_id, "status_code": 206, "done": True})
+                    )
+                    log.done = True
+                    log.done_at = time.monotonic()
+                    return
+        except ConnectionClosed:
+            return
+
+    def _error_for(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        voice = message.get("voice")
+        voice_id = voice.get("id") if isinstance(voice, dict) else voice
+        if voice_id == "invalid-voice":
+            return {"status_code": 404, "error_code": "voice_not_found", "title": "Voice not found",
+                    "message": f"Voice '{voice_id}' was not found", "request_id": "emu"}  # fmt: skip
+        if message.get("model_id") == "unknown-model":
+            return {"status_code": 400, "error_code": "invalid_model", "title": "Invalid model",
+                    "message": "Model 'unknown-model' does not exist", "request_id": "emu"}  # fmt: skip
+        return None
+
+    async def _maybe_fault(self, ws: ServerConnection, log: ContextLog) -> None:
+        faults = self.behaviour.faults
+        if not faults or log.samples_sent < 1:
+            return
+        fault = faults[0]
+        chunks = log.samples_sent // max(1, int(self.behaviour.chunk_ms / 1000 * log.sample_rate))
+        if chunks < fault.after_chunks:
+            return
+        faults.pop(0)
+        if fault.kind == "abort":
+            ws.transport.abort()
+        elif fault.kind == "close_1011":
+            await ws.close(1011, "internal error")
+        elif fault.kind == "close_1000":
+            await ws.close(1000, "bye")
+        await asyncio.Event().wait()  # "silent" (and the closed ones): nothing more for this context
