@@ -25,12 +25,34 @@ EXIT_BROKER = 3
 EXIT_TIMEOUT = 4
 
 
-def setup_logging(level: str) -> None:
-    # Under systemd the journal stamps each line itself.
+NOISY_LOGGERS = ("websockets", "cartesia", "httpx", "asyncio")
+
+
+class RedactingFormatter(logging.Formatter):
+    """Replaces every configured secret with *** in whatever a log line ends up saying."""
+
+    def __init__(self, fmt: str, secrets: list[str]) -> None:
+        super().__init__(fmt)
+        self._secrets = [s for s in secrets if s]
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def setup_logging(settings: Settings) -> None:
+    """Logs go to stderr; under systemd (JOURNAL_STREAM set) without timestamps, the journal adds them."""
     fmt = "%(levelname)s %(name)s: %(message)s"
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(fmt, settings.secrets()))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    # Their DEBUG output is every frame (and, for websockets, the handshake headers).
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
@@ -147,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mqtt-speaker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(settings.log_level)
+    setup_logging(settings)
     result: int = args.func(settings, args)
     return result
 

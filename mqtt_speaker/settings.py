@@ -8,7 +8,7 @@ import socket
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     default_emotion: str = "neutral"
     max_text_length: int = Field(default=2000, ge=1, le=100_000)
     queue_size: int = Field(default=50, ge=1, le=10_000)
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     cartesia: CartesiaSettings = Field(default_factory=CartesiaSettings)
     espeak: EspeakSettings = Field(default_factory=EspeakSettings)
@@ -180,6 +180,11 @@ class Settings(BaseSettings):
         if self.engine is EngineChoice.AUTO:
             return self.cartesia.api_key is not None and bool(self.cartesia.api_key.get_secret_value())
         return self.engine is EngineChoice.CARTESIA
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a log line or a published message."""
+        values = [self.cartesia.api_key, self.mqtt.password]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
     @property
     def client_id(self) -> str:

@@ -85,8 +85,10 @@ def _tone(frequency: float, rate: int, start: int, count: int, amplitude: float)
 
 def _encode(samples: np.ndarray, encoding: str) -> bytes:
     if encoding == "pcm_f32le":
-        return samples.astype("<f4").tobytes()
-    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+        data: bytes = samples.astype("<f4").tobytes()
+    else:
+        data = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    return data
 
 
 class CartesiaEmulator:

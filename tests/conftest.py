@@ -84,15 +84,18 @@ class Observer:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"observer-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
-        )
-        self.client.on_connect = lambda c, *_: (c.subscribe(f"{BASE}/#", qos=1), self._connected.set())
+        client_id = f"observer-{uuid.uuid4().hex[:8]}"
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+        self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._connected.wait(10):
             raise RuntimeError("observer could not connect")
+
+    def _on_connect(self, client: paho.Client, *_: Any) -> None:
+        client.subscribe(f"{BASE}/#", qos=1)
+        self._connected.set()
 
     def _on_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
         with self._lock:
@@ -113,8 +116,10 @@ class Observer:
 class Daemon:
     """`python -m mqtt_speaker run` as a real process, with its own site."""
 
-    def __init__(self, broker: Broker, observer: Observer, env: dict[str, str], directory: Path) -> None:
-        self.site = f"t{uuid.uuid4().hex[:8]}"
+    def __init__(
+        self, broker: Broker, observer: Observer, env: dict[str, str], directory: Path, site: str | None = None
+    ) -> None:
+        self.site = site or f"t{uuid.uuid4().hex[:8]}"
         self.broker = broker
         self.observer = observer
         self.log_path = directory / f"daemon-{self.site}.log"
@@ -253,9 +258,9 @@ def make_daemon(
     config = workdir / "empty.toml"
     config.write_text("")
 
-    def make(env: dict[str, str] | None = None, **settings: str) -> Daemon:
+    def make(env: dict[str, str] | None = None, site: str | None = None, **settings: str) -> Daemon:
         base = {**pulse.env, "MQTT_SPEAKER_CONFIG": str(config), "MQTT_SPEAKER_AUDIO__DEVICE": "pulse"}
-        daemon = Daemon(broker, observer, {**base, **(env or {})}, workdir)
+        daemon = Daemon(broker, observer, {**base, **(env or {})}, workdir, site)
         started.append(daemon)
         return daemon.start(**settings)
 

@@ -15,6 +15,8 @@ import numpy.typing as npt
 
 RATE = 44100
 SINK = "testsink"
+PAREC_ARGS = ["parec", "-d", f"{SINK}.monitor", "--format=s16le", f"--rate={RATE}", "--channels=1", "--raw"]
+PAREC_ARGS += ["--latency-msec=20"]
 Signal = npt.NDArray[np.float64]
 
 
@@ -46,12 +48,18 @@ class PulseAudio:
             raise RuntimeError("pulseaudio is not installed (script/test installs it)")
         self._proc = subprocess.Popen(
             [
-                "pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit",
-                "--use-pid-file=no", "--enable-memfd=no", f"--log-target=file:{self.dir / 'pa.log'}",
+                "pulseaudio",
+                "-n",
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--disallow-exit",
+                "--use-pid-file=no",
+                "--enable-memfd=no",
+                f"--log-target=file:{self.dir / 'pa.log'}",
                 "--load=module-native-protocol-unix auth-anonymous=1",
                 f"--load=module-pipe-sink file={self.dir / 'sink.fifo'} sink_name={SINK} format=s16le "
                 f"rate={RATE} channels=1 use_system_clock_for_timing=yes",
-            ],  # fmt: skip
+            ],
             env={**os.environ, **self.env, "HOME": str(self.dir)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -96,8 +104,7 @@ class Capture:
     def start(self) -> None:
         with self._file.open("wb") as out:
             self._proc = subprocess.Popen(
-                ["parec", "-d", f"{SINK}.monitor", "--format=s16le", f"--rate={RATE}", "--channels=1", "--raw",
-                 "--latency-msec=20"],  # fmt: skip
+                PAREC_ARGS,
                 env={**os.environ, **self._pulse.env},
                 stdout=out,
             )
