@@ -180,6 +180,18 @@ class SoundDevicePlayer:
             return self._stream
         self._close_stream()
         try:
+            return self._start_stream()
+        except AudioDeviceError as exc:
+            # PortAudio lists devices once, when it starts: one plugged in (or a sound server started)
+            # since then is only seen after a restart of PortAudio. Nothing is open now, so restart it.
+            LOG.info("%s; restarting PortAudio and trying again", exc)
+            self._sd._terminate()
+            self._sd._initialize()
+            self._rate = self._settings.sample_rate or self._device_rate()
+            return self._start_stream()
+
+    def _start_stream(self) -> Any:
+        try:
             stream = self._sd.OutputStream(
                 samplerate=self._rate,
                 channels=1,
@@ -216,17 +228,16 @@ class SoundDevicePlayer:
         limit = int(self._settings.max_buffer_seconds * self._rate)
         try:
             async for chunk in chunks:
-                if resampler is None:
-                    resampler = Resampler(chunk.sample_rate, self._rate)
-                samples = resampler(to_float(chunk.samples))
-                if not samples.size:
+                if not chunk.samples.size:
                     continue
-                if not started:
+                if resampler is None:
                     stream = self._open()
+                    resampler = Resampler(chunk.sample_rate, self._rate)
                     fifo.begin(lambda: _resolve_threadsafe(loop, drained))
+                fifo.write(resampler(to_float(chunk.samples)))
+                if not started:
                     started = True
                     on_first_audio()
-                fifo.write(samples)
                 if fifo.buffered > limit:
                     await self._wait_for_room(loop, limit // 2, stream)
             if not started:
