@@ -48,7 +48,8 @@ def new_client(settings: MqttSettings, client_id: str) -> paho.Client:
         password = settings.password.get_secret_value() if settings.password else None
         client.username_pw_set(settings.username, password)
     client.reconnect_delay_set(settings.reconnect_min_delay, settings.reconnect_max_delay)
-    client.enable_logger(logging.getLogger("paho"))
+    if LOG.isEnabledFor(logging.DEBUG):  # paho logs every failed reconnect at ERROR: only when debugging
+        client.enable_logger(logging.getLogger("paho"))
     return client
 
 
@@ -106,8 +107,9 @@ class MqttLink:
         self._hand_over(self._disconnected, str(reason))
 
     def _paho_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
-        where = f"{self._settings.host}:{self._settings.port}"
-        self._hand_over(self._problem, f"cannot reach the broker at {where}")
+        s = self._settings
+        retry = f"retrying every {s.reconnect_min_delay}-{s.reconnect_max_delay} s"
+        self._hand_over(self._problem, f"cannot reach the broker at {s.host}:{s.port}; {retry}")
 
     def _paho_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         self._hand_over(self._on_message, Inbound(message.topic, bytes(message.payload), bool(message.retain)))
