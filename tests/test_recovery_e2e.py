@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cartesia_emulator import CartesiaEmulator
+from tests.cartesia_emulator import CartesiaEmulator, Fault, FaultKind
 from tests.conftest import Broker, Daemon, Observer, spoken_ok
 from tests.sound import PulseAudio, sound_regions, wait_until
 
@@ -85,3 +85,32 @@ def test_audio_device_failure_is_reported_and_retried_for_the_next_request(
         wait_until(lambda: not daemon.states()[-1]["problem"], 10, "problem cleared")
     finally:
         later.stop()
+
+
+@pytest.mark.parametrize("kind", ["abort", "close_1011", "close_1000", "silent"])
+def test_socket_lost_in_the_middle_of_speech_fails_cleanly_and_the_next_request_speaks(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, kind: FaultKind
+) -> None:
+    daemon = make_daemon(cartesia_env, CARTESIA__CHUNK_TIMEOUT="1")
+    emulator.behaviour.faults.append(Fault(kind, after_chunks=3))
+    daemon.say(b'{"id": "cut", "text": "This sentence is cut short by the network"}')
+    failed = daemon.wait_terminal("cut")
+    assert failed["event_type"] == "failed" and failed["code"] == "synthesis_interrupted", failed
+    assert len(daemon.events("cut")) == 3  # queued, started, failed: exactly one terminal event
+    daemon.say(b'{"id": "next", "text": "And yet the next one speaks"}')
+    spoken_ok(daemon, "next")
+
+
+def test_a_first_chunk_that_never_comes_times_out(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env, CARTESIA__FIRST_CHUNK_TIMEOUT="1")
+    emulator.behaviour.stall = True
+    daemon.say(b'{"id": "stalled", "text": "Nothing will come"}')
+    failed = daemon.wait_terminal("stalled")
+    assert failed["event_type"] == "failed" and failed["code"] == "synthesis_timeout"
+    wait_until(lambda: daemon.states()[-1]["problems"] == ["tts"], 10, "the tts problem in state")
+    emulator.behaviour.stall = False
+    daemon.say(b'{"id": "unstuck", "text": "Back to normal"}')
+    spoken_ok(daemon, "unstuck")
+    wait_until(lambda: not daemon.states()[-1]["problem"], 10, "problem cleared")
