@@ -38,6 +38,17 @@ class AudioDeviceError(Exception):
 @dataclass(frozen=True)
 class Played:
     seconds: float
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class Playback:
+    """How one utterance is to be played."""
+
+    name: str
+    on_first_audio: Callable[[], None]
+    stop: asyncio.Event  # set it to fade out and return early
+    gain: float = 1.0
 
 
 class Output(Protocol):
@@ -46,17 +57,36 @@ class Output(Protocol):
         """The rate audio is best delivered at (no resampling)."""
         ...
 
-    async def play(self, chunks: AsyncIterator[AudioChunk], name: str, on_first_audio: Callable[[], None]) -> Played:
-        """Play (or write) chunks as they arrive; return when the last sample has been heard."""
+    async def play(self, chunks: AsyncIterator[AudioChunk], playback: Playback) -> Played:
+        """Play (or write) chunks as they arrive; return when the last sample has been heard or on stop."""
         ...
 
     async def close(self) -> None: ...
+
+
+class _Stopped(Exception):
+    """The playback's stop event was set."""
+
+
+async def _next_chunk(chunks: AsyncIterator[AudioChunk], stopping: asyncio.Future[Any]) -> AudioChunk | None:
+    """The next chunk, None at the end; _Stopped when stop comes first (the pending read is cancelled)."""
+    step = asyncio.ensure_future(anext(chunks))
+    await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not step.done():
+        step.cancel()
+        await asyncio.gather(step, return_exceptions=True)
+        raise _Stopped
+    try:
+        return step.result()
+    except StopAsyncIteration:
+        return None
 
 
 class Resampler:
     """Streaming linear-interpolation resampler (speech from 22.05 kHz engines onto a 44.1/48 kHz device)."""
 
     def __init__(self, source_rate: int, target_rate: int) -> None:
+        self.source_rate = source_rate
         self._step = source_rate / target_rate
         self._position = 0.0  # next output position, in input samples, relative to `_last`
         self._last: float | None = None
@@ -107,6 +137,28 @@ class _Fifo:
     def end(self) -> None:
         with self._lock:
             self.ended = True
+            if self.buffered == 0:
+                self._fire_drained()
+
+    def fade_out(self, samples: int, on_drained: Callable[[], None]) -> None:
+        """Keep only the next `samples`, ramped down to silence; drop the rest."""
+        with self._lock:
+            kept: list[Samples] = []
+            need, head = samples, self._head
+            for block in self._blocks:
+                part = block[head : head + need]
+                kept.append(part)
+                need -= part.size
+                head = 0
+                if need <= 0:
+                    break
+            tail = np.concatenate(kept) if kept else np.zeros(0, dtype=np.float32)
+            tail = (tail * np.linspace(1.0, 0.0, tail.size, dtype=np.float32)).astype(np.float32)
+            self._blocks = collections.deque([tail]) if tail.size else collections.deque()
+            self._head = 0
+            self.buffered = tail.size
+            self.ended = True
+            self.on_drained = on_drained
             if self.buffered == 0:
                 self._fire_drained()
 
@@ -217,60 +269,85 @@ class SoundDevicePlayer:
             with contextlib.suppress(self._sd.PortAudioError):
                 stream.close()
 
-    async def play(self, chunks: AsyncIterator[AudioChunk], name: str, on_first_audio: Callable[[], None]) -> Played:
+    async def play(self, chunks: AsyncIterator[AudioChunk], playback: Playback) -> Played:
         loop = asyncio.get_running_loop()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        drained = loop.create_future()
         fifo = self._fifo
+        stopping = asyncio.ensure_future(playback.stop.wait())
+        stream: Any = None
+        drained = loop.create_future()
         resampler: Resampler | None = None
-        started = False
+        source_rate = 0
         limit = int(self._settings.max_buffer_seconds * self._rate)
         try:
-            async for chunk in chunks:
+            while (chunk := await _next_chunk(chunks, stopping)) is not None:
                 if not chunk.samples.size:
                     continue
-                if resampler is None:
+                first = stream is None
+                if first:
                     stream = self._open()
-                    resampler = Resampler(chunk.sample_rate, self._rate)
                     fifo.begin(lambda: _resolve_threadsafe(loop, drained))
-                fifo.write(resampler(to_float(chunk.samples)))
-                if not started:
-                    started = True
-                    on_first_audio()
+                if chunk.sample_rate != source_rate:
+                    resampler, source_rate = Resampler(chunk.sample_rate, self._rate), chunk.sample_rate
+                assert resampler is not None
+                samples = resampler(to_float(chunk.samples))
+                fifo.write(samples * np.float32(playback.gain) if playback.gain != 1.0 else samples)
+                if first:
+                    playback.on_first_audio()
                 if fifo.buffered > limit:
-                    await self._wait_for_room(loop, limit // 2, stream)
-            if not started:
+                    await self._wait_for_room(loop, limit // 2, stream, stopping)
+            if stream is None:
                 return Played(0.0)
             fifo.end()
-            await self._wait_drained(drained, stream)
+            await self._wait_playing(drained, stream, fifo.buffered / self._rate, stopping)
             # The last samples have left our buffer; let them pass PortAudio's own latency too.
             await asyncio.sleep(stream.latency)
             return Played(fifo.played / self._rate)
+        except _Stopped:
+            if stream is None:
+                return Played(0.0, interrupted=True)
+            await self._fade(loop, stream)
+            return Played(fifo.played / self._rate, interrupted=True)
         except BaseException:
             fifo.abandon()
             raise
         finally:
+            stopping.cancel()
             self._idle_timer = loop.call_later(self._settings.idle_close, self._close_stream)
 
-    async def _wait_for_room(self, loop: asyncio.AbstractEventLoop, below: int, stream: Any) -> None:
+    async def _fade(self, loop: asyncio.AbstractEventLoop, stream: Any) -> None:
+        """A short ramp to silence instead of a click; returns once it has been heard."""
+        faded = loop.create_future()
+        self._fifo.fade_out(int(self._settings.fade_ms / 1000 * self._rate), lambda: _resolve_threadsafe(loop, faded))
+        never = loop.create_future()
+        try:
+            await self._wait_playing(faded, stream, self._settings.fade_ms / 1000, never)
+        finally:
+            never.cancel()
+        await asyncio.sleep(stream.latency)
+
+    async def _wait_for_room(
+        self, loop: asyncio.AbstractEventLoop, below: int, stream: Any, stopping: asyncio.Future[Any]
+    ) -> None:
         room = loop.create_future()
         self._fifo.room_below = below
         self._fifo.on_room = lambda: _resolve_threadsafe(loop, room)
-        await self._wait_playing(room, stream, self._settings.max_buffer_seconds)
+        await self._wait_playing(room, stream, self._settings.max_buffer_seconds, stopping)
 
-    async def _wait_drained(self, drained: asyncio.Future[None], stream: Any) -> None:
-        await self._wait_playing(drained, stream, self._fifo.buffered / self._rate)
-
-    async def _wait_playing(self, future: asyncio.Future[None], stream: Any, expected: float) -> None:
-        """Wait for the callback to signal; a stream that stopped calling back is a device failure."""
+    async def _wait_playing(
+        self, future: asyncio.Future[None], stream: Any, expected: float, stopping: asyncio.Future[Any]
+    ) -> None:
+        """Wait for the callback to signal; _Stopped on stop; a stream that stopped calling back is a failure."""
         deadline = time.monotonic() + expected + 2.0 + stream.latency
         while not future.done():
+            if stopping.done():
+                raise _Stopped
             timeout = deadline - time.monotonic()
             if timeout <= 0 or not stream.active:
                 self._close_stream()
                 raise AudioDeviceError("the output device stopped playing")
-            await asyncio.wait({future}, timeout=min(timeout, 1.0))
+            await asyncio.wait({future, stopping}, timeout=min(timeout, 1.0), return_when=asyncio.FIRST_COMPLETED)
 
     async def close(self) -> None:
         if self._idle_timer is not None:
@@ -299,33 +376,42 @@ class WavWriter:
     def sample_rate(self) -> int:
         return self._rate
 
-    async def play(self, chunks: AsyncIterator[AudioChunk], name: str, on_first_audio: Callable[[], None]) -> Played:
+    async def play(self, chunks: AsyncIterator[AudioChunk], playback: Playback) -> Played:
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise AudioDeviceError(f"cannot create the output directory {self._dir}: {exc}") from exc
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3]
-        path = self._dir / f"{stamp}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:80]}.wav"
+        path = self._dir / f"{stamp}-{re.sub(r'[^A-Za-z0-9_.-]', '_', playback.name)[:80]}.wav"
         frames = 0
         writer: wave.Wave_write | None = None
+        resampler: Resampler | None = None
+        stopping = asyncio.ensure_future(playback.stop.wait())
+        interrupted = False
         try:
-            async for chunk in chunks:
+            while (chunk := await _next_chunk(chunks, stopping)) is not None:
                 if writer is None:
                     writer = wave.open(str(path), "wb")  # noqa: SIM115 - opened on the first chunk, closed below
                     writer.setnchannels(1)
                     writer.setsampwidth(2)
                     writer.setframerate(chunk.sample_rate)
-                    on_first_audio()
-                writer.writeframes(chunk.samples.astype("<i2").tobytes())
-                frames += chunk.samples.size
-            rate = writer.getframerate() if writer else self._rate
+                    playback.on_first_audio()
+                if resampler is None or chunk.sample_rate != resampler.source_rate:
+                    resampler = Resampler(chunk.sample_rate, writer.getframerate())
+                samples = resampler(to_float(chunk.samples)) * np.float32(playback.gain)
+                writer.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+                frames += samples.size
+        except _Stopped:
+            interrupted = True
         except OSError as exc:
             raise AudioDeviceError(f"cannot write {path}: {exc}") from exc
         finally:
+            stopping.cancel()
             if writer is not None:
                 writer.close()
+        rate = writer.getframerate() if writer else self._rate
         LOG.info("wrote %s (%.2f s)", path, frames / rate)
-        return Played(frames / rate)
+        return Played(frames / rate, interrupted)
 
     async def close(self) -> None:
         """Nothing is held open between utterances."""

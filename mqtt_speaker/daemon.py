@@ -7,10 +7,21 @@ import logging
 import signal
 
 from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
-from mqtt_speaker.engines.base import Engine, Voicing
+from mqtt_speaker.engines.base import Engine
 from mqtt_speaker.engines.cartesia import CartesiaEngine
 from mqtt_speaker.engines.espeak import EspeakEngine
-from mqtt_speaker.models import ErrorCode, ErrorReport, Event, RequestRejected, parse_say
+from mqtt_speaker.models import (
+    ErrorCode,
+    ErrorReport,
+    Event,
+    RequestRejected,
+    parse_clear,
+    parse_emotion,
+    parse_quiet,
+    parse_say,
+    parse_voice,
+    parse_volume,
+)
 from mqtt_speaker.mqtt import Inbound, MqttLink, Will
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speaker import Speaker
@@ -18,6 +29,7 @@ from mqtt_speaker.topics import Command, Topics
 
 LOG = logging.getLogger(__name__)
 ONLINE, OFFLINE = "online", "offline"
+ONE_SHOT = frozenset({Command.SAY, Command.STOP, Command.SKIP, Command.CLEAR})  # never acted on when retained
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -42,12 +54,7 @@ class Daemon:
         self.speaker = Speaker(
             engine,
             output,
-            Voicing(
-                emotion=settings.default_emotion,
-                voice=settings.cartesia.voice,
-                language=settings.cartesia.language,
-            ),
-            queue_size=settings.queue_size,
+            settings,
             publish_event=self._publish_event,
             report_error=self.report,
             on_change=self._publish_state,
@@ -86,20 +93,45 @@ class Daemon:
 
     def _on_message(self, message: Inbound) -> None:
         command = self._topics.parse_command(message.topic)
-        if command is Command.SAY:
-            self._on_say(message)
-
-    def _on_say(self, message: Inbound) -> None:
-        if message.retain:
+        if command is None:
+            return
+        if message.retain and command in ONE_SHOT:
             self.report(
                 ErrorReport(
                     code=ErrorCode.RETAINED_COMMAND_IGNORED,
-                    message=f"a retained message on {message.topic} is not spoken; publish say requests without "
-                    f"the retain flag, and clear this one with an empty retained message",
+                    message=f"a retained message on {message.topic} is ignored (it would act again on every "
+                    "reconnect); publish it without the retain flag, and clear this one with an empty retained one",
                     field="retain",
                 )
             )
             return
+        if command is Command.SAY:
+            self._on_say(message)
+            return
+        try:
+            self._on_control(command, message.payload)
+        except RequestRejected as exc:
+            self.report(ErrorReport(code=ErrorCode.INVALID_COMMAND, message=exc.message, field=exc.field))
+
+    def _on_control(self, command: Command, payload: bytes) -> None:
+        speaker = self.speaker
+        match command:
+            case Command.STOP:
+                speaker.stop("stop")
+            case Command.SKIP:
+                speaker.stop("skip")
+            case Command.CLEAR:
+                speaker.clear(parse_clear(payload))
+            case Command.SET_VOLUME:
+                speaker.update_defaults(volume=parse_volume(payload))
+            case Command.SET_EMOTION:
+                speaker.update_defaults(emotion=parse_emotion(payload))
+            case Command.SET_VOICE:
+                speaker.update_defaults(voice=parse_voice(payload))
+            case Command.SET_QUIET:
+                speaker.update_defaults(quiet=parse_quiet(payload))
+
+    def _on_say(self, message: Inbound) -> None:
         try:
             parsed = parse_say(message.payload, max_text_length=self._settings.max_text_length)
         except RequestRejected as exc:
@@ -136,10 +168,10 @@ class Daemon:
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        await self.speaker.shutdown(grace=1.5)
         worker.cancel()
         crashed = None if worker.cancelled() or not worker.done() else worker.exception()
         await asyncio.gather(worker, return_exceptions=True)
-        self.speaker.shutdown()
         await self._output.close()
         await self._engine.close()
         await self._link.stop(last_words=(self._topics.availability, OFFLINE))

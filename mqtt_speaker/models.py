@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -29,7 +30,10 @@ from mqtt_speaker.emotions import EMOTIONS
 
 LANGUAGES: tuple[str, ...] = tuple(get_args(get_args(SupportedLanguage)[0]))
 SPEED_RANGE = (0.6, 1.5)
-VOLUME_RANGE = (0.5, 2.0)
+GENERATION_VOLUME_RANGE = (0.5, 2.0)
+PLAYBACK_VOLUME_RANGE = (0.0, 1.0)
+MAX_TTL = 86_400.0
+SOUND_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_ID_LENGTH = 128
 MAX_SEGMENTS = 64
 _T = TypeVar("_T")
@@ -40,11 +44,24 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(Priority).index(self)
+
+
 class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     INVALID_EMOTION = "invalid_emotion"
     VALUE_CLAMPED = "value_clamped"
     UNKNOWN_FIELD = "unknown_field"
+    UNKNOWN_SOUND = "unknown_sound"
+    INVALID_COMMAND = "invalid_command"
     RETAINED_COMMAND_IGNORED = "retained_command_ignored"
     QUEUE_FULL = "queue_full"
     INBOX_OVERFLOW = "inbox_overflow"
@@ -106,6 +123,31 @@ class _SegmentPayload(BaseModel):
     volume: Number | None = None
 
 
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def _sound_name(value: bool | str) -> bool | str:
+    if isinstance(value, str) and not SOUND_NAME.fullmatch(value):
+        raise ValueError("must be true, false or a sound name of letters, digits, '_' or '-'")
+    return value
+
+
+def _timestamp(value: float | int | str) -> float:
+    """Epoch seconds, or an ISO 8601 time with a zone."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError("must be epoch seconds or an ISO 8601 time such as 2026-11-25T07:00:00Z") from exc
+        if moment.tzinfo is None:
+            raise ValueError("must carry a time zone (for example a trailing Z)")
+        return moment.timestamp()
+    return float(value)
+
+
 class _SayPayload(BaseModel):
     """The JSON object form of a say request, as received."""
 
@@ -118,7 +160,12 @@ class _SayPayload(BaseModel):
     voice: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
     language: StrictStr | None = None
     speed: Number | None = None
+    generation_volume: Number | None = None
     volume: Number | None = None
+    priority: Priority | None = None
+    ttl: Annotated[Number, AfterValidator(_positive)] | None = None
+    ts: Annotated[Number | StrictStr, AfterValidator(_timestamp)] | None = None
+    chime: Annotated[bool | StrictStr, AfterValidator(_sound_name)] | None = None
 
     @field_validator("id")
     @classmethod
@@ -152,9 +199,15 @@ class SayRequest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
+    id_given: bool = Field(default=False, description="The id came with the request (so it can repeat)")
     segments: tuple[Segment, ...]
     voice: str | None = None
     language: str | None = None
+    priority: Priority = Priority.NORMAL
+    ttl: float | None = Field(default=None, description="Seconds it may wait to start; None: the default")
+    sent_at: float | None = Field(default=None, description="Epoch seconds it was sent, when it says")
+    volume: float | None = Field(default=None, description="Playback volume 0-1 for this message only")
+    chime: bool | str = False
 
     @property
     def text(self) -> str:
@@ -297,7 +350,7 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
 
     emotion = _emotion(body.emotion, "emotion", warnings)
     speed = _clamped(body.speed, SPEED_RANGE, "speed", warnings)
-    volume = _clamped(body.volume, VOLUME_RANGE, "volume", warnings)
+    volume = _clamped(body.generation_volume, GENERATION_VOLUME_RANGE, "generation_volume", warnings)
     raw_segments = body.segments or [_SegmentPayload(text=body.text or "")]
     segments: list[Segment] = []
     for index, seg in enumerate(raw_segments):
@@ -311,7 +364,7 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
                 text=seg_text,
                 emotion=_first(_emotion(seg.emotion, f"{prefix}emotion", warnings), emotion),
                 speed=_first(_clamped(seg.speed, SPEED_RANGE, f"{prefix}speed", warnings), speed),
-                volume=_first(_clamped(seg.volume, VOLUME_RANGE, f"{prefix}volume", warnings), volume),
+                volume=_first(_clamped(seg.volume, GENERATION_VOLUME_RANGE, f"{prefix}volume", warnings), volume),
             )
         )
         if seg.model_extra:
@@ -329,9 +382,15 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
         warnings.append(_unknown(body.model_extra, prefix=""))
     request = SayRequest(
         id=request_id or uuid.uuid4().hex,
+        id_given=request_id is not None,
         segments=tuple(segments),
         voice=body.voice,
         language=_language(body.language, request_id),
+        priority=body.priority or Priority.NORMAL,
+        ttl=min(float(body.ttl), MAX_TTL) if body.ttl is not None else None,
+        sent_at=float(body.ts) if body.ts is not None else None,
+        volume=_clamped(body.volume, PLAYBACK_VOLUME_RANGE, "volume", warnings),
+        chime=body.chime if body.chime is not None else False,
     )
     return ParsedSay(request=request, warnings=warnings)
 
@@ -388,6 +447,7 @@ class QueuedEvent(Event):
     event_type: Literal[EventType.QUEUED] = EventType.QUEUED
     position: int
     queue_length: int
+    priority: Priority
 
 
 class StartedEvent(Event):
@@ -405,15 +465,21 @@ class FinishedEvent(Event):
     engine: str
 
 
+InterruptReason = Literal["stop", "skip", "priority", "shutdown"]
+DropReason = Literal["queue_full", "shutdown", "preempted", "expired", "cleared", "duplicate", "quiet"]
+
+
 class InterruptedEvent(Event):
     event_type: Literal[EventType.INTERRUPTED] = EventType.INTERRUPTED
-    reason: Literal["shutdown"]
-    duration_ms: int = 0
+    reason: InterruptReason
+    by: str | None = Field(default=None, description="The id of the critical request that interrupted it")
+    duration_ms: int = Field(default=0, description="Audio played before it stopped")
+    stop_ms: int = Field(default=0, description="From the command's arrival to silence")
 
 
 class DroppedEvent(Event):
     event_type: Literal[EventType.DROPPED] = EventType.DROPPED
-    reason: Literal["queue_full", "shutdown"]
+    reason: DropReason
 
 
 class FailedEvent(Event):
@@ -444,4 +510,76 @@ class StateReport(Outbound):
     problem: bool
     problems: list[str] = Field(description="What is failing now: 'audio', 'tts'")
     last_error: LastError | None
+    volume: int = Field(description="Default playback volume, 0-100")
+    emotion: str = Field(description="Default emotion")
+    voice: str = Field(description="Default voice")
+    quiet: bool = Field(description="Quiet mode switched on")
+    quiet_now: bool = Field(description="Requests below critical are dropped now (quiet mode or quiet hours)")
     version: str = __version__
+
+
+# ---------------------------------------------------------------------------------------- control
+
+
+class ClearCommand(BaseModel):
+    """`clear`: drop queued requests (below a priority when `below` is given), and stop the current one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    below: Priority | None = None
+    stop: StrictBool = False
+
+
+def _control_text(payload: bytes, topic_leaf: str) -> str:
+    try:
+        return payload.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise RequestRejected(f"{topic_leaf}: not valid UTF-8", topic_leaf) from exc
+
+
+def parse_clear(payload: bytes) -> ClearCommand:
+    """Empty, PRESS (Home Assistant's button) or any plain word: clear everything; JSON: see ClearCommand."""
+    text = _control_text(payload, "clear")
+    if not text.startswith("{"):
+        return ClearCommand()
+    try:
+        return ClearCommand.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = _loc(first["loc"])
+        raise RequestRejected(f"{field}: {_reason(first['msg'])}", field) from exc
+
+
+def parse_volume(payload: bytes) -> int:
+    """0-100 (Home Assistant's number entity may send 75.0)."""
+    text = _control_text(payload, "volume")
+    try:
+        value = float(text)
+    except ValueError:
+        raise RequestRejected(f"volume: {text[:20]!r} is not a number from 0 to 100", "volume") from None
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        raise RequestRejected(f"volume: {text[:20]} is not from 0 to 100", "volume")
+    return round(value)
+
+
+def parse_quiet(payload: bytes) -> bool:
+    text = _control_text(payload, "quiet").lower()
+    if text in ("on", "true", "1"):
+        return True
+    if text in ("off", "false", "0"):
+        return False
+    raise RequestRejected(f"quiet: {text[:20]!r} is not ON or OFF", "quiet")
+
+
+def parse_emotion(payload: bytes) -> str:
+    text = _control_text(payload, "emotion").lower()
+    if text not in EMOTIONS:
+        raise RequestRejected(f"emotion: {text[:40]!r} is not one of Cartesia's {len(EMOTIONS)} emotions", "emotion")
+    return text
+
+
+def parse_voice(payload: bytes) -> str:
+    text = _control_text(payload, "voice")
+    if not text or len(text) > 128 or _CONTROL.search(text):
+        raise RequestRejected("voice: must be 1 to 128 printable characters", "voice")
+    return text

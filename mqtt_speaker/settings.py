@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import socket
@@ -33,6 +34,22 @@ class EngineChoice(StrEnum):
     AUTO = "auto"
     CARTESIA = "cartesia"
     ESPEAK = "espeak"
+
+
+def default_state_dir() -> Path:
+    """$STATE_DIRECTORY (systemd's StateDirectory=), else $XDG_STATE_HOME/mqtt-speaker."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "mqtt-speaker"
+
+
+def parse_quiet_hours(value: str) -> tuple[dt.time, dt.time]:
+    try:
+        start, end = (dt.time.fromisoformat(part.strip()) for part in value.split("-"))
+    except ValueError as exc:
+        raise ValueError("must be a span such as 22:00-07:00") from exc
+    return start, end
 
 
 def default_site() -> str:
@@ -95,6 +112,7 @@ class AudioSettings(BaseModel):
         default=30.0, ge=0, description="Seconds of silence after which the output stream is closed"
     )
     max_buffer_seconds: float = Field(default=30.0, gt=1, description="Audio buffered ahead of playback, at most")
+    fade_ms: float = Field(default=30.0, ge=0, le=500, description="Fade-out when speech is interrupted")
 
     @field_validator("device", mode="before")
     @classmethod
@@ -119,6 +137,12 @@ class Settings(BaseSettings):
     default_emotion: str = "neutral"
     max_text_length: int = Field(default=2000, ge=1, le=100_000)
     queue_size: int = Field(default=50, ge=1, le=10_000)
+    default_volume: int = Field(default=100, ge=0, le=100, description="Playback volume, percent of full scale")
+    default_ttl: float = Field(default=300.0, gt=0, description="Seconds a request may wait to start playing")
+    dedupe_window: float = Field(default=300.0, ge=0, description="Seconds a request id is remembered")
+    quiet_hours: str | None = Field(default=None, description="Local time span, e.g. 22:00-07:00")
+    sounds_dir: Path | None = Field(default=None, description="Folder of <name>.wav chimes")
+    state_file: Path = Field(default_factory=lambda: default_state_dir() / "state.json")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     cartesia: CartesiaSettings = Field(default_factory=CartesiaSettings)
@@ -166,6 +190,19 @@ class Settings(BaseSettings):
         if not TOPIC_SEGMENT.fullmatch(value):
             raise ValueError("must be topic levels of letters, digits, '_' or '-', separated by '/'")
         return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours_span(cls, value: str | None) -> str | None:
+        if value:
+            parse_quiet_hours(value)
+        return value or None
+
+    def in_quiet_hours(self, now: dt.time) -> bool:
+        if not self.quiet_hours:
+            return False
+        start, end = parse_quiet_hours(self.quiet_hours)
+        return start <= now < end if start <= end else now >= start or now < end
 
     @field_validator("default_emotion")
     @classmethod

@@ -1,71 +1,110 @@
-"""The queue and the one worker that speaks requests in turn, with exactly one terminal event each."""
+"""The queue and the one worker that speaks requests in turn.
+
+Rules: higher priorities first, arrival order within one; `critical` interrupts (unless a critical
+request is speaking), drops queued requests below `high` and ignores quiet mode; a request that has
+not started within its TTL is dropped; an id seen within the dedupe window is dropped. Every
+accepted request ends with exactly one terminal event: finished, interrupted, dropped or failed.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import datetime as dt
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
-from mqtt_speaker.audio import AudioDeviceError, Output
-from mqtt_speaker.engines.base import Engine, SynthesisError, Voicing
+from mqtt_speaker.audio import AudioDeviceError, Output, Playback
+from mqtt_speaker.engines.base import AudioChunk, Engine, SynthesisError, Voicing
 from mqtt_speaker.models import (
+    ClearCommand,
     DroppedEvent,
+    DropReason,
     ErrorCode,
     ErrorReport,
     Event,
     FailedEvent,
     FinishedEvent,
     InterruptedEvent,
+    InterruptReason,
     LastError,
+    Priority,
     QueuedEvent,
     SayRequest,
     SpeakerState,
     StartedEvent,
     StateReport,
 )
+from mqtt_speaker.runtime import RuntimeDefaults
+from mqtt_speaker.settings import Settings
+from mqtt_speaker.sounds import Sounds
 
 LOG = logging.getLogger(__name__)
+PREFETCH_CHUNKS = 256
+
+
+@dataclass
+class Interruption:
+    reason: InterruptReason
+    by: str | None
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
 class Job:
     request: SayRequest
+    seq: int
     received: float = field(default_factory=time.monotonic)
+    deadline: float = float("inf")
     ended: bool = False
+    expiry: asyncio.TimerHandle | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    interruption: Interruption | None = None
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (-self.request.priority.rank, self.seq)
 
 
 class Speaker:
-    """Owns the queue, the current request and the problem flags; runs on the event loop only."""
+    """Owns the queue, the current request, the runtime defaults and the problem flags (event loop only)."""
 
     def __init__(
         self,
         engine: Engine,
         output: Output,
-        voicing: Voicing,
+        settings: Settings,
         *,
-        queue_size: int,
         publish_event: Callable[[Event], None],
         report_error: Callable[[ErrorReport], None],
         on_change: Callable[[], None],
+        clock: Callable[[], dt.datetime] = dt.datetime.now,
     ) -> None:
         self._engine = engine
         self._output = output
-        self._voicing = voicing
-        self._queue_size = queue_size
+        self._settings = settings
         self._publish_event = publish_event
         self._report_error = report_error
         self._on_change = on_change
-        self._queue: collections.deque[Job] = collections.deque()
+        self._clock = clock
+        self._sounds = Sounds(settings.sounds_dir)
+        self.defaults = RuntimeDefaults.load(settings)
+        self._queue: list[Job] = []
+        self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._current: Job | None = None
+        self._recent_ids: dict[str, float] = {}
         self._problems: dict[str, LastError] = {}
         self._last_error: LastError | None = None
 
     # ------------------------------------------------------------------------------------------ state
+
+    def quiet_now(self) -> bool:
+        return self.defaults.quiet or self._settings.in_quiet_hours(self._clock().time())
 
     def state(self) -> StateReport:
         return StateReport(
@@ -76,6 +115,11 @@ class Speaker:
             problem=bool(self._problems),
             problems=sorted(self._problems),
             last_error=self._last_error,
+            volume=self.defaults.volume,
+            emotion=self.defaults.emotion,
+            voice=self.defaults.voice,
+            quiet=self.defaults.quiet,
+            quiet_now=self.quiet_now(),
         )
 
     def _set_problem(self, area: str, error: ErrorReport | None) -> None:
@@ -88,6 +132,14 @@ class Speaker:
         self._problems[area] = self._last_error
         self._on_change()
 
+    def update_defaults(self, **changes: object) -> None:
+        """set/volume, set/emotion, set/voice, set/quiet: applied, saved, and shown in the state."""
+        self.defaults = self.defaults.model_copy(update=changes)
+        self.defaults.save(self._settings.state_file)
+        if self.defaults.quiet:
+            self._drop_where(lambda job: job.request.priority is not Priority.CRITICAL, "quiet")
+        self._on_change()
+
     # -------------------------------------------------------------------------------------- lifecycle
 
     def _end(self, job: Job, event: Event) -> None:
@@ -96,55 +148,167 @@ class Speaker:
             LOG.error("request %s already ended; not publishing %s", job.request.id, event.event_type)
             return
         job.ended = True
+        if job.expiry is not None:
+            job.expiry.cancel()
         self._publish_event(event)
 
+    def _drop(self, job: Job, reason: DropReason) -> None:
+        LOG.info("dropped %s: %s", job.request.id, reason)
+        self._end(job, DroppedEvent(id=job.request.id, reason=reason))
+
+    def _drop_where(self, condition: Callable[[Job], bool], reason: DropReason) -> None:
+        dropped = [job for job in self._queue if condition(job)]
+        self._queue = [job for job in self._queue if not condition(job)]
+        for job in dropped:
+            self._drop(job, reason)
+        if dropped:
+            self._on_change()
+
+    def _remaining_ttl(self, request: SayRequest) -> float:
+        ttl = request.ttl if request.ttl is not None else self._settings.default_ttl
+        if request.sent_at is not None:  # counted from when it was sent, not from when it reached us
+            return request.sent_at + ttl - time.time()
+        return ttl
+
+    def _is_duplicate(self, request: SayRequest) -> bool:
+        if not request.id_given:
+            return False
+        now = time.monotonic()
+        window = self._settings.dedupe_window
+        self._recent_ids = {k: t for k, t in self._recent_ids.items() if now - t < window}
+        seen = request.id in self._recent_ids
+        self._recent_ids[request.id] = now
+        return seen
+
     def submit(self, request: SayRequest) -> None:
-        job = Job(request)
-        if len(self._queue) >= self._queue_size:
+        job = Job(request, next(self._seq))
+        if self._is_duplicate(request):
+            return self._drop(job, "duplicate")
+        remaining = self._remaining_ttl(request)
+        if remaining <= 0:
+            return self._drop(job, "expired")
+        critical = request.priority is Priority.CRITICAL
+        if self.quiet_now() and not critical:
+            return self._drop(job, "quiet")
+        if critical:
+            self._drop_where(lambda queued: queued.request.priority.rank < Priority.HIGH.rank, "preempted")
+            current = self._current
+            if current is not None and current.request.priority is not Priority.CRITICAL:
+                self._interrupt(current, Interruption("priority", request.id))
+        if len(self._queue) >= self._settings.queue_size:
+            lowest = max(self._queue, key=lambda queued: queued.order)
             self._report_error(
                 ErrorReport(
                     code=ErrorCode.QUEUE_FULL,
-                    message=f"the queue is full ({self._queue_size} requests); request dropped",
-                    id=request.id,
+                    message=f"the queue is full ({self._settings.queue_size} requests)",
+                    id=request.id if lowest.order < job.order else lowest.request.id,
                 )
             )
-            self._end(job, DroppedEvent(id=request.id, reason="queue_full"))
-            return
+            if lowest.order < job.order:
+                return self._drop(job, "queue_full")
+            self._queue.remove(lowest)
+            self._drop(lowest, "queue_full")
+        job.deadline = time.monotonic() + remaining
+        job.expiry = asyncio.get_running_loop().call_later(remaining, self._expire, job)
         self._queue.append(job)
-        position = len(self._queue) + (1 if self._current else 0)
-        self._publish_event(QueuedEvent(id=request.id, position=position, queue_length=len(self._queue)))
+        self._queue.sort(key=lambda queued: queued.order)
+        position = self._queue.index(job) + 1 + (1 if self._current else 0)
+        self._publish_event(
+            QueuedEvent(id=request.id, position=position, queue_length=len(self._queue), priority=request.priority)
+        )
         self._wakeup.set()
         self._on_change()
+        return None
+
+    def _expire(self, job: Job) -> None:
+        if job in self._queue:
+            self._queue.remove(job)
+            self._drop(job, "expired")
+            self._on_change()
+
+    def _interrupt(self, job: Job, interruption: Interruption) -> None:
+        if job.interruption is None:
+            LOG.info("interrupting %s: %s", job.request.id, interruption.reason)
+            job.interruption = interruption
+            job.stop.set()
+
+    def stop(self, reason: InterruptReason) -> None:
+        """`stop` / `skip`: end what is playing now; the queue goes on."""
+        if self._current is not None:
+            self._interrupt(self._current, Interruption(reason, None))
+
+    def clear(self, command: ClearCommand) -> None:
+        below = command.below.rank if command.below else len(Priority)
+        self._drop_where(lambda job: job.request.priority.rank < below, "cleared")
+        if command.stop:
+            self.stop("stop")
 
     async def run(self) -> None:
-        """Speak queued requests one at a time, in arrival order, until cancelled."""
+        """Speak queued requests one at a time until cancelled."""
         while True:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            job = self._queue.popleft()
+            job = self._queue.pop(0)
+            if time.monotonic() >= job.deadline:
+                self._drop(job, "expired")
+                continue
+            if job.expiry is not None:
+                job.expiry.cancel()
             self._current = job
             self._on_change()
             try:
                 await self._speak(job)
             finally:
                 self._current = None
+                job.done.set()
                 self._on_change()
 
-    def shutdown(self) -> None:
-        """End everything: the current request is interrupted, queued ones are dropped."""
-        if self._current is not None and not self._current.ended:
-            self._end(self._current, InterruptedEvent(id=self._current.request.id, reason="shutdown"))
-        while self._queue:
-            job = self._queue.popleft()
-            self._end(job, DroppedEvent(id=job.request.id, reason="shutdown"))
+    async def shutdown(self, grace: float) -> None:
+        """Queued requests are dropped; the current one fades out and ends `interrupted` (within `grace` seconds)."""
+        self._drop_where(lambda _job: True, "shutdown")
+        current = self._current
+        if current is None:
+            return
+        self._interrupt(current, Interruption("shutdown", None))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(current.done.wait(), grace)
+        if not current.ended:
+            self._end(current, InterruptedEvent(id=current.request.id, reason="shutdown"))
 
     # --------------------------------------------------------------------------------------- speaking
+
+    def _voicing(self, request: SayRequest) -> Voicing:
+        return Voicing(
+            emotion=self.defaults.emotion,
+            voice=request.voice or self.defaults.voice,
+            language=request.language or self._settings.cartesia.language,
+        )
+
+    def _audio(self, job: Job, voicing: Voicing) -> AsyncGenerator[AudioChunk, None]:
+        """The speech, after the chime when one is asked for (its synthesis starts at once, in parallel)."""
+        request = job.request
+        speech = self._engine.synthesize(request, voicing, self._output.sample_rate)
+        if request.chime is False:
+            return speech
+        chime = self._sounds.chunks(request.chime, self._output.sample_rate)
+        if chime is None:
+            self._report_error(
+                ErrorReport(
+                    code=ErrorCode.UNKNOWN_SOUND,
+                    message=f"chime: no sound {request.chime!r} in the sounds folder; the default chime is played",
+                    id=request.id,
+                    field="chime",
+                    severity="warning",
+                )
+            )
+            chime = self._sounds.chunks(True, self._output.sample_rate) or []
+        return _after(chime, speech)
 
     async def _speak(self, job: Job) -> None:
         request = job.request
         engine = self._engine
-        first_emotion = request.segments[0].emotion or self._voicing.emotion
+        voicing = self._voicing(request)
 
         def started() -> None:
             latency = round((time.monotonic() - job.received) * 1000)
@@ -152,35 +316,41 @@ class Speaker:
                 StartedEvent(
                     id=request.id,
                     engine=engine.name,
-                    emotion=first_emotion,
-                    voice=request.voice or self._voicing.voice,
+                    emotion=request.segments[0].emotion or voicing.emotion,
+                    voice=voicing.voice,
                     segments=len(request.segments),
                     latency_ms=latency,
                 )
             )
             LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, engine.name, latency)
 
-        voicing = Voicing(
-            emotion=self._voicing.emotion,
-            voice=request.voice or self._voicing.voice,
-            language=request.language or self._voicing.language,
-        )
+        gain = request.volume if request.volume is not None else self.defaults.volume / 100
         failure: ErrorReport | None = None
         try:
-            chunks = engine.synthesize(request, voicing, self._output.sample_rate)
-            async with contextlib.aclosing(chunks):
-                played = await self._output.play(chunks, request.id, started)
+            async with contextlib.aclosing(self._audio(job, voicing)) as chunks:
+                played = await self._output.play(chunks, Playback(request.id, started, job.stop, gain))
         except SynthesisError as exc:
             failure = ErrorReport(code=exc.code, message=exc.message, id=request.id)
             self._set_problem("tts", failure)
         except AudioDeviceError as exc:
             failure = ErrorReport(code=ErrorCode.AUDIO_DEVICE_UNAVAILABLE, message=str(exc), id=request.id)
             self._set_problem("audio", failure)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             LOG.exception("speaking %s failed unexpectedly", request.id)
             failure = ErrorReport(code=ErrorCode.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}", id=request.id)
+        if failure is None and played.interrupted and job.interruption is not None:
+            interruption = job.interruption
+            self._end(
+                job,
+                InterruptedEvent(
+                    id=request.id,
+                    reason=interruption.reason,
+                    by=interruption.by,
+                    duration_ms=round(played.seconds * 1000),
+                    stop_ms=round((time.monotonic() - interruption.at) * 1000),
+                ),
+            )
+            return
         if failure is None and played.seconds == 0:
             failure = ErrorReport(
                 code=ErrorCode.SYNTHESIS_FAILED, message=f"{engine.name} produced no audio", id=request.id
@@ -194,3 +364,29 @@ class Speaker:
         duration = round(played.seconds * 1000)
         self._end(job, FinishedEvent(id=request.id, duration_ms=duration, engine=engine.name))
         LOG.info("finished %s (%d ms of audio)", request.id, duration)
+
+
+async def _after(first: list[AudioChunk], then: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:
+    """`first`, then everything `then` yields; `then` starts producing at once, while `first` plays."""
+    queue: asyncio.Queue[AudioChunk | BaseException | None] = asyncio.Queue(PREFETCH_CHUNKS)
+
+    async def pump() -> None:
+        try:
+            async for chunk in then:
+                await queue.put(chunk)
+            await queue.put(None)
+        except Exception as exc:
+            await queue.put(exc)
+
+    task = asyncio.create_task(pump())
+    try:
+        for chunk in first:
+            yield chunk
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await then.aclose()

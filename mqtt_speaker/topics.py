@@ -1,6 +1,10 @@
 """The topic layout. No other module builds a topic string.
 
-<base>/<site>/say            in   say request (QoS 1); also <base>/all/say for every speaker
+<base>/<site>/say            in   say request (QoS 1)
+<base>/<site>/stop, skip     in   end what is playing now (any payload)
+<base>/<site>/clear          in   drop queued requests (any payload, or {"below": "high", "stop": true})
+<base>/<site>/set/volume     in   runtime defaults: set/volume 0-100, set/emotion, set/voice, set/quiet ON/OFF
+<base>/all/...               in   every command above, for every speaker
 <base>/<site>/availability   out  online / offline, retained (offline is the last will)
 <base>/<site>/state          out  retained JSON, republished on every change
 <base>/<site>/event          out  lifecycle events (queued, started, finished, failed, ...)
@@ -16,9 +20,16 @@ BROADCAST_SITE = "all"
 
 
 class Command(StrEnum):
-    """What an inbound topic asks for."""
+    """What an inbound topic asks for (the topic's last levels)."""
 
     SAY = "say"
+    STOP = "stop"
+    SKIP = "skip"
+    CLEAR = "clear"
+    SET_VOLUME = "set/volume"
+    SET_EMOTION = "set/emotion"
+    SET_VOICE = "set/voice"
+    SET_QUIET = "set/quiet"
 
 
 @dataclass(frozen=True)
@@ -55,10 +66,11 @@ class Topics:
 
     def parse_command(self, topic: str) -> Command | None:
         """The command an inbound topic carries, or None when it is not one of ours."""
-        prefix, _, leaf = topic.rpartition("/")
-        if prefix not in (f"{self.base}/{self.site}", f"{self.base}/{BROADCAST_SITE}"):
-            return None
-        try:
-            return Command(leaf)
-        except ValueError:
-            return None
+        for site in (self.site, BROADCAST_SITE):
+            prefix = f"{self.base}/{site}/"
+            if topic.startswith(prefix):
+                try:
+                    return Command(topic.removeprefix(prefix))
+                except ValueError:
+                    return None
+        return None

@@ -123,6 +123,7 @@ class Daemon:
         self.broker = broker
         self.observer = observer
         self.log_path = directory / f"daemon-{self.site}.log"
+        self.state_file = directory / f"state-{self.site}.json"
         self.env = env
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -138,6 +139,7 @@ class Daemon:
                 "MQTT_SPEAKER_MQTT__HOST": "127.0.0.1",
                 "MQTT_SPEAKER_MQTT__PORT": str(self.broker.port),
                 "MQTT_SPEAKER_LOG_LEVEL": "DEBUG",
+                "MQTT_SPEAKER_STATE_FILE": str(self.state_file),
             }
         )
         env.update({f"MQTT_SPEAKER_{k.upper()}": v for k, v in settings.items()})

@@ -155,7 +155,10 @@ def test_the_parser_only_ever_raises_its_own_error_naming_a_field(payload: bytes
 
 def test_topic_layout() -> None:
     topics = Topics("mqtt-speaker", "kitchen")
-    assert topics.subscriptions() == ["mqtt-speaker/kitchen/say", "mqtt-speaker/all/say"]
+    subscriptions = topics.subscriptions()
+    assert "mqtt-speaker/kitchen/say" in subscriptions and "mqtt-speaker/all/say" in subscriptions
+    assert "mqtt-speaker/kitchen/set/volume" in subscriptions and "mqtt-speaker/all/clear" in subscriptions
+    assert len(subscriptions) == 16
     assert (topics.availability, topics.state, topics.event, topics.error) == (
         "mqtt-speaker/kitchen/availability",
         "mqtt-speaker/kitchen/state",
@@ -165,3 +168,5 @@ def test_topic_layout() -> None:
     assert topics.parse_command("mqtt-speaker/all/say") is Command.SAY
     assert topics.parse_command("mqtt-speaker/hall/say") is None
     assert topics.parse_command("mqtt-speaker/kitchen/state") is None
+    assert topics.parse_command("mqtt-speaker/kitchen/set/quiet") is Command.SET_QUIET
+    assert topics.parse_command("mqtt-speaker/all/set/nothing") is None

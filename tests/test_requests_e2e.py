@@ -72,12 +72,12 @@ def test_unknown_emotion_and_out_of_range_values_speak_with_a_warning(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
 ) -> None:
     daemon = make_daemon(cartesia_env)
-    daemon.say(json.dumps({"id": "w", "text": "Careful now", "emotion": "grumpy", "speed": 9, "volume": 0.1}))
+    daemon.say(json.dumps({"id": "w", "text": "Careful now", "emotion": "grumpy", "speed": 9, "generation_volume": 0.1}))
     spoken_ok(daemon, "w")
     warnings = {e["code"]: e for e in daemon.errors()}
     assert warnings["invalid_emotion"]["id"] == "w" and warnings["invalid_emotion"]["field"] == "emotion"
     assert warnings["invalid_emotion"]["severity"] == "warning"
-    assert {e["field"] for e in daemon.errors() if e["code"] == "value_clamped"} == {"speed", "volume"}
+    assert {e["field"] for e in daemon.errors() if e["code"] == "value_clamped"} == {"speed", "generation_volume"}
     (context,) = emulator.contexts_for("Careful now")
     config = next(f for f in emulator.frames if f.get("context_id") == context.context_id)["generation_config"]
     assert config == {"emotion": "neutral", "speed": 1.5, "volume": 0.5}
@@ -125,6 +125,11 @@ def test_state_is_retained_and_follows_speaking(
         "problems": [],
         "last_error": None,
         "version": state["version"],
+        "volume": 100,
+        "emotion": "neutral",
+        "voice": "6ccbfb76-1fc6-48f7-b71d-91ac6298247b",
+        "quiet": False,
+        "quiet_now": False,
     }
     availability = daemon.observer.on(daemon.topic("availability"))
     assert availability[-1].payload == b"online"

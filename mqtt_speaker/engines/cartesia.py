@@ -268,13 +268,16 @@ class CartesiaEngine:
         while True:
             timeout = self._settings.chunk_timeout if heard else self._settings.first_chunk_timeout
             step = asyncio.ensure_future(anext(events))
-            finished, _ = await asyncio.wait({step, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if step not in finished and closed in finished:
-                # The SDK's reader has stopped: whatever it queued for this context is there already.
-                finished, _ = await asyncio.wait({step}, timeout=0.05)
-            if step not in finished:
-                step.cancel()
-                await asyncio.gather(step, return_exceptions=True)
+            try:
+                finished, _ = await asyncio.wait({step, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if step not in finished and closed in finished:
+                    # The SDK's reader has stopped: whatever it queued for this context is there already.
+                    finished, _ = await asyncio.wait({step}, timeout=0.05)
+            finally:
+                if not step.done():  # timed out, or we were cancelled (the request was interrupted)
+                    step.cancel()
+                    await asyncio.gather(step, return_exceptions=True)
+            if step.cancelled():
                 if closed.done():
                     raise _Lost(segment, heard, "closed the socket")
                 if heard:

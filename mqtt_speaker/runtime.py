@@ -1,0 +1,47 @@
+"""Runtime defaults set over MQTT (set/volume, set/emotion, set/voice, set/quiet), kept in a small state file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from mqtt_speaker.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+
+class RuntimeDefaults(BaseModel):
+    volume: int = Field(ge=0, le=100)
+    emotion: str
+    voice: str
+    quiet: bool = False
+
+    @classmethod
+    def load(cls, settings: Settings) -> RuntimeDefaults:
+        """The saved defaults, or the configured ones when nothing (usable) was saved."""
+        configured = cls(
+            volume=settings.default_volume, emotion=settings.default_emotion, voice=settings.cartesia.voice
+        )
+        path = settings.state_file
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return configured
+        except (OSError, ValidationError, ValueError) as exc:
+            LOG.warning("ignoring the state file %s: %s", path, str(exc).splitlines()[0])
+            return configured
+
+    def save(self, path: Path) -> None:
+        """Write atomically (a temporary file renamed over the old one); a failure is logged, not raised."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(self.model_dump_json())
+            os.replace(tmp, path)
+        except OSError as exc:
+            LOG.warning("cannot save the runtime defaults to %s: %s", path, exc)
