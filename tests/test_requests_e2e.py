@@ -72,7 +72,9 @@ def test_unknown_emotion_and_out_of_range_values_speak_with_a_warning(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
 ) -> None:
     daemon = make_daemon(cartesia_env)
-    daemon.say(json.dumps({"id": "w", "text": "Careful now", "emotion": "grumpy", "speed": 9, "generation_volume": 0.1}))
+    daemon.say(
+        json.dumps({"id": "w", "text": "Careful now", "emotion": "grumpy", "speed": 9, "generation_volume": 0.1})
+    )
     spoken_ok(daemon, "w")
     warnings = {e["code"]: e for e in daemon.errors()}
     assert warnings["invalid_emotion"]["id"] == "w" and warnings["invalid_emotion"]["field"] == "emotion"

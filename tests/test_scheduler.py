@@ -1,0 +1,172 @@
+"""The scheduler's invariant under random traffic: every accepted request ends with exactly one terminal event.
+
+A unit test with seams: a fake engine and a fake output stand in for Cartesia and the sound card (the
+end-to-end tests use the real ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mqtt_speaker.audio import Playback, Played
+from mqtt_speaker.engines.base import AudioChunk, SynthesisError, Voicing
+from mqtt_speaker.models import TERMINAL_EVENTS, ClearCommand, ErrorCode, Event, Priority, SayRequest, Segment
+from mqtt_speaker.settings import Settings
+from mqtt_speaker.speaker import Speaker
+
+CHUNK = np.zeros(64, dtype=np.int16)
+
+
+class FakeEngine:
+    name = "fake"
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def synthesize(
+        self, request: SayRequest, voicing: Voicing, sample_rate: int
+    ) -> AsyncGenerator[AudioChunk, None]:
+        for i in range(len(request.segments[0].text)):
+            await asyncio.sleep(0)
+            if request.segments[0].text.startswith("fail") and i == 2:
+                raise SynthesisError(ErrorCode.SYNTHESIS_FAILED, "asked to fail")
+            yield AudioChunk(CHUNK, sample_rate, 0)
+
+
+class FakeOutput:
+    sample_rate = 16000
+
+    async def play(self, chunks: AsyncIterator[AudioChunk], playback: Playback) -> Played:
+        played = 0
+        async for chunk in chunks:
+            if played == 0:
+                playback.on_first_audio()
+            played += chunk.samples.size
+            await asyncio.sleep(0.0005)
+            if playback.stop.is_set():
+                return Played(played / self.sample_rate, interrupted=True)
+        return Played(played / self.sample_rate)
+
+    async def close(self) -> None: ...
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("say"),
+            st.sampled_from(list(Priority)),
+            st.sampled_from(["a", "b", "c", None, None, None]),  # repeated ids exercise de-duplication
+            st.sampled_from([None, None, 0.002, 0.05]),  # ttl
+            st.sampled_from(["hello world", "fail here", "hi"]),
+        ),
+        st.tuples(st.sampled_from(["stop", "skip"])),
+        st.tuples(st.just("clear"), st.sampled_from([None, *Priority]), st.booleans()),
+        st.tuples(st.just("quiet"), st.booleans()),
+        st.tuples(st.just("wait"), st.sampled_from([0, 0.001, 0.01])),
+    ),
+    max_size=40,
+)
+
+
+async def scenario(operations: list[tuple[Any, ...]], state_file: Path) -> None:
+    events: list[Event] = []
+    submitted: collections.Counter[str] = collections.Counter()
+    config = Settings(queue_size=4, state_file=state_file, dedupe_window=60)
+    speaker = Speaker(
+        FakeEngine(),
+        FakeOutput(),
+        config,
+        publish_event=events.append,
+        report_error=lambda _e: None,
+        on_change=lambda: None,
+    )
+    worker = asyncio.create_task(speaker.run())
+    for n, op in enumerate(operations):
+        match op:
+            case ("say", priority, given_id, ttl, text):
+                request_id = given_id or f"gen{n}"
+                request = SayRequest(
+                    id=request_id,
+                    id_given=given_id is not None,
+                    segments=(Segment(text=text),),
+                    priority=priority,
+                    ttl=ttl,
+                )
+                submitted[request_id] += 1
+                speaker.submit(request)
+            case ("stop" | "skip" as kind,):
+                speaker.stop(kind)
+            case ("clear", below, stop):
+                speaker.clear(ClearCommand(below=below, stop=stop))
+            case ("quiet", on):
+                speaker.update_defaults(quiet=on)
+            case ("wait", seconds):
+                await asyncio.sleep(seconds)
+    await asyncio.sleep(0.02)
+    await speaker.shutdown(grace=2)
+    worker.cancel()
+    await asyncio.gather(worker, return_exceptions=True)
+
+    ended = collections.Counter(e.id for e in events if e.event_type in TERMINAL_EVENTS)
+    assert ended == submitted, (ended, submitted)
+    assert speaker.state().queue_length == 0
+    # Nothing happens to a request after its terminal event.
+    seen_end: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.event_type in TERMINAL_EVENTS:
+            seen_end[event.id] += 1
+        else:
+            assert seen_end[event.id] < submitted[event.id], event
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPERATIONS)
+def test_every_accepted_request_ends_exactly_once(tmp_path_factory: Any, operations: list[tuple[Any, ...]]) -> None:
+    asyncio.run(scenario(operations, tmp_path_factory.mktemp("s") / "state.json"))
+
+
+def test_priority_order_and_critical_preemption(tmp_path: Path) -> None:
+    async def run() -> list[tuple[str, str, str | None]]:
+        events: list[Any] = []
+        config = Settings(state_file=tmp_path / "s.json")
+        speaker = Speaker(
+            FakeEngine(), FakeOutput(), config, publish_event=events.append, report_error=print, on_change=lambda: None
+        )
+
+        def say(request_id: str, priority: Priority) -> None:
+            speaker.submit(SayRequest(id=request_id, segments=(Segment(text="x" * 200),), priority=priority))
+
+        say("first", Priority.NORMAL)
+        worker = asyncio.create_task(speaker.run())
+        await asyncio.sleep(0.01)  # "first" is speaking
+        say("low", Priority.LOW)
+        say("normal", Priority.NORMAL)
+        say("high", Priority.HIGH)
+        say("high2", Priority.HIGH)
+        say("alarm", Priority.CRITICAL)
+        while speaker.state().queue_length or speaker.state().current_id:
+            await asyncio.sleep(0.01)
+        worker.cancel()
+        return [
+            (e.id, e.event_type.value, getattr(e, "reason", None) or getattr(e, "by", None))
+            for e in events
+            if e.event_type in TERMINAL_EVENTS
+        ]
+
+    assert asyncio.run(run()) == [
+        ("normal", "dropped", "preempted"),  # in queue order
+        ("low", "dropped", "preempted"),
+        ("first", "interrupted", "priority"),
+        ("alarm", "finished", None),
+        ("high", "finished", None),
+        ("high2", "finished", None),
+    ]
