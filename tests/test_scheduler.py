@@ -137,9 +137,16 @@ def test_every_accepted_request_ends_exactly_once(tmp_path_factory: Any, operati
 def test_priority_order_and_critical_preemption(tmp_path: Path) -> None:
     async def run() -> list[tuple[str, str, str | None]]:
         events: list[Any] = []
+        all_ended = asyncio.Event()
+
+        def publish(event: Event) -> None:
+            events.append(event)
+            if sum(e.event_type in TERMINAL_EVENTS for e in events) == 6:
+                all_ended.set()
+
         config = Settings(state_file=tmp_path / "s.json")
         speaker = Speaker(
-            FakeEngine(), FakeOutput(), config, publish_event=events.append, report_error=print, on_change=lambda: None
+            FakeEngine(), FakeOutput(), config, publish_event=publish, report_error=print, on_change=lambda: None
         )
 
         def say(request_id: str, priority: Priority) -> None:
@@ -153,8 +160,7 @@ def test_priority_order_and_critical_preemption(tmp_path: Path) -> None:
         say("high", Priority.HIGH)
         say("high2", Priority.HIGH)
         say("alarm", Priority.CRITICAL)
-        while speaker.state().queue_length or speaker.state().current_id:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(all_ended.wait(), 30)
         worker.cancel()
         return [
             (e.id, e.event_type.value, getattr(e, "reason", None) or getattr(e, "by", None))
