@@ -170,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mqtt-speaker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings)
-    result: int = args.func(settings, args)
+    try:
+        result: int = args.func(settings, args)
+    except ConfigError as exc:
+        print(f"mqtt-speaker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return result
 
 

@@ -25,6 +25,7 @@ from mqtt_speaker.models import (
 from mqtt_speaker.mqtt import Inbound, MqttLink, Will
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speaker import Speaker
+from mqtt_speaker.systemd import Notifier
 from mqtt_speaker.topics import Command, Topics
 
 LOG = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Daemon:
         self._engine = engine
         self._output = output
         self._last_state: str | None = None
+        self._notifier = Notifier()
         self.speaker = Speaker(
             engine,
             output,
@@ -66,6 +68,7 @@ class Daemon:
             Will(self._topics.availability, OFFLINE),
             on_message=self._on_message,
             on_connected=self._on_connected,
+            on_problem=self._notifier.status,
         )
 
     # ---------------------------------------------------------------------------------- publishing
@@ -88,6 +91,7 @@ class Daemon:
     def _on_connected(self) -> None:
         self._link.publish(self._topics.availability, ONLINE, retain=True)
         self._publish_state(force=True)
+        self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self._engine.name})")
 
     # ------------------------------------------------------------------------------------- inbound
 
@@ -163,11 +167,15 @@ class Daemon:
             self._engine.name,
         )
         self._link.start()
+        # Ready at once, broker or not (a broker down at boot must not hold up the boot); STATUS says why.
+        self._notifier.ready(f"waiting for the broker at {self._settings.mqtt.host}:{self._settings.mqtt.port}")
+        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
         await self._engine.start()
         worker = asyncio.create_task(self.speaker.run(), name="speaker")
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        self._notifier.stopping()
         await self.speaker.shutdown(grace=1.5)
         worker.cancel()
         crashed = None if worker.cancelled() or not worker.done() else worker.exception()
@@ -175,9 +183,18 @@ class Daemon:
         await self._output.close()
         await self._engine.close()
         await self._link.stop(last_words=(self._topics.availability, OFFLINE))
+        watchdog.cancel()
+        self._notifier.close()
         if crashed is not None:
             raise RuntimeError("the speaker stopped unexpectedly") from crashed
         LOG.info("stopped")
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself: if the loop hangs, the pings stop and systemd restarts us."""
+        interval = self._notifier.watchdog_interval()
+        while interval is not None:
+            self._notifier.watchdog()
+            await asyncio.sleep(interval)
 
 
 async def run_daemon(settings: Settings) -> None:

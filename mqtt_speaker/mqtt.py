@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from mqtt_speaker.settings import MqttSettings
+from mqtt_speaker.settings import ConfigError, MqttSettings
 
 LOG = logging.getLogger(__name__)
 
@@ -48,6 +50,17 @@ def new_client(settings: MqttSettings, client_id: str) -> paho.Client:
         password = settings.password.get_secret_value() if settings.password else None
         client.username_pw_set(settings.username, password)
     client.reconnect_delay_set(settings.reconnect_min_delay, settings.reconnect_max_delay)
+    if settings.tls:
+        try:
+            client.tls_set(
+                ca_certs=str(settings.ca_certs) if settings.ca_certs else None,
+                certfile=str(settings.certfile) if settings.certfile else None,
+                keyfile=str(settings.keyfile) if settings.keyfile else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"mqtt TLS settings: {exc}") from exc
+        client.tls_insecure_set(settings.tls_insecure)
     if LOG.isEnabledFor(logging.DEBUG):  # paho logs every failed reconnect at ERROR: only when debugging
         client.enable_logger(logging.getLogger("paho"))
     return client
@@ -71,11 +84,13 @@ class MqttLink:
         *,
         on_message: Callable[[Inbound], None],
         on_connected: Callable[[], None],
+        on_problem: Callable[[str], None],
     ) -> None:
         self._settings = settings
         self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connected = on_connected
+        self._on_problem = on_problem
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_problem: str | None = None
         self.connected = False
@@ -107,9 +122,12 @@ class MqttLink:
         self._hand_over(self._disconnected, str(reason))
 
     def _paho_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
+        # paho calls this from inside its `except OSError:` block: the exception says why.
+        reason = sys.exc_info()[1]
         s = self._settings
+        why = f": {reason}" if reason is not None else ""
         retry = f"retrying every {s.reconnect_min_delay}-{s.reconnect_max_delay} s"
-        self._hand_over(self._problem, f"cannot reach the broker at {s.host}:{s.port}; {retry}")
+        self._hand_over(self._problem, f"cannot reach the broker at {s.host}:{s.port}{why}; {retry}")
 
     def _paho_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         self._hand_over(self._on_message, Inbound(message.topic, bytes(message.payload), bool(message.retain)))
@@ -132,6 +150,7 @@ class MqttLink:
         if message != self._last_problem:  # one log line per distinct problem, not one per retry
             LOG.warning("%s", message)
             self._last_problem = message
+            self._on_problem(message)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -75,6 +75,11 @@ class MqttSettings(BaseModel):
     )
     reconnect_min_delay: int = Field(default=1, ge=1)
     reconnect_max_delay: int = Field(default=30, ge=1)
+    tls: bool = Field(default=False, description="Connect with TLS (port 8883 by convention)")
+    ca_certs: Path | None = Field(default=None, description="CA bundle to verify the broker; default: the system's")
+    certfile: Path | None = Field(default=None, description="Client certificate, for brokers that ask for one")
+    keyfile: Path | None = None
+    tls_insecure: bool = Field(default=False, description="Skip the broker host name check (not recommended)")
 
 
 class CartesiaSettings(BaseModel):
@@ -166,15 +171,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _cartesia_api_key_env(cls, data: Any) -> Any:
-        """CARTESIA_API_KEY works as well as MQTT_SPEAKER_CARTESIA__API_KEY (which wins)."""
-        key = os.environ.get("CARTESIA_API_KEY")
-        if key and isinstance(data, dict):
-            cartesia = data.get("cartesia")
-            if cartesia is None:
-                data["cartesia"] = {"api_key": key}
-            elif isinstance(cartesia, dict) and not cartesia.get("api_key"):
-                data["cartesia"] = {**cartesia, "api_key": key}
+    def _secrets_from_elsewhere(cls, data: Any) -> Any:
+        """Secrets not set otherwise come from CARTESIA_API_KEY, or from systemd credentials
+        ($CREDENTIALS_DIRECTORY/cartesia_api_key and .../mqtt_password, see LoadCredential=)."""
+        if not isinstance(data, dict):
+            return data
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        sources: dict[tuple[str, str], list[str | None]] = {
+            ("cartesia", "api_key"): [os.environ.get("CARTESIA_API_KEY"), _credential(credentials, "cartesia_api_key")],
+            ("mqtt", "password"): [_credential(credentials, "mqtt_password")],
+        }
+        for (section, key), candidates in sources.items():
+            value = next((c for c in candidates if c), None)
+            part = data.get(section)
+            if value is None or (isinstance(part, dict) and part.get(key)):
+                continue
+            data[section] = {**(part if isinstance(part, dict) else {}), key: value}
         return data
 
     @field_validator("site")
@@ -226,6 +238,15 @@ class Settings(BaseSettings):
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"mqtt-speaker-{self.site}"
+
+
+def _credential(directory: str | None, name: str) -> str | None:
+    if not directory:
+        return None
+    try:
+        return (Path(directory) / name).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
 
 
 def config_path_from(cli_path: Path | None) -> Path | None:
