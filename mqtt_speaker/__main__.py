@@ -1,4 +1,4 @@
-"""The command line: `mqtt-speaker run | say | devices`."""
+"""The command line: `mqtt-speaker run | say | devices | check`."""
 
 from __future__ import annotations
 
@@ -122,6 +122,12 @@ def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
         client.loop_stop()
 
 
+def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
+    from mqtt_speaker.check import run_checks
+
+    return EXIT_OK if run_checks(settings) else EXIT_NOT_FINISHED
+
+
 def cmd_devices(settings: Settings, _args: argparse.Namespace) -> int:
     try:
         import sounddevice
@@ -159,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
     say.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (default 120)")
     say.set_defaults(func=cmd_say)
     sub.add_parser("devices", help="list output devices").set_defaults(func=cmd_devices)
+    check = sub.add_parser("check", help="check the config, the broker, the speech engine and the sound device")
+    check.set_defaults(func=cmd_check)
     return p
 
 

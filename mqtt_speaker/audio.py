@@ -242,6 +242,13 @@ class SoundDevicePlayer:
             self._rate = self._settings.sample_rate or self._device_rate()
             return self._start_stream()
 
+    def probe(self) -> str:
+        """Open the output device and close it again without playing anything."""
+        stream = self._open()
+        description = f"{self._settings.device or 'default device'} opens at {self._rate} Hz"
+        self._close_stream()
+        return f"{description}, latency {stream.latency * 1000:.0f} ms"
+
     def _start_stream(self) -> Any:
         try:
             stream = self._sd.OutputStream(

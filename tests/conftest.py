@@ -45,11 +45,12 @@ def port_open(port: int) -> bool:
 class Broker:
     """A real mosquitto on a free loopback port; restartable on the same port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, config: str | None = None) -> None:
         self.port = free_port()
         self.dir = directory
-        self.config = directory / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.config = directory / f"mosquitto-{self.port}.conf"
+        default = f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        self.config.write_text(config.format(port=self.port) if config else default)
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -80,7 +81,7 @@ class Message:
 class Observer:
     """A test-side MQTT client that records everything under the base topic and can publish."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: tuple[str, str, str] | None = None) -> None:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -88,6 +89,10 @@ class Observer:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        if tls is not None:
+            ca, username, password = tls
+            self.client.tls_set(ca_certs=ca)
+            self.client.username_pw_set(username, password)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._connected.wait(10):

@@ -175,6 +175,10 @@ class CartesiaEngine:
             await self._socket(fresh=False)
         self._keeper = asyncio.create_task(self._keep_warm(), name="cartesia-keep-warm")
 
+    async def probe(self) -> None:
+        """Open a fresh socket (raises SynthesisError saying why it cannot be had)."""
+        await self._socket(fresh=True)
+
     async def close(self) -> None:
         if self._keeper is not None:
             self._keeper.cancel()

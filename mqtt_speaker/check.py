@@ -1,0 +1,116 @@
+"""`mqtt-speaker check`: is everything in place? One line per check; non-zero exit if any failed."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from mqtt_speaker.audio import AudioDeviceError, SoundDevicePlayer
+from mqtt_speaker.engines.base import SynthesisError
+from mqtt_speaker.engines.cartesia import CartesiaEngine
+from mqtt_speaker.mqtt import new_client
+from mqtt_speaker.settings import ConfigError, Settings, config_path_from
+
+TIMEOUT = 10.0
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check_config(settings: Settings) -> str:
+    path = config_path_from(None)
+    return f"{path or 'no config file'}; site {settings.site!r}, topics under {settings.base_topic}/{settings.site}/"
+
+
+def check_broker(settings: Settings) -> str:
+    mqtt = settings.mqtt
+    client = new_client(mqtt, f"mqtt-speaker-check-{settings.site}")
+    answered = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        outcome["reason"] = reason
+        answered.set()
+
+    client.on_connect = on_connect
+    where = f"{mqtt.host}:{mqtt.port}{' (TLS)' if mqtt.tls else ''}"
+    try:
+        client.connect(mqtt.host, mqtt.port, keepalive=10)
+    except OSError as exc:
+        raise CheckFailed(f"cannot reach {where}: {exc}") from exc
+    client.loop_start()
+    try:
+        if not answered.wait(TIMEOUT):
+            raise CheckFailed(f"{where} did not answer within {TIMEOUT:.0f} s")
+        if outcome["reason"].is_failure:
+            raise CheckFailed(f"{where} refused the connection: {outcome['reason']}")
+        user = f" as {mqtt.username}" if mqtt.username else ""
+        return f"connected to {where}{user}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def check_speech(settings: Settings) -> str:
+    if settings.use_cartesia:
+
+        async def probe() -> None:
+            engine = CartesiaEngine(settings.cartesia)
+            try:
+                await engine.probe()
+            finally:
+                await engine.close()
+
+        try:
+            asyncio.run(probe())
+        except SynthesisError as exc:
+            raise CheckFailed(f"{exc.code}: {exc.message}") from exc
+        return f"Cartesia socket opens at {settings.cartesia.url} (model {settings.cartesia.model})"
+    executable = shutil.which(settings.espeak.executable)
+    if executable is None:
+        raise CheckFailed(f"no Cartesia API key, and {settings.espeak.executable} is not installed")
+    version = subprocess.run([executable, "--version"], capture_output=True, text=True, check=False, timeout=10)
+    return f"no Cartesia API key: the local engine is used ({version.stdout.strip() or executable})"
+
+
+def check_audio(settings: Settings) -> str:
+    directory = settings.audio.output_dir
+    if directory is not None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as exc:
+            raise CheckFailed(f"cannot write WAV files to {directory}: {exc}") from exc
+        return f"utterances are written to {directory}"
+    try:
+        return SoundDevicePlayer(settings.audio).probe()
+    except (AudioDeviceError, OSError) as exc:
+        raise CheckFailed(str(exc)) from exc
+
+
+CHECKS: list[tuple[str, Callable[[Settings], str]]] = [
+    ("config", check_config),
+    ("broker", check_broker),
+    ("speech", check_speech),
+    ("audio", check_audio),
+]
+
+
+def run_checks(settings: Settings) -> bool:
+    """Print one line per check; True when all passed."""
+    ok = True
+    for name, check in CHECKS:
+        try:
+            detail, passed = check(settings), True
+        except (CheckFailed, ConfigError) as exc:
+            detail, passed = str(exc), False
+        ok &= passed
+        print(f"{'ok  ' if passed else 'FAIL'}  {name:<7} {detail}", flush=True)
+    return ok
