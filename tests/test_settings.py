@@ -128,3 +128,17 @@ def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_default_site_is_topic_safe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("socket.gethostname", lambda: "My-Pi.Local")
     assert default_site() == "my-pi"
+
+
+def test_systemd_credentials_fill_unset_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "cartesia_api_key").write_text("sk_car_from_credential\n")
+    (credentials / "mqtt_password").write_text("pw_from_credential")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    s = load_settings()
+    assert s.cartesia.api_key is not None and s.cartesia.api_key.get_secret_value() == "sk_car_from_credential"
+    assert s.mqtt.password is not None and s.mqtt.password.get_secret_value() == "pw_from_credential"
+    monkeypatch.setenv("MQTT_SPEAKER_MQTT__PASSWORD", "explicit")
+    password = load_settings().mqtt.password
+    assert password is not None and password.get_secret_value() == "explicit"
