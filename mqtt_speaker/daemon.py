@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
 from mqtt_speaker.engines.base import Engine
@@ -53,6 +54,9 @@ class Daemon:
         self._output = output
         self._last_state: str | None = None
         self._notifier = Notifier()
+        self._error_window = 0.0
+        self._errors_in_window = 0
+        self._suppressed = 0
         self.speaker = Speaker(
             engine,
             output,
@@ -74,10 +78,32 @@ class Daemon:
     # ---------------------------------------------------------------------------------- publishing
 
     def report(self, error: ErrorReport) -> None:
-        """Log a problem and publish it on the error topic."""
-        level = logging.WARNING if error.severity == "warning" else logging.ERROR
-        LOG.log(level, "%s%s: %s", error.code, f" [{error.id}]" if error.id else "", error.message)
+        """Log a problem and publish it on the error topic, at most max_errors_per_second a second:
+        past that, one summary error a second says how many were left out (a flood of bad input must
+        not become a flood of errors)."""
+        now = time.monotonic()
+        if now - self._error_window >= 1.0:
+            self._error_window, self._errors_in_window = now, 0
+        self._errors_in_window += 1
+        line = "%s%s: %s", error.code, f" [{error.id}]" if error.id else "", error.message
+        if self._errors_in_window > self._settings.max_errors_per_second:
+            self._suppressed += 1
+            LOG.debug(*line)
+            if self._suppressed == 1:
+                asyncio.get_running_loop().call_later(1.0, self._report_suppressed)
+            return
+        LOG.log(logging.WARNING if error.severity == "warning" else logging.ERROR, *line)
         self._link.publish(self._topics.error, error.to_payload())
+
+    def _report_suppressed(self) -> None:
+        count, self._suppressed = self._suppressed, 0
+        summary = ErrorReport(
+            code=ErrorCode.ERRORS_SUPPRESSED,
+            message=f"{count} more errors in the last second were not published "
+            f"(more than {self._settings.max_errors_per_second} a second)",
+        )
+        LOG.warning("%s: %s", summary.code, summary.message)
+        self._link.publish(self._topics.error, summary.to_payload())
 
     def _publish_event(self, event: Event) -> None:
         self._link.publish(self._topics.event, event.to_payload())

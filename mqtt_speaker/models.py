@@ -62,6 +62,8 @@ class ErrorCode(StrEnum):
     UNKNOWN_FIELD = "unknown_field"
     UNKNOWN_SOUND = "unknown_sound"
     INVALID_COMMAND = "invalid_command"
+    ERRORS_SUPPRESSED = "errors_suppressed"
+    RATE_LIMITED = "rate_limited"
     RETAINED_COMMAND_IGNORED = "retained_command_ignored"
     QUEUE_FULL = "queue_full"
     INBOX_OVERFLOW = "inbox_overflow"
@@ -466,7 +468,7 @@ class FinishedEvent(Event):
 
 
 InterruptReason = Literal["stop", "skip", "priority", "shutdown"]
-DropReason = Literal["queue_full", "shutdown", "preempted", "expired", "cleared", "duplicate", "quiet"]
+DropReason = Literal["queue_full", "shutdown", "preempted", "expired", "cleared", "duplicate", "quiet", "rate_limited"]
 
 
 class InterruptedEvent(Event):

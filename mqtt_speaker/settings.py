@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     dedupe_window: float = Field(default=300.0, ge=0, description="Seconds a request id is remembered")
     quiet_hours: str | None = Field(default=None, description="Local time span, e.g. 22:00-07:00")
     sounds_dir: Path | None = Field(default=None, description="Folder of <name>.wav chimes")
+    max_errors_per_second: int = Field(default=20, ge=1, description="More are summed up in one summary error")
+    chars_per_minute: int | None = Field(default=None, ge=1, description="Cost guard: Cartesia characters a minute")
+    chars_per_hour: int | None = Field(default=None, ge=1, description="Cost guard: Cartesia characters an hour")
+    critical_bypasses_cost_guard: bool = True
     state_file: Path = Field(default_factory=lambda: default_state_dir() / "state.json")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
     mqtt: MqttSettings = Field(default_factory=MqttSettings)

@@ -9,6 +9,7 @@ accepted request ends with exactly one terminal event: finished, interrupted, dr
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import itertools
@@ -100,6 +101,7 @@ class Speaker:
         self._recent_ids: dict[str, float] = {}
         self._problems: dict[str, LastError] = {}
         self._last_error: LastError | None = None
+        self._billed: collections.deque[tuple[float, int]] = collections.deque()  # (time, characters)
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -220,6 +222,32 @@ class Speaker:
         self._on_change()
         return None
 
+    def _over_budget(self, job: Job) -> bool:
+        """The cost guard: drop (rate_limited) what would take the billed characters over a limit."""
+        request = job.request
+        if not self._engine.billed:
+            return False
+        now = time.monotonic()
+        while self._billed and now - self._billed[0][0] > 3600:
+            self._billed.popleft()
+        chars = len(request.text)
+        bypass = request.priority is Priority.CRITICAL and self._settings.critical_bypasses_cost_guard
+        for window, limit in ((60, self._settings.chars_per_minute), (3600, self._settings.chars_per_hour)):
+            used = sum(n for t, n in self._billed if now - t <= window)
+            if limit is not None and used + chars > limit and not bypass:
+                self._report_error(
+                    ErrorReport(
+                        code=ErrorCode.RATE_LIMITED,
+                        message=f"cost guard: {chars} more characters would pass the limit of {limit} "
+                        f"per {'minute' if window == 60 else 'hour'} ({used} used)",
+                        id=request.id,
+                    )
+                )
+                self._drop(job, "rate_limited")
+                return True
+        self._billed.append((now, chars))
+        return False
+
     def _expire(self, job: Job) -> None:
         if job in self._queue:
             self._queue.remove(job)
@@ -255,6 +283,8 @@ class Speaker:
                 continue
             if job.expiry is not None:
                 job.expiry.cancel()
+            if self._over_budget(job):
+                continue
             self._current = job
             self._on_change()
             try:

@@ -247,6 +247,7 @@ class CartesiaEmulator:
                 chunk = max(1, int(b.chunk_ms / 1000 * rate))
                 frequency = frequency_for(config.get("emotion"))
                 while total > 0:
+                    await self._maybe_fault(ws, log)
                     if log.first_chunk_at is None:
                         if b.stall:
                             await asyncio.Event().wait()
@@ -272,7 +273,6 @@ class CartesiaEmulator:
                     position += count
                     total -= count
                     log.samples_sent += count
-                    await self._maybe_fault(ws, log)
                 if message.get("continue") is False:
                     await ws.send(
                         json.dumps({"type": "done", "context_id": context_id, "status_code": 206, "done": True})
@@ -296,7 +296,7 @@ class CartesiaEmulator:
 
     async def _maybe_fault(self, ws: ServerConnection, log: ContextLog) -> None:
         faults = self.behaviour.faults
-        if not faults or log.samples_sent < 1:
+        if not faults:
             return
         fault = faults[0]
         chunks = log.samples_sent // max(1, int(self.behaviour.chunk_ms / 1000 * log.sample_rate))

@@ -21,6 +21,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
 from tests.sound import PulseAudio, wait_until
@@ -60,9 +62,12 @@ class Broker:
         self._proc = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=log, stderr=log)
         wait_until(lambda: port_open(self.port), 10, "mosquitto to listen")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
         if self._proc is not None:
-            self._proc.terminate()
+            if kill:
+                self._proc.kill()
+            else:
+                self._proc.terminate()
             self._proc.wait(10)
             self._proc = None
         wait_until(lambda: not port_open(self.port), 10, "mosquitto to stop listening")
@@ -81,7 +86,7 @@ class Message:
 class Observer:
     """A test-side MQTT client that records everything under the base topic and can publish."""
 
-    def __init__(self, port: int, tls: tuple[str, str, str] | None = None) -> None:
+    def __init__(self, port: int, tls: tuple[str, str, str] | None = None, persistent: bool = False) -> None:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -89,6 +94,15 @@ class Observer:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        if persistent:  # keeps its session (and the messages sent while it reconnects) across broker restarts
+            self.client.reconnect_delay_set(1, 1)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 3600
+            self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
+            self.client.loop_start()
+            if not self._connected.wait(10):
+                raise RuntimeError("observer could not connect")
+            return
         if tls is not None:
             ca, username, password = tls
             self.client.tls_set(ca_certs=ca)
@@ -199,6 +213,12 @@ class Daemon:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def rss_kb(self) -> int:
+        """Resident memory of the daemon process, from /proc."""
+        assert self._proc is not None
+        status = Path(f"/proc/{self._proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+
     def stop(self) -> int:
         if self._proc is None:
             return 0
@@ -265,9 +285,14 @@ def make_daemon(
     config = workdir / "empty.toml"
     config.write_text("")
 
-    def make(env: dict[str, str] | None = None, site: str | None = None, **settings: str) -> Daemon:
+    def make(
+        env: dict[str, str] | None = None,
+        site: str | None = None,
+        on: tuple[Broker, Observer] | None = None,
+        **settings: str,
+    ) -> Daemon:
         base = {**pulse.env, "MQTT_SPEAKER_CONFIG": str(config), "MQTT_SPEAKER_AUDIO__DEVICE": "pulse"}
-        daemon = Daemon(broker, observer, {**base, **(env or {})}, workdir, site)
+        daemon = Daemon(*(on or (broker, observer)), {**base, **(env or {})}, workdir, site)
         started.append(daemon)
         return daemon.start(**settings)
 
@@ -281,8 +306,8 @@ def cartesia_env(emulator: CartesiaEmulator) -> dict[str, str]:
     return {"CARTESIA_API_KEY": TEST_API_KEY, "MQTT_SPEAKER_CARTESIA__URL": emulator.url}
 
 
-def spoken_ok(daemon: Daemon, request_id: str) -> dict[str, Any]:
-    event = daemon.wait_terminal(request_id)
+def spoken_ok(daemon: Daemon, request_id: str, timeout: float = 60) -> dict[str, Any]:
+    event = daemon.wait_terminal(request_id, timeout)
     assert event["event_type"] == "finished", f"{event}\n{daemon.log()[-3000:]}"
     return event
 

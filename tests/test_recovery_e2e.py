@@ -87,6 +87,7 @@ def test_audio_device_failure_is_reported_and_retried_for_the_next_request(
         later.stop()
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("kind", ["abort", "close_1011", "close_1000", "silent"])
 def test_socket_lost_in_the_middle_of_speech_fails_cleanly_and_the_next_request_speaks(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, kind: FaultKind
@@ -101,6 +102,7 @@ def test_socket_lost_in_the_middle_of_speech_fails_cleanly_and_the_next_request_
     spoken_ok(daemon, "next")
 
 
+@pytest.mark.fault
 def test_a_first_chunk_that_never_comes_times_out(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
 ) -> None:

@@ -27,6 +27,7 @@ CHUNK = np.zeros(64, dtype=np.int16)
 
 class FakeEngine:
     name = "fake"
+    billed = False
 
     async def start(self) -> None: ...
 

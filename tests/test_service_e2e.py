@@ -199,6 +199,7 @@ def test_systemd_notifications_and_journal_logging(
     assert first_line.startswith(("DEBUG ", "INFO ")), first_line  # no timestamp: the journal adds its own
 
 
+@pytest.mark.fault
 def test_requests_sent_while_the_daemon_is_away_are_spoken_when_it_returns(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
 ) -> None:

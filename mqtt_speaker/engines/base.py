@@ -44,6 +44,7 @@ class SynthesisError(Exception):
 
 class Engine(Protocol):
     name: str
+    billed: bool  # each character synthesized costs money (the cost guard counts them)
 
     async def start(self) -> None:
         """Get ready to speak (open connections); failures are logged, not raised."""

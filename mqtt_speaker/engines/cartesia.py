@@ -87,6 +87,7 @@ class _Lost(Exception):
 
 class CartesiaEngine:
     name = "cartesia"
+    billed = True
 
     def __init__(self, settings: CartesiaSettings) -> None:
         self._settings = settings

@@ -52,6 +52,7 @@ def prosody_for(segment: Segment, voicing: Voicing) -> Prosody:
 
 class EspeakEngine:
     name = "espeak"
+    billed = False
 
     def __init__(self, settings: EspeakSettings) -> None:
         self._settings = settings
