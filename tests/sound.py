@@ -57,8 +57,7 @@ class PulseAudio:
                 "--enable-memfd=no",
                 f"--log-target=file:{self.dir / 'pa.log'}",
                 "--load=module-native-protocol-unix auth-anonymous=1",
-                f"--load=module-pipe-sink file={self.dir / 'sink.fifo'} sink_name={SINK} format=s16le "
-                f"rate={RATE} channels=1 use_system_clock_for_timing=yes",
+                f"--load=module-pipe-sink {self.sink_arguments}",
             ],
             env={**os.environ, **self.env, "HOME": str(self.dir)},
             stdout=subprocess.DEVNULL,
@@ -66,6 +65,11 @@ class PulseAudio:
         )
         wait_until(lambda: self.pactl("info").returncode == 0, 20, "PulseAudio to answer")
         return self
+
+    @property
+    def sink_arguments(self) -> str:
+        fifo = self.dir / "sink.fifo"
+        return f"file={fifo} sink_name={SINK} format=s16le rate={RATE} channels=1 use_system_clock_for_timing=yes"
 
     def pactl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

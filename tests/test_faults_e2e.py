@@ -16,7 +16,7 @@ import pytest
 
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator, Fault
 from tests.conftest import Broker, Daemon, Observer, spoken_ok
-from tests.sound import SINK, PulseAudio, sound_regions, wait_until
+from tests.sound import PulseAudio, sound_regions, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
@@ -122,7 +122,7 @@ def test_too_many_requests_at_the_handshake_is_rate_limited(
     [
         ("CARTESIA__VOICE", "invalid-voice", "Voice 'invalid-voice' was not found"),
         ("CARTESIA__MODEL", "unknown-model", "Model 'unknown-model' does not exist"),
-    ],  # fmt: skip
+    ],
 )
 def test_error_frames_fail_the_request_with_the_services_message(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], setting: str, value: str, message: str
@@ -150,8 +150,7 @@ def test_sound_device_lost_mid_utterance_fails_and_the_next_request_plays_when_i
         failed = daemon.wait_terminal("cut")
         assert (failed["event_type"], failed["code"]) == ("failed", "audio_device_unavailable"), failed
         assert daemon.alive()
-        sink = f"file={own.dir / 'sink.fifo'} sink_name={SINK} format=s16le rate=44100 channels=1 use_system_clock_for_timing=yes"
-        assert own.pactl("load-module", "module-pipe-sink", *sink.split()).returncode == 0
+        assert own.pactl("load-module", "module-pipe-sink", *own.sink_arguments.split()).returncode == 0
         with own.capture() as capture:
             daemon.say(b'{"id": "back", "text": "Device is back"}')
             spoken_ok(daemon, "back")
@@ -177,7 +176,7 @@ def test_a_burst_of_malformed_messages_is_answered_and_the_valid_one_spoken(
         errors = daemon.errors()
         direct = sum(e["code"] == "invalid_request" for e in errors)
         summed = sum(int(e["message"].split()[0]) for e in errors if e["code"] == "errors_suppressed")
-        return direct + summed
+        return int(direct + summed)
 
     wait_until(lambda: accounted() >= 1000, 30, "every malformed message accounted for")
     assert accounted() == 1000
