@@ -1,4 +1,4 @@
-"""The command line: `mqtt-speaker run | say | devices | check`."""
+"""The command line: `mqtt-speaker run | say | devices | check | discovery`."""
 
 from __future__ import annotations
 
@@ -122,6 +122,37 @@ def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
         client.loop_stop()
 
 
+def cmd_discovery(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the Home Assistant discovery messages, or (--remove) clear them from the broker."""
+    from mqtt_speaker.discovery import discovery_messages, removal_messages
+    from mqtt_speaker.mqtt import new_client
+
+    topics = Topics(settings.base_topic, settings.site, settings.homeassistant.prefix)
+    if not args.remove:
+        for topic, payload in discovery_messages(settings, topics):
+            print(topic)
+            print(json.dumps(json.loads(payload), indent=2) if payload else "(empty: discovery is off)")
+        return EXIT_OK
+    client = new_client(settings.mqtt, f"mqtt-speaker-cli-{uuid.uuid4().hex[:8]}")
+    try:
+        client.connect(settings.mqtt.host, settings.mqtt.port, keepalive=30)
+    except OSError as exc:
+        print(f"cannot reach the broker at {settings.mqtt.host}:{settings.mqtt.port}: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    client.loop_start()
+    try:
+        for topic, payload in removal_messages(topics, settings):
+            client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    print(
+        f"removed the discovery of {settings.device_name} ({topics.discovery}); stop the daemon, or set "
+        "homeassistant.discovery = false, or it is published again when it connects"
+    )
+    return EXIT_OK
+
+
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
     from mqtt_speaker.check import run_checks
 
@@ -165,6 +196,9 @@ def parser() -> argparse.ArgumentParser:
     say.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (default 120)")
     say.set_defaults(func=cmd_say)
     sub.add_parser("devices", help="list output devices").set_defaults(func=cmd_devices)
+    discovery = sub.add_parser("discovery", help="print the Home Assistant discovery messages, or remove them")
+    discovery.add_argument("--remove", action="store_true", help="clear the retained discovery: the device disappears")
+    discovery.set_defaults(func=cmd_discovery)
     check = sub.add_parser("check", help="check the config, the broker, the speech engine and the sound device")
     check.set_defaults(func=cmd_check)
     return p

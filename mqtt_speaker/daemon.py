@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import time
 
 from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
+from mqtt_speaker.discovery import discovery_messages
 from mqtt_speaker.engines.base import Engine
 from mqtt_speaker.engines.cartesia import CartesiaEngine
 from mqtt_speaker.engines.espeak import EspeakEngine
@@ -49,7 +51,7 @@ def build_output(settings: Settings) -> Output:
 class Daemon:
     def __init__(self, settings: Settings, engine: Engine, output: Output) -> None:
         self._settings = settings
-        self._topics = Topics(settings.base_topic, settings.site)
+        self._topics = Topics(settings.base_topic, settings.site, settings.homeassistant.prefix)
         self._engine = engine
         self._output = output
         self._last_state: str | None = None
@@ -115,13 +117,31 @@ class Daemon:
             self._link.publish(self._topics.state, payload, retain=True)
 
     def _on_connected(self) -> None:
+        self._announce()
+        self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self._engine.name})")
+
+    def _announce(self) -> None:
+        """Availability, state and Home Assistant discovery, all retained."""
         self._link.publish(self._topics.availability, ONLINE, retain=True)
         self._publish_state(force=True)
+        for topic, payload in discovery_messages(self._settings, self._topics):
+            self._link.publish(topic, payload, retain=True)
+
+    def _on_homeassistant_status(self, payload: bytes) -> None:
+        """Home Assistant (re)started: send discovery again, after a short random delay (as it advises,
+        so that a house full of devices does not answer all at once)."""
+        if payload.strip().lower() == b"online":
+            delay = random.uniform(0.5, 3.0)
+            LOG.info("Home Assistant is online: sending discovery again in %.1f s", delay)
+            asyncio.get_running_loop().call_later(delay, self._announce)
         self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self._engine.name})")
 
     # ------------------------------------------------------------------------------------- inbound
 
     def _on_message(self, message: Inbound) -> None:
+        if message.topic == self._topics.homeassistant_status:
+            self._on_homeassistant_status(message.payload)
+            return
         command = self._topics.parse_command(message.topic)
         if command is None:
             return

@@ -108,6 +108,22 @@ class EspeakSettings(BaseModel):
     words_per_minute: int = Field(default=175, ge=80, le=450)
 
 
+class HomeAssistantSettings(BaseModel):
+    discovery: bool = Field(default=True, description="Publish MQTT discovery; false removes it")
+    prefix: str = Field(default="homeassistant", description="Discovery prefix (and birth topic <prefix>/status)")
+    per_entity: bool = Field(
+        default=False, description="One discovery topic per entity, for Home Assistant before 2024.11"
+    )
+    name: str | None = Field(default=None, description="Device name; default: '<Site> speaker'")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        if not TOPIC_SEGMENT.fullmatch(value):
+            raise ValueError("must be topic levels of letters, digits, '_' or '-'")
+        return value
+
+
 class AudioSettings(BaseModel):
     device: str | int | None = Field(default=None, description="PortAudio output device name or index")
     output_dir: Path | None = Field(default=None, description="Write WAV files here instead of playing")
@@ -157,6 +173,10 @@ class Settings(BaseSettings):
     cartesia: CartesiaSettings = Field(default_factory=CartesiaSettings)
     espeak: EspeakSettings = Field(default_factory=EspeakSettings)
     audio: AudioSettings = Field(default_factory=AudioSettings)
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+    voices: dict[str, str] = Field(
+        default_factory=dict, description="Friendly voice names for Cartesia voice ids, e.g. {Narrator = '6ccb...'}"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -238,6 +258,27 @@ class Settings(BaseSettings):
         """Values that must never appear in a log line or a published message."""
         values = [self.cartesia.api_key, self.mqtt.password]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+    @property
+    def device_name(self) -> str:
+        return self.homeassistant.name or f"{self.site.replace('_', ' ').replace('-', ' ').title()} speaker"
+
+    @property
+    def voice_aliases(self) -> dict[str, str]:
+        """The configured aliases, plus "Default" for the configured voice when it has no alias."""
+        default = {} if self.cartesia.voice in self.voices.values() else {"Default": self.cartesia.voice}
+        return {**default, **self.voices}
+
+    def voice_id(self, voice: str) -> str:
+        """A voice alias resolved to its Cartesia id (anything else is taken as an id)."""
+        return self.voice_aliases.get(voice, voice)
+
+    def voice_name(self, voice: str) -> str:
+        """How a voice is shown: its alias where it has one."""
+        aliases = self.voice_aliases
+        if voice in aliases:
+            return voice
+        return next((name for name, vid in aliases.items() if vid == voice), voice)
 
     @property
     def client_id(self) -> str:

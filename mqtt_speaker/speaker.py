@@ -119,7 +119,7 @@ class Speaker:
             last_error=self._last_error,
             volume=self.defaults.volume,
             emotion=self.defaults.emotion,
-            voice=self.defaults.voice,
+            voice=self._settings.voice_name(self.defaults.voice),
             quiet=self.defaults.quiet,
             quiet_now=self.quiet_now(),
         )
@@ -311,7 +311,7 @@ class Speaker:
     def _voicing(self, request: SayRequest) -> Voicing:
         return Voicing(
             emotion=self.defaults.emotion,
-            voice=request.voice or self.defaults.voice,
+            voice=self._settings.voice_id(request.voice or self.defaults.voice),
             language=request.language or self._settings.cartesia.language,
         )
 

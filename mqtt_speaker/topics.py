@@ -5,6 +5,9 @@
 <base>/<site>/clear          in   drop queued requests (any payload, or {"below": "high", "stop": true})
 <base>/<site>/set/volume     in   runtime defaults: set/volume 0-100, set/emotion, set/voice, set/quiet ON/OFF
 <base>/all/...               in   every command above, for every speaker
+<prefix>/device/<site>/config          out  Home Assistant discovery (retained); prefix "homeassistant"
+<prefix>/<platform>/<site>/<id>/config out  the same, one topic per entity (for Home Assistant < 2024.11)
+<prefix>/status                        in   Home Assistant's birth message: discovery is sent again
 <base>/<site>/availability   out  online / offline, retained (offline is the last will)
 <base>/<site>/state          out  retained JSON, republished on every change
 <base>/<site>/event          out  lifecycle events (queued, started, finished, failed, ...)
@@ -36,6 +39,7 @@ class Command(StrEnum):
 class Topics:
     base: str
     site: str
+    discovery_prefix: str = "homeassistant"
 
     def _own(self, leaf: str) -> str:
         return f"{self.base}/{self.site}/{leaf}"
@@ -60,9 +64,21 @@ class Topics:
         """The topic a command is published on, for this site or another one (or 'all')."""
         return f"{self.base}/{site or self.site}/{command.value}"
 
+    @property
+    def discovery(self) -> str:
+        return f"{self.discovery_prefix}/device/{self.site}/config"
+
+    def entity_discovery(self, platform: str, object_id: str) -> str:
+        return f"{self.discovery_prefix}/{platform}/{self.site}/{object_id}/config"
+
+    @property
+    def homeassistant_status(self) -> str:
+        return f"{self.discovery_prefix}/status"
+
     def subscriptions(self) -> list[str]:
         """Every topic the daemon subscribes to (re-subscribed on each connect)."""
-        return [self.command(command, site) for command in Command for site in (self.site, BROADCAST_SITE)]
+        commands = [self.command(command, site) for command in Command for site in (self.site, BROADCAST_SITE)]
+        return [*commands, self.homeassistant_status]
 
     def parse_command(self, topic: str) -> Command | None:
         """The command an inbound topic carries, or None when it is not one of ours."""
