@@ -9,10 +9,12 @@ import signal
 import time
 
 from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
+from mqtt_speaker.cache import AudioCache
 from mqtt_speaker.discovery import discovery_messages
 from mqtt_speaker.engines.base import Engine
 from mqtt_speaker.engines.cartesia import CartesiaEngine
 from mqtt_speaker.engines.espeak import EspeakEngine
+from mqtt_speaker.engines.piper import PiperEngine
 from mqtt_speaker.models import (
     ErrorCode,
     ErrorReport,
@@ -24,6 +26,7 @@ from mqtt_speaker.models import (
     parse_say,
     parse_voice,
     parse_volume,
+    parse_warm,
 )
 from mqtt_speaker.mqtt import Inbound, MqttLink, Will
 from mqtt_speaker.settings import Settings
@@ -33,13 +36,23 @@ from mqtt_speaker.topics import Command, Topics
 
 LOG = logging.getLogger(__name__)
 ONLINE, OFFLINE = "online", "offline"
-ONE_SHOT = frozenset({Command.SAY, Command.STOP, Command.SKIP, Command.CLEAR})  # never acted on when retained
+ONE_SHOT = frozenset(
+    {Command.SAY, Command.STOP, Command.SKIP, Command.CLEAR, Command.CACHE_CLEAR, Command.CACHE_WARM}
+)  # never acted on when retained
 
 
-def build_engine(settings: Settings) -> Engine:
-    if settings.use_cartesia:
-        return CartesiaEngine(settings.cartesia)
-    return EspeakEngine(settings.espeak)
+def build_engines(settings: Settings) -> dict[str, Engine]:
+    """The primary engine and the installed fallbacks (Cartesia only with an API key or when chosen)."""
+    wanted = [settings.primary_engine, *settings.fallback]
+    engines: dict[str, Engine] = {}
+    for name in dict.fromkeys(wanted):
+        if name == "cartesia" and (settings.has_api_key or settings.primary_engine == "cartesia"):
+            engines[name] = CartesiaEngine(settings.cartesia)
+        elif name == "piper" and (settings.piper.installed or settings.primary_engine == "piper"):
+            engines[name] = PiperEngine(settings.piper)
+        elif name == "espeak":
+            engines[name] = EspeakEngine(settings.espeak)
+    return engines
 
 
 def build_output(settings: Settings) -> Output:
@@ -49,20 +62,23 @@ def build_output(settings: Settings) -> Output:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, engine: Engine, output: Output) -> None:
+    def __init__(self, settings: Settings, engines: dict[str, Engine], output: Output) -> None:
         self._settings = settings
         self._topics = Topics(settings.base_topic, settings.site, settings.homeassistant.prefix)
-        self._engine = engine
+        self._engines = engines
         self._output = output
         self._last_state: str | None = None
         self._notifier = Notifier()
         self._error_window = 0.0
         self._errors_in_window = 0
         self._suppressed = 0
+        self._background: set[asyncio.Task[None]] = set()
         self.speaker = Speaker(
-            engine,
+            engines,
             output,
             settings,
+            primary=settings.primary_engine,
+            cache=AudioCache(settings.cache),
             publish_event=self._publish_event,
             report_error=self.report,
             on_change=self._publish_state,
@@ -118,7 +134,7 @@ class Daemon:
 
     def _on_connected(self) -> None:
         self._announce()
-        self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self._engine.name})")
+        self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self.speaker.engine_in_use()})")
 
     def _announce(self) -> None:
         """Availability, state and Home Assistant discovery, all retained."""
@@ -134,7 +150,7 @@ class Daemon:
             delay = random.uniform(0.5, 3.0)
             LOG.info("Home Assistant is online: sending discovery again in %.1f s", delay)
             asyncio.get_running_loop().call_later(delay, self._announce)
-        self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self._engine.name})")
+        self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self.speaker.engine_in_use()})")
 
     # ------------------------------------------------------------------------------------- inbound
 
@@ -180,6 +196,12 @@ class Daemon:
                 speaker.update_defaults(voice=parse_voice(payload))
             case Command.SET_QUIET:
                 speaker.update_defaults(quiet=parse_quiet(payload))
+            case Command.CACHE_CLEAR:
+                speaker.clear_cache()
+            case Command.CACHE_WARM:
+                requests = parse_warm(payload, max_text_length=self._settings.max_text_length)
+                self._background.add(task := asyncio.create_task(speaker.warm(requests)))
+                task.add_done_callback(self._background.discard)
 
     def _on_say(self, message: Inbound) -> None:
         try:
@@ -210,13 +232,13 @@ class Daemon:
             self._settings.site,
             self._settings.mqtt.host,
             self._settings.mqtt.port,
-            self._engine.name,
+            self.speaker.engine_in_use(),
         )
         self._link.start()
         # Ready at once, broker or not (a broker down at boot must not hold up the boot); STATUS says why.
         self._notifier.ready(f"waiting for the broker at {self._settings.mqtt.host}:{self._settings.mqtt.port}")
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
-        await self._engine.start()
+        await asyncio.gather(*(engine.start() for engine in self._engines.values()))
         worker = asyncio.create_task(self.speaker.run(), name="speaker")
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -227,7 +249,7 @@ class Daemon:
         crashed = None if worker.cancelled() or not worker.done() else worker.exception()
         await asyncio.gather(worker, return_exceptions=True)
         await self._output.close()
-        await self._engine.close()
+        await asyncio.gather(*(engine.close() for engine in self._engines.values()))
         await self._link.stop(last_words=(self._topics.availability, OFFLINE))
         watchdog.cancel()
         self._notifier.close()
@@ -248,5 +270,5 @@ async def run_daemon(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    daemon = Daemon(settings, build_engine(settings), build_output(settings))
+    daemon = Daemon(settings, build_engines(settings), build_output(settings))
     await daemon.run(stop)

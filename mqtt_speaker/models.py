@@ -168,6 +168,8 @@ class _SayPayload(BaseModel):
     ttl: Annotated[Number, AfterValidator(_positive)] | None = None
     ts: Annotated[Number | StrictStr, AfterValidator(_timestamp)] | None = None
     chime: Annotated[bool | StrictStr, AfterValidator(_sound_name)] | None = None
+    engine: Literal["cartesia", "piper", "espeak"] | None = None
+    cache: StrictBool = True
 
     @field_validator("id")
     @classmethod
@@ -210,6 +212,8 @@ class SayRequest(BaseModel):
     sent_at: float | None = Field(default=None, description="Epoch seconds it was sent, when it says")
     volume: float | None = Field(default=None, description="Playback volume 0-1 for this message only")
     chime: bool | str = False
+    engine: str | None = Field(default=None, description="The engine asked for; None: the configured one")
+    cache: bool = True
 
     @property
     def text(self) -> str:
@@ -393,6 +397,8 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
         sent_at=float(body.ts) if body.ts is not None else None,
         volume=_clamped(body.volume, PLAYBACK_VOLUME_RANGE, "volume", warnings),
         chime=body.chime if body.chime is not None else False,
+        engine=body.engine,
+        cache=body.cache,
     )
     return ParsedSay(request=request, warnings=warnings)
 
@@ -459,6 +465,10 @@ class StartedEvent(Event):
     voice: str | None
     segments: int
     latency_ms: int = Field(description="From the request's arrival to its first audio")
+    emotion_applied: bool = Field(description="False where the engine has no emotion (Piper)")
+    cached: bool = Field(default=False, description="Played from the audio cache")
+    fallback: bool = Field(default=False, description="Spoken by a fallback engine")
+    fallback_reason: str | None = Field(default=None, description="Why the primary engine did not speak it")
 
 
 class FinishedEvent(Event):
@@ -585,3 +595,21 @@ def parse_voice(payload: bytes) -> str:
     if not text or len(text) > 128 or _CONTROL.search(text):
         raise RequestRejected("voice: must be 1 to 128 printable characters", "voice")
     return text
+
+
+def parse_warm(payload: bytes, *, max_text_length: int) -> list[SayRequest]:
+    """cache/warm: a JSON list whose items are texts or say request objects."""
+    try:
+        items = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise RequestRejected("warm: not valid JSON; send a list of texts or say requests", "warm") from exc
+    if not isinstance(items, list) or not items:
+        raise RequestRejected("warm: send a non-empty JSON list of texts or say requests", "warm")
+    requests = []
+    for index, item in enumerate(items[:100]):
+        try:
+            raw = item.encode() if isinstance(item, str) else json.dumps(item).encode()
+            requests.append(parse_say(raw, max_text_length=max_text_length).request)
+        except RequestRejected as exc:
+            raise RequestRejected(f"warm.{index}.{exc.message}", f"warm.{index}.{exc.field}") from exc
+    return requests

@@ -30,9 +30,13 @@ class ConfigError(Exception):
     """The configuration file or the environment holds something that cannot be used."""
 
 
+EngineName = Literal["cartesia", "piper", "espeak"]
+
+
 class EngineChoice(StrEnum):
     AUTO = "auto"
     CARTESIA = "cartesia"
+    PIPER = "piper"
     ESPEAK = "espeak"
 
 
@@ -124,6 +128,24 @@ class HomeAssistantSettings(BaseModel):
         return value
 
 
+class PiperSettings(BaseModel):
+    model: Path | None = Field(default=None, description="Piper voice model (.onnx); its .onnx.json beside it")
+    config: Path | None = Field(default=None, description="The voice's .onnx.json, if not beside the model")
+
+    @property
+    def installed(self) -> bool:
+        """A voice is configured and the piper-tts package (the [piper] extra) is installed."""
+        import importlib.util
+
+        return self.model is not None and self.model.is_file() and importlib.util.find_spec("piper") is not None
+
+
+class CacheSettings(BaseModel):
+    enabled: bool = True
+    dir: Path = Field(default_factory=lambda: default_state_dir() / "cache", description="Where audio is kept")
+    max_mb: float = Field(default=100.0, gt=0, description="Size limit; least recently used entries go first")
+
+
 class AudioSettings(BaseModel):
     device: str | int | None = Field(default=None, description="PortAudio output device name or index")
     output_dir: Path | None = Field(default=None, description="Write WAV files here instead of playing")
@@ -172,6 +194,12 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     cartesia: CartesiaSettings = Field(default_factory=CartesiaSettings)
     espeak: EspeakSettings = Field(default_factory=EspeakSettings)
+    piper: PiperSettings = Field(default_factory=PiperSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    fallback: list[EngineName] = Field(
+        default_factory=lambda: list[EngineName](["piper", "espeak"]),
+        description="Engines tried in order when the primary fails; those not installed are skipped",
+    )
     audio: AudioSettings = Field(default_factory=AudioSettings)
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
     voices: dict[str, str] = Field(
@@ -248,11 +276,21 @@ class Settings(BaseSettings):
         return value.lower()
 
     @property
+    def has_api_key(self) -> bool:
+        return self.cartesia.api_key is not None and bool(self.cartesia.api_key.get_secret_value())
+
+    @property
+    def primary_engine(self) -> str:
+        """auto: Cartesia with an API key, else Piper when a voice is installed, else espeak-ng."""
+        if self.engine is not EngineChoice.AUTO:
+            return self.engine.value
+        if self.has_api_key:
+            return "cartesia"
+        return "piper" if self.piper.installed else "espeak"
+
+    @property
     def use_cartesia(self) -> bool:
-        """Whether the primary engine is Cartesia (auto: when an API key is configured)."""
-        if self.engine is EngineChoice.AUTO:
-            return self.cartesia.api_key is not None and bool(self.cartesia.api_key.get_secret_value())
-        return self.engine is EngineChoice.CARTESIA
+        return self.primary_engine == "cartesia"
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line or a published message."""

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import logging
 import time
@@ -19,6 +20,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from mqtt_speaker.audio import AudioDeviceError, Output, Playback
+from mqtt_speaker.cache import AudioCache, cache_key, recording, replay
 from mqtt_speaker.engines.base import AudioChunk, Engine, SynthesisError, Voicing
 from mqtt_speaker.models import (
     ClearCommand,
@@ -76,16 +78,21 @@ class Speaker:
 
     def __init__(
         self,
-        engine: Engine,
+        engines: dict[str, Engine],
         output: Output,
         settings: Settings,
         *,
+        primary: str | None = None,
+        cache: AudioCache | None = None,
         publish_event: Callable[[Event], None],
         report_error: Callable[[ErrorReport], None],
         on_change: Callable[[], None],
         clock: Callable[[], dt.datetime] = dt.datetime.now,
     ) -> None:
-        self._engine = engine
+        self._engines = engines
+        self._primary = primary or next(iter(engines))
+        self._cache = cache
+        self._failing: set[str] = set()
         self._output = output
         self._settings = settings
         self._publish_event = publish_event
@@ -113,7 +120,7 @@ class Speaker:
             state=SpeakerState.SPEAKING if self._current else SpeakerState.IDLE,
             queue_length=len(self._queue),
             current_id=self._current.request.id if self._current else None,
-            engine=self._engine.name,
+            engine=self.engine_in_use(),
             problem=bool(self._problems),
             problems=sorted(self._problems),
             last_error=self._last_error,
@@ -225,7 +232,7 @@ class Speaker:
     def _over_budget(self, job: Job) -> bool:
         """The cost guard: drop (rate_limited) what would take the billed characters over a limit."""
         request = job.request
-        if not self._engine.billed:
+        if not self._engines[self.candidates(request)[0]].billed:
             return False
         now = time.monotonic()
         while self._billed and now - self._billed[0][0] > 3600:
@@ -315,10 +322,9 @@ class Speaker:
             language=request.language or self._settings.cartesia.language,
         )
 
-    def _audio(self, job: Job, voicing: Voicing) -> AsyncGenerator[AudioChunk, None]:
+    def _with_chime(self, job: Job, speech: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:
         """The speech, after the chime when one is asked for (its synthesis starts at once, in parallel)."""
         request = job.request
-        speech = self._engine.synthesize(request, voicing, self._output.sample_rate)
         if request.chime is False:
             return speech
         chime = self._sounds.chunks(request.chime, self._output.sample_rate)
@@ -335,65 +341,201 @@ class Speaker:
             chime = self._sounds.chunks(True, self._output.sample_rate) or []
         return _after(chime, speech)
 
+    def _source(
+        self, engine: Engine, request: SayRequest, voicing: Voicing
+    ) -> tuple[AsyncGenerator[AudioChunk, None], bool]:
+        """The request's audio from the cache (True) or from the engine, kept in the cache when complete."""
+        rate = self._output.sample_rate
+        cache = self._cache
+        if cache is None or not cache.enabled or not request.cache:
+            return engine.synthesize(request, voicing, rate), False
+        key = cache_key(engine.identity, request, voicing, rate)
+        hit = cache.get(key)
+        if hit is not None:
+            return replay(hit), True
+        return recording(engine.synthesize(request, voicing, rate), lambda chunks: cache.put(key, chunks)), False
+
+    def candidates(self, request: SayRequest) -> list[str]:
+        """The engine to ask first (the request's or the primary), then the fallbacks that are installed."""
+        first = request.engine if request.engine in self._engines else self._primary
+        return [first, *(name for name in self._settings.fallback if name != first and name in self._engines)]
+
+    def engine_in_use(self) -> str:
+        names = [self._primary, *self._settings.fallback]
+        return next((n for n in names if n in self._engines and self._engines[n].healthy()), self._primary)
+
+    def _engine_failed(self, name: str, error: SynthesisError, request_id: str) -> None:
+        """Record an engine's failure: published once per outage, not once per request."""
+        report = ErrorReport(code=error.code, message=f"{name}: {error.message}", id=request_id)
+        if name == self._primary:
+            self._set_problem("tts", report)
+        if name not in self._failing:
+            self._failing.add(name)
+            self._report_error(report)
+        else:
+            LOG.info("%s still failing: %s", name, error.message)
+
+    def _engine_worked(self, name: str) -> None:
+        if name in self._failing:
+            self._failing.discard(name)
+            LOG.info("%s works again", name)
+        if name == self._primary:
+            self._set_problem("tts", None)
+
     async def _speak(self, job: Job) -> None:
         request = job.request
-        engine = self._engine
         voicing = self._voicing(request)
-
-        def started() -> None:
-            latency = round((time.monotonic() - job.received) * 1000)
-            self._publish_event(
-                StartedEvent(
-                    id=request.id,
-                    engine=engine.name,
-                    emotion=request.segments[0].emotion or voicing.emotion,
-                    voice=voicing.voice,
-                    segments=len(request.segments),
-                    latency_ms=latency,
-                )
-            )
-            LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, engine.name, latency)
-
         gain = request.volume if request.volume is not None else self.defaults.volume / 100
-        failure: ErrorReport | None = None
-        try:
-            async with contextlib.aclosing(self._audio(job, voicing)) as chunks:
-                played = await self._output.play(chunks, Playback(request.id, started, job.stop, gain))
-        except SynthesisError as exc:
-            failure = ErrorReport(code=exc.code, message=exc.message, id=request.id)
-            self._set_problem("tts", failure)
-        except AudioDeviceError as exc:
-            failure = ErrorReport(code=ErrorCode.AUDIO_DEVICE_UNAVAILABLE, message=str(exc), id=request.id)
-            self._set_problem("audio", failure)
-        except Exception as exc:
-            LOG.exception("speaking %s failed unexpectedly", request.id)
-            failure = ErrorReport(code=ErrorCode.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}", id=request.id)
-        if failure is None and played.interrupted and job.interruption is not None:
-            interruption = job.interruption
-            self._end(
-                job,
-                InterruptedEvent(
-                    id=request.id,
-                    reason=interruption.reason,
-                    by=interruption.by,
-                    duration_ms=round(played.seconds * 1000),
-                    stop_ms=round((time.monotonic() - interruption.at) * 1000),
-                ),
+        names = self.candidates(request)
+        remaining: SayRequest | None = request
+        fallback_reason: str | None = None
+        played_total = 0.0
+        progress = _Progress()
+        tried = False
+        last_error: SynthesisError | None = None
+        for index, name in enumerate(names):
+            if remaining is None:
+                break
+            engine = self._engines[name]
+            if not engine.healthy() and index < len(names) - 1:
+                fallback_reason = fallback_reason or f"{name} is unavailable"
+                continue
+            source, cached = self._source(engine, remaining, voicing)
+            attempt = _Attempt(source)
+
+            on_first_audio = functools.partial(
+                self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
             )
-            return
-        if failure is None and played.seconds == 0:
-            failure = ErrorReport(
-                code=ErrorCode.SYNTHESIS_FAILED, message=f"{engine.name} produced no audio", id=request.id
-            )
-        if failure is not None:
-            self._report_error(failure)
-            self._end(job, FailedEvent(id=request.id, code=failure.code, message=failure.message))
-            return
-        self._set_problem("tts", None)
+            stream = attempt.stream() if tried else self._with_chime(job, attempt.stream())
+            tried = True
+            try:
+                async with contextlib.aclosing(stream) as chunks:
+                    played = await self._output.play(chunks, Playback(request.id, on_first_audio, job.stop, gain))
+            except AudioDeviceError as exc:
+                failure = ErrorReport(code=ErrorCode.AUDIO_DEVICE_UNAVAILABLE, message=str(exc), id=request.id)
+                self._set_problem("audio", failure)
+                return self._fail(job, failure)
+            except Exception as exc:
+                LOG.exception("speaking %s failed unexpectedly", request.id)
+                return self._fail(job, ErrorReport(code=ErrorCode.INTERNAL_ERROR, message=repr(exc), id=request.id))
+            played_total += played.seconds
+            if played.interrupted and job.interruption is not None:
+                return self._interrupted(job, played_total)
+            if attempt.error is None:
+                self._engine_worked(name)
+                remaining = None
+                break
+            last_error = attempt.error
+            self._engine_failed(name, attempt.error, request.id)
+            fallback_reason = f"{name}: {attempt.error.code}"
+            if attempt.heard:  # the rest, from the segment it was in, by the next engine
+                remaining = remaining.model_copy(update={"segments": remaining.segments[max(attempt.segment, 0) :]})
+        if remaining is not None:
+            error = last_error or SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, "no engine could speak it")
+            if progress.started and error.code is not ErrorCode.SYNTHESIS_INTERRUPTED:
+                error = SynthesisError(ErrorCode.SYNTHESIS_INTERRUPTED, f"cut short: {error.message}")
+            return self._fail(job, ErrorReport(code=error.code, message=error.message, id=request.id), report=False)
+        if played_total == 0:
+            return self._fail(job, ErrorReport(code=ErrorCode.SYNTHESIS_FAILED, message="no audio", id=request.id))
         self._set_problem("audio", None)
-        duration = round(played.seconds * 1000)
-        self._end(job, FinishedEvent(id=request.id, duration_ms=duration, engine=engine.name))
+        duration = round(played_total * 1000)
+        self._end(job, FinishedEvent(id=request.id, duration_ms=duration, engine=names[index]))
         LOG.info("finished %s (%d ms of audio)", request.id, duration)
+        return None
+
+    def _started(
+        self,
+        job: Job,
+        voicing: Voicing,
+        engine: Engine,
+        cached: bool,
+        fallback_reason: str | None,
+        progress: _Progress,
+    ) -> None:
+        """The first audio of a request is playing: publish `started` (once, whichever engine it came from)."""
+        if progress.started:
+            return
+        progress.started = True
+        request = job.request
+        latency = round((time.monotonic() - job.received) * 1000)
+        self._publish_event(
+            StartedEvent(
+                id=request.id,
+                engine=engine.name,
+                emotion=request.segments[0].emotion or voicing.emotion,
+                voice=voicing.voice,
+                segments=len(request.segments),
+                latency_ms=latency,
+                emotion_applied=engine.emotion_applied,
+                cached=cached,
+                fallback=fallback_reason is not None,
+                fallback_reason=fallback_reason,
+            )
+        )
+        LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, engine.name, latency)
+
+    def clear_cache(self) -> None:
+        if self._cache is not None:
+            LOG.info("audio cache cleared: %d entries removed", self._cache.clear())
+
+    async def warm(self, requests: list[SayRequest]) -> None:
+        """Synthesize into the cache without playing (with the primary engine), one after the other."""
+        engine = self._engines[self._primary]
+        for request in requests:
+            source, cached = self._source(engine, request, self._voicing(request))
+            try:
+                async with contextlib.aclosing(source) as chunks:
+                    async for _ in chunks:
+                        pass
+            except SynthesisError as exc:
+                self._report_error(ErrorReport(code=exc.code, message=f"cache warm: {exc.message}", id=request.id))
+                continue
+            LOG.info("cache warm %s: %s", request.id, "already there" if cached else "stored")
+
+    def _fail(self, job: Job, failure: ErrorReport, report: bool = True) -> None:
+        if report:
+            self._report_error(failure)
+        self._end(job, FailedEvent(id=job.request.id, code=failure.code, message=failure.message))
+
+    def _interrupted(self, job: Job, played: float) -> None:
+        interruption = job.interruption
+        assert interruption is not None
+        self._end(
+            job,
+            InterruptedEvent(
+                id=job.request.id,
+                reason=interruption.reason,
+                by=interruption.by,
+                duration_ms=round(played * 1000),
+                stop_ms=round((time.monotonic() - interruption.at) * 1000),
+            ),
+        )
+
+
+@dataclass
+class _Progress:
+    started: bool = False
+
+
+class _Attempt:
+    """One engine's go at a request: its chunks, and how it ended (error, last segment heard)."""
+
+    def __init__(self, source: AsyncGenerator[AudioChunk, None]) -> None:
+        self._source = source
+        self.error: SynthesisError | None = None
+        self.segment = 0
+        self.heard = False
+
+    async def stream(self) -> AsyncGenerator[AudioChunk, None]:
+        try:
+            async for chunk in self._source:
+                if chunk.samples.size:
+                    self.segment, self.heard = chunk.segment, True
+                yield chunk
+        except SynthesisError as exc:
+            self.error = exc  # the audio so far plays out; the caller decides what comes next
+        finally:
+            await self._source.aclose()
 
 
 async def _after(first: list[AudioChunk], then: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:

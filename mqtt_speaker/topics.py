@@ -4,6 +4,8 @@
 <base>/<site>/stop, skip     in   end what is playing now (any payload)
 <base>/<site>/clear          in   drop queued requests (any payload, or {"below": "high", "stop": true})
 <base>/<site>/set/volume     in   runtime defaults: set/volume 0-100, set/emotion, set/voice, set/quiet ON/OFF
+<base>/<site>/cache/clear    in   empty the audio cache (any payload)
+<base>/<site>/cache/warm     in   JSON list of texts or say requests: synthesize into the cache, not played
 <base>/all/...               in   every command above, for every speaker
 <prefix>/device/<site>/config          out  Home Assistant discovery (retained); prefix "homeassistant"
 <prefix>/<platform>/<site>/<id>/config out  the same, one topic per entity (for Home Assistant < 2024.11)
@@ -33,6 +35,8 @@ class Command(StrEnum):
     SET_EMOTION = "set/emotion"
     SET_VOICE = "set/voice"
     SET_QUIET = "set/quiet"
+    CACHE_CLEAR = "cache/clear"
+    CACHE_WARM = "cache/warm"
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ class Daemon:
                 "MQTT_SPEAKER_STATE_FILE": str(self.state_file),
             }
         )
+        env.setdefault("MQTT_SPEAKER_CACHE__DIR", str(self.state_file.parent / f"cache-{self.site}"))
         env.update({f"MQTT_SPEAKER_{k.upper()}": v for k, v in settings.items()})
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen([sys.executable, "-m", "mqtt_speaker", "run"], env=env, stdout=log, stderr=log)
@@ -302,8 +303,16 @@ def make_daemon(
 
 
 @pytest.fixture
-def cartesia_env(emulator: CartesiaEmulator) -> dict[str, str]:
-    return {"CARTESIA_API_KEY": TEST_API_KEY, "MQTT_SPEAKER_CARTESIA__URL": emulator.url}
+def cartesia_env(emulator: CartesiaEmulator, workdir: Path) -> dict[str, str]:
+    """Cartesia (the emulator) alone: no fallback engine, so its own failures show (test_fallback_e2e.py
+    turns the fallbacks on), and a cache of the test's own (off unless a test turns it on)."""
+    return {
+        "CARTESIA_API_KEY": TEST_API_KEY,
+        "MQTT_SPEAKER_CARTESIA__URL": emulator.url,
+        "MQTT_SPEAKER_FALLBACK": "[]",
+        "MQTT_SPEAKER_CACHE__ENABLED": "false",
+        "MQTT_SPEAKER_CACHE__DIR": str(workdir / "cache"),
+    }
 
 
 def spoken_ok(daemon: Daemon, request_id: str, timeout: float = 60) -> dict[str, Any]:

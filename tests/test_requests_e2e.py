@@ -129,7 +129,7 @@ def test_state_is_retained_and_follows_speaking(
         "version": state["version"],
         "volume": 100,
         "emotion": "neutral",
-        "voice": "6ccbfb76-1fc6-48f7-b71d-91ac6298247b",
+        "voice": "Default",  # the configured voice, which has no name in `voices`
         "quiet": False,
         "quiet_now": False,
     }

@@ -28,6 +28,11 @@ CHUNK = np.zeros(64, dtype=np.int16)
 class FakeEngine:
     name = "fake"
     billed = False
+    emotion_applied = True
+    identity = "fake"
+
+    def healthy(self) -> bool:
+        return True
 
     async def start(self) -> None: ...
 
@@ -83,7 +88,7 @@ async def scenario(operations: list[tuple[Any, ...]], state_file: Path) -> None:
     submitted: collections.Counter[str] = collections.Counter()
     config = Settings(queue_size=4, state_file=state_file, dedupe_window=60)
     speaker = Speaker(
-        FakeEngine(),
+        {"fake": FakeEngine()},
         FakeOutput(),
         config,
         publish_event=events.append,
@@ -147,7 +152,12 @@ def test_priority_order_and_critical_preemption(tmp_path: Path) -> None:
 
         config = Settings(state_file=tmp_path / "s.json")
         speaker = Speaker(
-            FakeEngine(), FakeOutput(), config, publish_event=publish, report_error=print, on_change=lambda: None
+            {"fake": FakeEngine()},
+            FakeOutput(),
+            config,
+            publish_event=publish,
+            report_error=print,
+            on_change=lambda: None,
         )
 
         def say(request_id: str, priority: Priority) -> None:

@@ -45,6 +45,16 @@ class SynthesisError(Exception):
 class Engine(Protocol):
     name: str
     billed: bool  # each character synthesized costs money (the cost guard counts them)
+    emotion_applied: bool  # the engine does something with the emotion (Piper does not)
+
+    @property
+    def identity(self) -> str:
+        """The engine and whatever of its configuration changes the sound (part of the cache key)."""
+        ...
+
+    def healthy(self) -> bool:
+        """False while it is known to be failing (requests then go straight to a fallback)."""
+        ...
 
     async def start(self) -> None:
         """Get ready to speak (open connections); failures are logged, not raised."""

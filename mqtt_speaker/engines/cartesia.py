@@ -88,6 +88,7 @@ class _Lost(Exception):
 class CartesiaEngine:
     name = "cartesia"
     billed = True
+    emotion_applied = True
 
     def __init__(self, settings: CartesiaSettings) -> None:
         self._settings = settings
@@ -175,6 +176,14 @@ class CartesiaEngine:
         with contextlib.suppress(SynthesisError):
             await self._socket(fresh=False)
         self._keeper = asyncio.create_task(self._keep_warm(), name="cartesia-keep-warm")
+
+    @property
+    def identity(self) -> str:
+        return f"cartesia:{self._settings.model}"
+
+    def healthy(self) -> bool:
+        """Not while the socket cannot be opened and the backoff has not run out (the keeper retries)."""
+        return self._last_error is None or time.monotonic() >= self._retry_at
 
     async def probe(self) -> None:
         """Open a fresh socket (raises SynthesisError saying why it cannot be had)."""

@@ -53,9 +53,17 @@ def prosody_for(segment: Segment, voicing: Voicing) -> Prosody:
 class EspeakEngine:
     name = "espeak"
     billed = False
+    emotion_applied = True  # approximated with rate, pitch and amplitude
 
     def __init__(self, settings: EspeakSettings) -> None:
         self._settings = settings
+
+    @property
+    def identity(self) -> str:
+        return f"espeak:{self._settings.voice}:{self._settings.words_per_minute}"
+
+    def healthy(self) -> bool:
+        return True
 
     async def start(self) -> None:
         """Nothing to warm up: espeak-ng starts in a few milliseconds."""
