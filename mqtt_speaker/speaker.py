@@ -362,7 +362,7 @@ class Speaker:
 
     def engine_in_use(self) -> str:
         names = [self._primary, *self._settings.fallback]
-        return next((n for n in names if n in self._engines and self._engines[n].healthy()), self._primary)
+        return next((n for n in names if n in self._engines and self._engines[n].problem() is None), self._primary)
 
     def _engine_failed(self, name: str, error: SynthesisError, request_id: str) -> None:
         """Record an engine's failure: published once per outage, not once per request."""
@@ -397,8 +397,10 @@ class Speaker:
             if remaining is None:
                 break
             engine = self._engines[name]
-            if not engine.healthy() and index < len(names) - 1:
-                fallback_reason = fallback_reason or f"{name} is unavailable"
+            known = engine.problem()
+            if known is not None and index < len(names) - 1:
+                self._engine_failed(name, known, request.id)
+                fallback_reason = fallback_reason or f"{name}: {known.code}"
                 continue
             source, cached = self._source(engine, remaining, voicing)
             attempt = _Attempt(source)

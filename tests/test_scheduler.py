@@ -31,8 +31,8 @@ class FakeEngine:
     emotion_applied = True
     identity = "fake"
 
-    def healthy(self) -> bool:
-        return True
+    def problem(self) -> None:
+        return None
 
     async def start(self) -> None: ...
 

@@ -52,8 +52,8 @@ class Engine(Protocol):
         """The engine and whatever of its configuration changes the sound (part of the cache key)."""
         ...
 
-    def healthy(self) -> bool:
-        """False while it is known to be failing (requests then go straight to a fallback)."""
+    def problem(self) -> SynthesisError | None:
+        """Why it is known to be failing now (requests then go straight to a fallback), or None."""
         ...
 
     async def start(self) -> None:

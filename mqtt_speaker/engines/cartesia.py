@@ -181,9 +181,9 @@ class CartesiaEngine:
     def identity(self) -> str:
         return f"cartesia:{self._settings.model}"
 
-    def healthy(self) -> bool:
-        """Not while the socket cannot be opened and the backoff has not run out (the keeper retries)."""
-        return self._last_error is None or time.monotonic() >= self._retry_at
+    def problem(self) -> SynthesisError | None:
+        """While the socket cannot be opened and the backoff has not run out (the keeper retries)."""
+        return self._last_error if time.monotonic() < self._retry_at else None
 
     async def probe(self) -> None:
         """Open a fresh socket (raises SynthesisError saying why it cannot be had)."""

@@ -62,8 +62,8 @@ class EspeakEngine:
     def identity(self) -> str:
         return f"espeak:{self._settings.voice}:{self._settings.words_per_minute}"
 
-    def healthy(self) -> bool:
-        return True
+    def problem(self) -> SynthesisError | None:
+        return None
 
     async def start(self) -> None:
         """Nothing to warm up: espeak-ng starts in a few milliseconds."""

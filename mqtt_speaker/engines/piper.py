@@ -35,8 +35,11 @@ class PiperEngine:
     def identity(self) -> str:
         return f"piper:{self._settings.model.name if self._settings.model else None}"
 
-    def healthy(self) -> bool:
-        return self._loading is None or not self._loading.done() or self._loading.exception() is None
+    def problem(self) -> SynthesisError | None:
+        if self._loading is None or not self._loading.done() or self._loading.cancelled():
+            return None
+        error = self._loading.exception()
+        return error if isinstance(error, SynthesisError) else None
 
     def _load(self) -> Any:
         try:
