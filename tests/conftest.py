@@ -173,9 +173,9 @@ class Daemon:
             seen = self.observer.on(self.topic("availability"))
             if self._proc is not None and self._proc.poll() is not None:
                 raise RuntimeError(f"the daemon exited ({self._proc.returncode}):\n{self.log()}")
-            return bool(seen) and seen[-1].payload == b"online"
+            return bool(seen) and seen[-1].payload == b"online" and bool(self.states())
 
-        wait_until(online, timeout, "the daemon to publish online")
+        wait_until(online, timeout, "the daemon to publish online and its state")
 
     def say(self, payload: str | bytes, *, retain: bool = False) -> None:
         self.observer.publish(self.topic("say"), payload, retain=retain)
