@@ -68,7 +68,7 @@ class Behaviour:
     api_key: str = TEST_API_KEY
     first_chunk_delay: float = 0.0
     real_time_factor: float = 0.2  # seconds spent generating one second of audio
-    jitter: float = 0.0  # seconds, uniform, added to each chunk's pacing
+    jitter: float = 0.0  # seconds: each chunk's pacing varies by up to this much either way (mean unchanged)
     ms_per_char: float = 40.0
     chunk_ms: float = 20.0
     amplitude: float = 0.3
@@ -254,7 +254,9 @@ class CartesiaEmulator:
                         await asyncio.sleep(b.first_chunk_delay)
                     count = min(chunk, total)
                     samples = _tone(frequency, rate, position, count, min(1.0, b.amplitude * volume))
-                    await asyncio.sleep(count / rate * b.real_time_factor + random.uniform(0, b.jitter))
+                    if log.first_chunk_at is not None:  # the first chunk comes right after first_chunk_delay
+                        pace = count / rate * b.real_time_factor + random.uniform(-b.jitter, b.jitter)
+                        await asyncio.sleep(max(0.0, pace))
                     await ws.send(
                         json.dumps(
                             {
