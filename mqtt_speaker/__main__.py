@@ -62,6 +62,17 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def connected(client: Any, settings: Settings) -> bool:
+    """Connect a command's one-shot client and start its network thread; False (said why) if unreachable."""
+    try:
+        client.connect(settings.mqtt.host, settings.mqtt.port, keepalive=30)
+    except OSError as exc:
+        print(f"cannot reach the broker at {settings.mqtt.host}:{settings.mqtt.port}: {exc}", file=sys.stderr)
+        return False
+    client.loop_start()
+    return True
+
+
 def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
     from mqtt_speaker.mqtt import new_client
 
@@ -97,12 +108,8 @@ def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
     client.on_connect = on_connect
     client.on_subscribe = lambda *_: subscribed.set()
     client.on_message = on_message
-    try:
-        client.connect(settings.mqtt.host, settings.mqtt.port, keepalive=30)
-    except OSError as exc:
-        print(f"cannot reach the broker at {settings.mqtt.host}:{settings.mqtt.port}: {exc}", file=sys.stderr)
+    if not connected(client, settings):
         return EXIT_BROKER
-    client.loop_start()
     try:
         if not subscribed.wait(10) or "refused" in outcome:
             print(f"the broker did not accept us: {outcome.get('refused', 'no answer')}", file=sys.stderr)
@@ -134,12 +141,8 @@ def cmd_discovery(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps(json.loads(payload), indent=2) if payload else "(empty: discovery is off)")
         return EXIT_OK
     client = new_client(settings.mqtt, f"mqtt-speaker-cli-{uuid.uuid4().hex[:8]}")
-    try:
-        client.connect(settings.mqtt.host, settings.mqtt.port, keepalive=30)
-    except OSError as exc:
-        print(f"cannot reach the broker at {settings.mqtt.host}:{settings.mqtt.port}: {exc}", file=sys.stderr)
+    if not connected(client, settings):
         return EXIT_BROKER
-    client.loop_start()
     try:
         for topic, payload in removal_messages(topics, settings):
             client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)

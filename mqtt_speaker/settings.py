@@ -9,9 +9,9 @@ import socket
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,6 +38,16 @@ class EngineChoice(StrEnum):
     CARTESIA = "cartesia"
     PIPER = "piper"
     ESPEAK = "espeak"
+
+
+def topic_levels(value: str) -> str:
+    """A topic prefix: levels of letters, digits, '_' or '-', separated by '/' (no wildcards)."""
+    if not TOPIC_SEGMENT.fullmatch(value):
+        raise ValueError("must be topic levels of letters, digits, '_' or '-', separated by '/'")
+    return value
+
+
+TopicPrefix = Annotated[str, AfterValidator(topic_levels)]
 
 
 def default_state_dir() -> Path:
@@ -114,18 +124,13 @@ class EspeakSettings(BaseModel):
 
 class HomeAssistantSettings(BaseModel):
     discovery: bool = Field(default=True, description="Publish MQTT discovery; false removes it")
-    prefix: str = Field(default="homeassistant", description="Discovery prefix (and birth topic <prefix>/status)")
+    prefix: TopicPrefix = Field(
+        default="homeassistant", description="Discovery prefix (and birth topic <prefix>/status)"
+    )
     per_entity: bool = Field(
         default=False, description="One discovery topic per entity, for Home Assistant before 2024.11"
     )
     name: str | None = Field(default=None, description="Device name; default: '<Site> speaker'")
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix_is_topic_safe(cls, value: str) -> str:
-        if not TOPIC_SEGMENT.fullmatch(value):
-            raise ValueError("must be topic levels of letters, digits, '_' or '-'")
-        return value
 
 
 class PiperSettings(BaseModel):
@@ -175,7 +180,7 @@ class Settings(BaseSettings):
     )
 
     site: str = Field(default_factory=default_site)
-    base_topic: str = "mqtt-speaker"
+    base_topic: TopicPrefix = "mqtt-speaker"
     engine: EngineChoice = EngineChoice.AUTO
     default_emotion: str = "neutral"
     max_text_length: int = Field(default=2000, ge=1, le=100_000)
@@ -246,13 +251,6 @@ class Settings(BaseSettings):
     def _site_is_topic_safe(cls, value: str) -> str:
         if not re.fullmatch(r"[a-z0-9_-]+", value) or value == "all":
             raise ValueError("must be lower-case letters, digits, '_' or '-' (and not 'all')")
-        return value
-
-    @field_validator("base_topic")
-    @classmethod
-    def _base_topic_is_topic_safe(cls, value: str) -> str:
-        if not TOPIC_SEGMENT.fullmatch(value):
-            raise ValueError("must be topic levels of letters, digits, '_' or '-', separated by '/'")
         return value
 
     @field_validator("quiet_hours")
