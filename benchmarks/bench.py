@@ -58,9 +58,11 @@ class TimedCapture:
         with self._lock:
             return len(self._data) // 2
 
-    def signal(self) -> np.ndarray:
+    def signal(self, start: int = 0) -> np.ndarray:
+        """Samples from index `start` on (copying only those: polling must not load the machine)."""
         with self._lock:
-            return np.frombuffer(bytes(self._data[: len(self._data) // 2 * 2]), dtype="<i2") / 32768.0
+            end = len(self._data) // 2 * 2
+            return np.frombuffer(bytes(self._data[start * 2 : end]), dtype="<i2") / 32768.0
 
     def time_of(self, index: int) -> float:
         with self._lock:
@@ -81,7 +83,7 @@ class TimedCapture:
         found: list[int] = []
 
         def heard() -> bool:
-            x = self.signal()[start:]
+            x = self.signal(start)
             loud = np.flatnonzero(np.abs(x) > THRESHOLD)
             if loud.size:
                 found.append(start + int(loud[0]))
@@ -91,9 +93,11 @@ class TimedCapture:
         return self.time_of(found[0])
 
     def quiet_for(self, seconds: float, timeout: float = 60) -> None:
+        need = int(seconds * RATE)
+
         def quiet() -> bool:
-            tail = self.signal()[-int(seconds * RATE) :]
-            return tail.size >= int(seconds * RATE) and float(np.abs(tail).max()) < THRESHOLD
+            tail = self.signal(max(0, self.samples() - need))
+            return tail.size >= need and float(np.abs(tail).max()) < THRESHOLD
 
         wait_until(quiet, timeout, "silence", interval=0.05)
 
@@ -211,11 +215,11 @@ def run(count: int, idle_seconds: float) -> dict[str, Any]:
             observer.publish(say, json.dumps({"segments": segments, "cache": False}))
             capture.onset_after(time.monotonic() - 0.05)
             capture.quiet_for(0.3, timeout=60)
-            x = capture.signal()[start:]
+            x = capture.signal(start)
             region = sound_regions(x)
             gaps[label] = longest_gap(x[region[0].start : region[-1].end]) * 1000
         emulator.behaviour.real_time_factor, emulator.behaviour.jitter = 0.25, 0.0
-        timeline = capture.signal()[start:]
+        timeline = capture.signal(start)
         # A cache hit.
         observer.publish(say, json.dumps({"text": "Cached phrase"}))
         capture.onset_after(time.monotonic() - 0.05)
