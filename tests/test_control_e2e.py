@@ -32,6 +32,15 @@ def terminal(daemon: Daemon, request_id: str) -> tuple[str, Any]:
     return event["event_type"], event.get("reason")
 
 
+def busy_with_one_of_each_queued(daemon: Daemon) -> None:
+    """A long request speaking ("long"), and "low", "normal" and "high" waiting behind it."""
+    say(daemon, "long", LONG)
+    daemon.wait_for_event("long", "started")
+    say(daemon, "low", priority="low")
+    say(daemon, "normal")
+    say(daemon, "high", priority="high")
+
+
 def started_order(daemon: Daemon) -> list[str]:
     return [e["id"] for e in daemon.events() if e["event_type"] == "started"]
 
@@ -59,11 +68,7 @@ def test_critical_interrupts_and_drops_queued_requests_below_high(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
 ) -> None:
     daemon = make_daemon(cartesia_env)
-    say(daemon, "long", LONG)
-    daemon.wait_for_event("long", "started")
-    say(daemon, "low", priority="low")
-    say(daemon, "normal")
-    say(daemon, "high", priority="high")
+    busy_with_one_of_each_queued(daemon)
     say(daemon, "alarm", "Smoke in the kitchen", priority="critical", emotion="alarmed")
     interrupted = daemon.wait_terminal("long")
     assert (interrupted["event_type"], interrupted["reason"], interrupted["by"]) == ("interrupted", "priority", "alarm")
@@ -112,11 +117,7 @@ def test_clear_drops_queued_requests_below_a_priority_or_all_and_can_stop(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
 ) -> None:
     daemon = make_daemon(cartesia_env)
-    say(daemon, "long", LONG)
-    daemon.wait_for_event("long", "started")
-    say(daemon, "low", priority="low")
-    say(daemon, "normal")
-    say(daemon, "high", priority="high")
+    busy_with_one_of_each_queued(daemon)
     control(daemon, "clear", '{"below": "high"}')
     assert terminal(daemon, "low") == ("dropped", "cleared")
     assert terminal(daemon, "normal") == ("dropped", "cleared")
