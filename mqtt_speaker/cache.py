@@ -102,9 +102,6 @@ class AudioCache:
             path.unlink(missing_ok=True)
         return len(entries)
 
-    def size(self) -> int:
-        return sum(size for _, size, _ in self._entries())
-
 
 def _encode(chunks: list[AudioChunk]) -> bytes:
     data = b"".join(c.samples.astype("<i2").tobytes() for c in chunks)

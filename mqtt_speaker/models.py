@@ -66,7 +66,6 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     RETAINED_COMMAND_IGNORED = "retained_command_ignored"
     QUEUE_FULL = "queue_full"
-    INBOX_OVERFLOW = "inbox_overflow"
     CARTESIA_AUTH = "cartesia_auth"
     CARTESIA_RATE_LIMITED = "cartesia_rate_limited"
     CARTESIA_UNREACHABLE = "cartesia_unreachable"
@@ -75,7 +74,6 @@ class ErrorCode(StrEnum):
     SYNTHESIS_INTERRUPTED = "synthesis_interrupted"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     AUDIO_DEVICE_UNAVAILABLE = "audio_device_unavailable"
-    MQTT_CONNECTION = "mqtt_connection"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -93,6 +93,7 @@ class Speaker:
         self._primary = primary or next(iter(engines))
         self._cache = cache
         self._failing: set[str] = set()
+        self._writes: set[asyncio.Future[None]] = set()
         self._output = output
         self._settings = settings
         self._publish_event = publish_event
@@ -353,7 +354,14 @@ class Speaker:
         hit = cache.get(key)
         if hit is not None:
             return replay(hit), True
-        return recording(engine.synthesize(request, voicing, rate), lambda chunks: cache.put(key, chunks)), False
+        return recording(engine.synthesize(request, voicing, rate), lambda chunks: self._store(key, chunks)), False
+
+    def _store(self, key: str, chunks: list[AudioChunk]) -> None:
+        """Write to the cache (and evict) in a worker thread: disk I/O stays off the event loop."""
+        assert self._cache is not None
+        task = asyncio.ensure_future(asyncio.to_thread(self._cache.put, key, chunks))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     def candidates(self, request: SayRequest) -> list[str]:
         """The engine to ask first (the request's or the primary), then the fallbacks that are installed."""
