@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
-from tests.sound import PulseAudio, wait_until
+from tests.sound import PulseAudio, terminate, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "mqtt-speaker"
@@ -62,13 +61,9 @@ class Broker:
         self._proc = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=log, stderr=log)
         wait_until(lambda: port_open(self.port), 10, "mosquitto to listen")
 
-    def stop(self, kill: bool = False) -> None:
+    def stop(self) -> None:
         if self._proc is not None:
-            if kill:
-                self._proc.kill()
-            else:
-                self._proc.terminate()
-            self._proc.wait(10)
+            terminate(self._proc, 10)
             self._proc = None
         wait_until(lambda: not port_open(self.port), 10, "mosquitto to stop listening")
 
@@ -223,14 +218,7 @@ class Daemon:
     def stop(self) -> int:
         if self._proc is None:
             return 0
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        code = self._proc.returncode
+        code = terminate(self._proc, 15)
         self._proc = None
         return code
 

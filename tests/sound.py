@@ -9,6 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,17 @@ def wait_until(predicate: object, timeout: float, what: str, interval: float = 0
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def terminate(proc: subprocess.Popen[Any], grace: float) -> int:
+    """SIGTERM, then SIGKILL after `grace` seconds; the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
 
 
 class PulseAudio:
@@ -78,12 +90,7 @@ class PulseAudio:
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            terminate(self._proc, 5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def capture(self) -> Capture:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
 from tests.conftest import Broker, Daemon, Observer, spoken_ok
-from tests.sound import PulseAudio, wait_until
+from tests.sound import PulseAudio, terminate, wait_until
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "s3cret-broker-password"
@@ -65,15 +65,6 @@ def run_daemon(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "mqtt_speaker", "run"], env=env, stdout=out, stderr=out)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.terminate()
-    try:
-        return proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
 def tls_env(broker: Broker, tls: Path, workdir: Path, pulse: PulseAudio, **extra: str) -> dict[str, str]:
     (workdir / "empty.toml").write_text("")
     settings = {
@@ -119,7 +110,7 @@ def test_tls_with_a_password_works_and_secrets_stay_out_of_logs_and_messages(
         assert "ok    broker  connected to 127.0.0.1" in check.stdout and "(TLS) as speaker" in check.stdout
         assert PASSWORD not in check.stdout + check.stderr and TEST_API_KEY not in check.stdout + check.stderr
     finally:
-        assert stop(proc) == 0
+        assert terminate(proc, 15) == 0
         observer.close()
     log = (workdir / "daemon.log").read_text()
     for secret in (PASSWORD, TEST_API_KEY):
@@ -151,7 +142,7 @@ def test_a_refused_connection_is_logged_once_and_retried(
         assert len(warnings) == 1, warnings
         assert PASSWORD not in log.read_text() and "wrong" not in warnings[0]
     finally:
-        assert stop(proc) == 0
+        assert terminate(proc, 15) == 0
 
 
 def test_sigterm_fades_drops_the_queue_says_offline_and_exits_zero(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.sound import wait_until
+from tests.sound import terminate, wait_until
 
 HERE = Path(__file__).resolve().parent
 CONFIGURATION = """\
@@ -139,12 +139,7 @@ class HomeAssistant:
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            terminate(self._proc, 30)
             self._proc = None
 
     def remove(self) -> None:
