@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import re
 import threading
@@ -198,6 +200,27 @@ class _Fifo:
         out[filled:] = 0.0
 
 
+def _release_alsa_probes() -> None:
+    """Unload what PortAudio's device listing made ALSA load; call it while no stream is open.
+
+    To list devices PortAudio opens every PCM that ALSA's configuration defines, so ALSA loads every
+    plugin installed (with libasound2-plugins: the a52 encoder and its libavcodec, jack, speex, ...) and
+    keeps them, and its parsed configuration, for the life of the process: about 10 MB resident, a
+    quarter of the daemon's idle memory. Freeing ALSA's global configuration also unloads the plugins
+    no open PCM holds. Opening the stream later reads the configuration again and loads only the
+    plugin it uses (measured: no slower, 2 to 5 ms either way).
+    """
+    name = ctypes.util.find_library("asound")
+    if name is None:
+        return  # not ALSA (or not Linux): nothing was loaded
+    try:
+        result = ctypes.CDLL(name).snd_config_update_free_global()
+    except (OSError, AttributeError) as exc:
+        LOG.debug("cannot free ALSA's configuration: %s", exc)
+        return
+    LOG.debug("freed ALSA's configuration and unused plugins (%d)", result)
+
+
 class SoundDevicePlayer:
     """One PortAudio output stream, opened on the first utterance and closed after `idle_close` of silence.
 
@@ -214,6 +237,7 @@ class SoundDevicePlayer:
         self._fifo = _Fifo()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._rate = settings.sample_rate or self._device_rate()
+        _release_alsa_probes()
 
     def _device_rate(self) -> int:
         try:
@@ -240,6 +264,7 @@ class SoundDevicePlayer:
             self._sd._terminate()
             self._sd._initialize()
             self._rate = self._settings.sample_rate or self._device_rate()
+            _release_alsa_probes()
             return self._start_stream()
 
     def probe(self) -> str:

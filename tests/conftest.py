@@ -215,6 +215,12 @@ class Daemon:
         status = Path(f"/proc/{self._proc.pid}/status").read_text()
         return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
 
+    def libraries(self) -> set[str]:
+        """File names of the shared libraries the daemon process has mapped, from /proc."""
+        assert self._proc is not None
+        maps = Path(f"/proc/{self._proc.pid}/maps").read_text().splitlines()
+        return {Path(line.split()[-1]).name for line in maps if ".so" in line}
+
     def stop(self) -> int:
         if self._proc is None:
             return 0

@@ -86,3 +86,20 @@ def test_plain_text_is_spoken_with_espeak_when_no_api_key_is_configured(
     # Speech, not a tone: energy spread over many frequencies.
     spectrum = np.abs(np.fft.rfft(speech))
     assert np.count_nonzero(spectrum > spectrum.max() * 0.1) > 50
+
+
+def test_alsa_plugins_loaded_to_list_devices_are_unloaded_before_idle(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio
+) -> None:
+    # PortAudio opens every PCM ALSA defines to list devices (libasound2-plugins has a dozen, the a52
+    # encoder brings libavcodec); the daemon must not keep them, about 10 MB, for the rest of its life.
+    daemon = make_daemon(cartesia_env)
+    plugins = {name for name in daemon.libraries() if name.startswith("libasound_module_pcm_")}
+    assert plugins == set(), plugins
+    with pulse.capture() as capture:
+        daemon.say(json.dumps({"id": "after", "text": "Still speaking"}))
+        spoken_ok(daemon, "after")
+        x = capture.wait_for_sound_then_silence()
+    assert sound_regions(x)
+    plugins = {name for name in daemon.libraries() if name.startswith("libasound_module_pcm_")}
+    assert plugins == {"libasound_module_pcm_pulse.so"}, plugins
