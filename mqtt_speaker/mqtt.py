@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -63,7 +64,29 @@ def new_client(settings: MqttSettings, client_id: str) -> paho.Client:
         client.tls_insecure_set(settings.tls_insecure)
     if LOG.isEnabledFor(logging.DEBUG):  # paho logs every failed reconnect at ERROR: only when debugging
         client.enable_logger(logging.getLogger("paho"))
+    client.on_socket_open = _no_delay
+    client.on_publish = _acknowledge_now
     return client
+
+
+# paho leaves TCP's small-packet delays on; MQTT packets are small and latency-bound, so both are off.
+# Measured on loopback before: a state sent just after a `queued` event reached the broker 85 ms late,
+# and a say arriving just after the broker had acknowledged our announcements waited 40 ms.
+
+
+def _no_delay(_client: paho.Client, _userdata: Any, sock: Any) -> None:
+    """Nagle off: a packet sent while an earlier one is unacknowledged no longer waits for that ACK."""
+    with contextlib.suppress(OSError, AttributeError):  # not TCP (a unix socket, websockets): nothing to do
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _acknowledge_now(client: paho.Client, *_: Any) -> None:
+    """On a PUBACK, ACK it at once instead of up to 40 ms later (Linux's delayed ACK). A broker with
+    Nagle on (mosquitto's default, set_tcp_nodelay false) holds its next packet to us, say a new
+    request, until that ACK arrives."""
+    sock: Any = client.socket()
+    with contextlib.suppress(OSError, AttributeError):  # TCP_QUICKACK is Linux only; not TCP: nothing to do
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
 
 def connect_properties(session_expiry: int) -> Properties:
