@@ -89,6 +89,9 @@ class Observer:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        # Nagle off, as the daemon has it: a publish right after a received message must not wait for the
+        # broker's delayed ACK (40 ms), or the benchmark would time this client, not the daemon.
+        self.client.on_socket_open = lambda _c, _u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if persistent:  # keeps its session (and the messages sent while it reconnects) across broker restarts
             self.client.reconnect_delay_set(1, 1)
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
