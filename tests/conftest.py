@@ -78,6 +78,10 @@ class Message:
         return json.loads(self.payload)
 
 
+def _no_delay(_client: paho.Client, _userdata: Any, sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class Observer:
     """A test-side MQTT client that records everything under the base topic and can publish."""
 
@@ -91,7 +95,7 @@ class Observer:
         self.client.on_message = self._on_message
         # Nagle off, as the daemon has it: a publish right after a received message must not wait for the
         # broker's delayed ACK (40 ms), or the benchmark would time this client, not the daemon.
-        self.client.on_socket_open = lambda _c, _u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_socket_open = _no_delay
         if persistent:  # keeps its session (and the messages sent while it reconnects) across broker restarts
             self.client.reconnect_delay_set(1, 1)
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
