@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from mqtt_speaker.mqtt import without_tcp_delays
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
 from tests.sound import PulseAudio, terminate, wait_until
 
@@ -73,13 +74,10 @@ class Message:
     topic: str
     payload: bytes
     retain: bool
+    received: float = 0.0  # time.monotonic() on arrival
 
     def json(self) -> Any:
         return json.loads(self.payload)
-
-
-def _no_delay(_client: paho.Client, _userdata: Any, sock: Any) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Observer:
@@ -93,9 +91,9 @@ class Observer:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        # Nagle off, as the daemon has it: a publish right after a received message must not wait for the
-        # broker's delayed ACK (40 ms), or the benchmark would time this client, not the daemon.
-        self.client.on_socket_open = _no_delay
+        # As the daemon's: a publish right after a received message must not wait for the broker's
+        # delayed ACK (40 ms), or the benchmark would time this client, not the daemon.
+        without_tcp_delays(self.client)
         if persistent:  # keeps its session (and the messages sent while it reconnects) across broker restarts
             self.client.reconnect_delay_set(1, 1)
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -120,7 +118,7 @@ class Observer:
 
     def _on_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append(Message(message.topic, bytes(message.payload), bool(message.retain)))
+            self.messages.append(Message(message.topic, bytes(message.payload), bool(message.retain), time.monotonic()))
 
     def on(self, topic: str) -> list[Message]:
         with self._lock:
