@@ -208,18 +208,30 @@ def run(count: int, idle_seconds: float) -> dict[str, Any]:
             {"text": "Or not, as you like.", "emotion": "calm"},
         ]
         gaps = {}
+        marks: list[tuple[int, str]] = []  # (sample index in the timeline, what happened), for the plot
         for label, rtf, jitter in (("normal", 0.25, 0.0), ("slow_jittery", 0.5, 0.02)):
             emulator.behaviour.real_time_factor, emulator.behaviour.jitter = rtf, jitter
             capture.quiet_for(0.25)
             start = capture.samples()
-            observer.publish(say, json.dumps({"segments": segments, "cache": False}))
-            capture.onset_after(time.monotonic() - 0.05)
+            sent = time.monotonic()
+            observer.publish(say, json.dumps({"id": label, "segments": segments, "cache": False}))
+            capture.onset_after(sent - 0.05)
+            daemon.wait_terminal(label, timeout=60)
             capture.quiet_for(0.3, timeout=60)
             x = capture.signal(start)
             region = sound_regions(x)
             gaps[label] = longest_gap(x[region[0].start : region[-1].end]) * 1000
         emulator.behaviour.real_time_factor, emulator.behaviour.jitter = 0.25, 0.0
         timeline = capture.signal(start)
+        marks.append((capture.index_at(sent) - start, "published"))
+        for message in observer.on(daemon.topic("event")):
+            event = message.json()
+            if event.get("id") == "slow_jittery":
+                marks.append((capture.index_at(message.received) - start, f"{event['event_type']} (event)"))
+        boundary = region[0].start
+        for segment in segments[:-1]:
+            boundary += emulator.contexts_for(segment["text"].strip())[-1].samples_sent
+            marks.append((boundary, "emotion boundary (heard)"))
         # A cache hit.
         observer.publish(say, json.dumps({"text": "Cached phrase"}))
         capture.onset_after(time.monotonic() - 0.05)
@@ -265,7 +277,7 @@ def run(count: int, idle_seconds: float) -> dict[str, Any]:
             "raw": {"floor": floor, "usual": usual, "daemon": ours},
         }
     )
-    plot(results, timeline)
+    plot(results, timeline, marks)
     return results
 
 
@@ -377,7 +389,7 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(r: dict[str, Any], timeline: np.ndarray) -> None:
+def plot(r: dict[str, Any], timeline: np.ndarray, marks: list[tuple[int, str]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -390,6 +402,9 @@ def plot(r: dict[str, Any], timeline: np.ndarray) -> None:
     top.set_title("Latency per system")
     t = np.arange(timeline.size) / RATE
     bottom.plot(t, timeline, linewidth=0.3)
+    for n, (index, what) in enumerate(sorted(marks)):
+        bottom.axvline(index / RATE, color="tab:red", linewidth=0.8)
+        bottom.annotate(what, (index / RATE, 0.95 - 0.09 * n), xycoords=("data", "axes fraction"), fontsize=8)
     bottom.set_xlabel("seconds (capture clock)")
     bottom.set_title("Three segments (neutral, angry, calm) on the slow, jittery emulator")
     fig.tight_layout()
