@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,27 +74,57 @@ def test_user_unit_verifies(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="script/install's system mode runs as root")
+def installer(root: Path, **env: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """script/install --root `root`, with `env` on top of ours; it must succeed."""
+    environment = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"} | env
+
+    def install(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(ROOT / "script" / "install"), "--root", str(root), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=environment,
+        )
+        assert result.returncode == 0, result.stderr
+        return result
+
+    return install
+
+
+def assert_installed_program_runs(root: Path, prefix: str) -> None:
+    """The venv's scripts name the final location (not the staging root), and its Python imports us."""
+    program = root / prefix.lstrip("/") / "venv/bin/mqtt-speaker"
+    assert program.is_file() and program.read_text().startswith(f"#!{prefix}/venv/bin/python")
+    python = root / prefix.lstrip("/") / "venv/bin/python"
+    version = subprocess.run(
+        [str(python), "-c", "import mqtt_speaker; print(mqtt_speaker.__version__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert version.returncode == 0 and version.stdout.strip(), version.stderr
+
+
+def assert_private(conf: Path) -> None:
+    assert stat.S_IMODE((conf / "config.toml").stat().st_mode) == 0o640
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o750
+    assert stat.S_IMODE((conf / "credentials").stat().st_mode) == 0o700
+
+
 def test_install_into_a_root_directory_is_idempotent_and_undone(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     for name in ("passwd", "group", "shadow", "gshadow"):
         shutil.copy(f"/etc/{name}", root / "etc" / name)
-
-    def install(*args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(ROOT / "script" / "install"), "--root", str(root), *args], capture_output=True, text=True, check=False
-        )
-        assert result.returncode == 0, result.stderr
-        return result
+    install = installer(root)
 
     install()
     (root / "etc/mqtt-speaker/config.toml").write_text('site = "kept"\n')
     install()  # again: nothing breaks, the edited config is kept
     conf = root / "etc/mqtt-speaker"
     assert (conf / "config.toml").read_text() == 'site = "kept"\n'
-    assert stat.S_IMODE((conf / "config.toml").stat().st_mode) == 0o640
-    assert stat.S_IMODE(conf.stat().st_mode) == 0o750
-    assert stat.S_IMODE((conf / "credentials").stat().st_mode) == 0o700
+    assert_private(conf)
     passwd = (root / "etc/passwd").read_text()
     assert passwd.count("\nmqtt-speaker:") + passwd.startswith("mqtt-speaker:") == 1
     gid = int(
@@ -105,15 +136,7 @@ def test_install_into_a_root_directory_is_idempotent_and_undone(tmp_path: Path) 
     audio = next(line for line in (root / "etc/group").read_text().splitlines() if line.startswith("audio:"))
     assert "mqtt-speaker" in audio.split(":")[3].split(",")
     assert (root / "etc/systemd/system/multi-user.target.wants/mqtt-speaker.service").is_symlink()
-    program = root / "opt/mqtt-speaker/venv/bin/mqtt-speaker"
-    assert program.is_file() and program.read_text().startswith("#!/opt/mqtt-speaker/venv/bin/python")
-    version = subprocess.run(
-        [str(root / "opt/mqtt-speaker/venv/bin/python"), "-c", "import mqtt_speaker; print(mqtt_speaker.__version__)"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert version.returncode == 0 and version.stdout.strip()
+    assert_installed_program_runs(root, "/opt/mqtt-speaker")
 
     install("--uninstall")
     assert not (root / "opt/mqtt-speaker").exists()
@@ -122,4 +145,31 @@ def test_install_into_a_root_directory_is_idempotent_and_undone(tmp_path: Path) 
     assert "mqtt-speaker:" not in (root / "etc/passwd").read_text()
     assert (conf / "config.toml").exists()  # kept: it may hold the user's settings
     install("--purge")
+    assert not conf.exists()
+
+
+def test_user_install_into_a_root_directory_is_enabled_and_undone(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    install = installer(root, HOME="/home/alice")
+    home = root / "home/alice"
+
+    install("--user")
+    (home / ".config/mqtt-speaker/config.toml").write_text('site = "kept"\n')
+    install("--user")  # again: nothing breaks, the edited config is kept
+    conf = home / ".config/mqtt-speaker"
+    assert (conf / "config.toml").read_text() == 'site = "kept"\n'
+    assert_private(conf)
+    units = home / ".config/systemd/user"
+    unit = units / "mqtt-speaker-user.service"
+    assert "\nExecStart=/home/alice/.local/share/mqtt-speaker/venv/bin/mqtt-speaker run\n" in unit.read_text()
+    wanted = units / "default.target.wants/mqtt-speaker-user.service"
+    assert wanted.is_symlink() and wanted.resolve() == unit.resolve()  # enabled, as `systemctl --user enable`
+    assert_installed_program_runs(root, "/home/alice/.local/share/mqtt-speaker")
+
+    install("--user", "--uninstall")
+    assert not (home / ".local/share/mqtt-speaker").exists()
+    assert not unit.exists() and not wanted.is_symlink()
+    assert (conf / "config.toml").exists()
+    install("--user", "--purge")
     assert not conf.exists()
