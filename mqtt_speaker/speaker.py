@@ -15,6 +15,7 @@ import datetime as dt
 import functools
 import itertools
 import logging
+import string
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -438,8 +439,10 @@ class Speaker:
             last_error = attempt.error
             self._engine_failed(name, attempt.error, request.id)
             fallback_reason = f"{name}: {attempt.error.code}"
-            if attempt.heard:  # the rest, from the segment it was in, by the next engine
-                remaining = remaining.model_copy(update={"segments": remaining.segments[max(attempt.segment, 0) :]})
+            if attempt.heard:  # the rest, from the first word not spoken whole, by the next engine
+                remaining = _rest(remaining, attempt.segment, attempt.error.spoken_chars)
+                if remaining is None:  # every word had been spoken: nothing is missing
+                    break
         if remaining is not None:
             error = last_error or SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, "no engine could speak it")
             if progress.started and error.code is not ErrorCode.SYNTHESIS_INTERRUPTED:
@@ -546,6 +549,17 @@ class _Attempt:
             self.error = exc  # the audio so far plays out; the caller decides what comes next
         finally:
             await self._source.aclose()
+
+
+CLAUSE_MARKS = string.whitespace + ",;:.!?"
+
+
+def _rest(request: SayRequest, segment: int, spoken_chars: int) -> SayRequest | None:
+    """What is left of `request` when `spoken_chars` of `segment`'s text have been spoken; None if nothing."""
+    first, *others = request.segments[max(segment, 0) :]
+    text = first.text[spoken_chars:].lstrip(CLAUSE_MARKS)
+    segments = (first.model_copy(update={"text": text}), *others) if text.strip(string.punctuation) else others
+    return request.model_copy(update={"segments": tuple(segments)}) if segments else None
 
 
 async def _after(first: list[AudioChunk], then: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:

@@ -1,7 +1,8 @@
 """A local emulator of Cartesia's TTS WebSocket (`/tts/websocket`), for tests and benchmarks.
 
 It speaks the real protocol (bearer auth at the handshake, JSON generation requests, `chunk` / `done` /
-`error` frames with base64 PCM, cancel, the 5-minute idle close) and makes audio a test can check:
+`error` frames with base64 PCM, `timestamps` frames with word ends when `add_timestamps` is set, cancel,
+the 5-minute idle close) and makes audio a test can check:
 each context is a sine tone whose pitch encodes the requested emotion, whose length follows the
 transcript's length and speed, and whose amplitude follows the generation volume.
 
@@ -19,6 +20,7 @@ import contextlib
 import json
 import math
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -244,6 +246,13 @@ class CartesiaEmulator:
                 speed = float(config.get("speed", 1.0))
                 volume = float(config.get("volume", 1.0))
                 total = int(len(transcript) * b.ms_per_char / 1000 / speed * rate)
+                # Word timings follow the tone: each character lasts ms_per_char (at speed 1).
+                per_char = b.ms_per_char / 1000 / speed
+                words = [
+                    (m.group(), position / rate + m.start() * per_char, position / rate + m.end() * per_char)
+                    for m in re.finditer(r"\S+", transcript)
+                ]
+                timed = bool(message.get("add_timestamps"))
                 chunk = max(1, int(b.chunk_ms / 1000 * rate))
                 frequency = frequency_for(config.get("emotion"))
                 while total > 0:
@@ -275,6 +284,10 @@ class CartesiaEmulator:
                     position += count
                     total -= count
                     log.samples_sent += count
+                    if timed:
+                        words = await self._send_timestamps(ws, context_id, words, position / rate)
+                if timed:
+                    await self._send_timestamps(ws, context_id, words, math.inf)
                 if message.get("continue") is False:
                     await ws.send(
                         json.dumps({"type": "done", "context_id": context_id, "status_code": 206, "done": True})
@@ -284,6 +297,18 @@ class CartesiaEmulator:
                     return
         except ConnectionClosed:
             return
+
+    @staticmethod
+    async def _send_timestamps(
+        ws: ServerConnection, context_id: str, words: list[tuple[str, float, float]], until: float
+    ) -> list[tuple[str, float, float]]:
+        """Send the timestamps of the words whose audio has been sent (ending by `until`); return the rest."""
+        ready = [w for w in words if w[2] <= until + 1e-9]
+        if ready:
+            timestamps = {"words": [w[0] for w in ready], "start": [w[1] for w in ready], "end": [w[2] for w in ready]}
+            frame = {"type": "timestamps", "context_id": context_id, "status_code": 206, "done": False}
+            await ws.send(json.dumps({**frame, "flush_id": 1, "word_timestamps": timestamps}))
+        return words[len(ready) :]
 
     def _error_for(self, message: dict[str, Any]) -> dict[str, Any] | None:
         voice = message.get("voice")

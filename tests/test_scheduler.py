@@ -187,3 +187,60 @@ def test_priority_order_and_critical_preemption(tmp_path: Path) -> None:
         ("high", "finished", None),
         ("high2", "finished", None),
     ]
+
+
+class CutOffEngine(FakeEngine):
+    """Speaks the first segment, then part of the second, and loses the connection after 'Second part,'."""
+
+    async def synthesize(
+        self, request: SayRequest, voicing: Voicing, sample_rate: int
+    ) -> AsyncGenerator[AudioChunk, None]:
+        yield AudioChunk(CHUNK, sample_rate, 0)
+        yield AudioChunk(CHUNK, sample_rate, 1)
+        raise SynthesisError(ErrorCode.SYNTHESIS_INTERRUPTED, "socket lost", spoken_chars=len("Second part,"))
+
+
+class RecordingEngine(FakeEngine):
+    def __init__(self) -> None:
+        self.asked: list[SayRequest] = []
+
+    async def synthesize(
+        self, request: SayRequest, voicing: Voicing, sample_rate: int
+    ) -> AsyncGenerator[AudioChunk, None]:
+        self.asked.append(request)
+        yield AudioChunk(CHUNK, sample_rate, 0)
+
+
+def test_a_fallback_goes_on_from_the_first_word_not_spoken_whole(tmp_path: Path) -> None:
+    async def run(text: str) -> tuple[list[SayRequest], list[Event]]:
+        events: list[Event] = []
+        ended = asyncio.Event()
+
+        def publish(event: Event) -> None:
+            events.append(event)
+            if event.event_type in TERMINAL_EVENTS:
+                ended.set()
+
+        local = RecordingEngine()
+        speaker = Speaker(
+            {"cartesia": CutOffEngine(), "espeak": local},
+            FakeOutput(),
+            Settings(state_file=tmp_path / "s.json", fallback=["espeak"]),
+            publish_event=publish,
+            report_error=lambda _: None,
+            on_change=lambda: None,
+        )
+        segments = (Segment(text="First part. "), Segment(text=text, emotion="angry"), Segment(text="Third."))
+        speaker.submit(SayRequest(id="r", segments=segments))
+        worker = asyncio.create_task(speaker.run())
+        await asyncio.wait_for(ended.wait(), 10)
+        worker.cancel()
+        return local.asked, events
+
+    asked, events = asyncio.run(run("Second part, wherever it comes from."))
+    (request,) = asked
+    assert request.segments == (Segment(text="wherever it comes from.", emotion="angry"), Segment(text="Third."))
+    assert [e.event_type.value for e in events if e.event_type in TERMINAL_EVENTS] == ["finished"]
+    # Nothing but punctuation left of the segment: the fallback starts with the next one.
+    asked, _ = asyncio.run(run("Second part, ..."))
+    assert asked[0].segments == (Segment(text="Third."),)

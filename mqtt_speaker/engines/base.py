@@ -33,13 +33,16 @@ class Voicing:
 
 
 class SynthesisError(Exception):
-    """Speech could not be produced. `retryable`: a fresh attempt may succeed at once."""
+    """Speech could not be produced. `retryable`: a fresh attempt may succeed at once. `spoken_chars`:
+    after audio, how many characters of the segment it stopped in were spoken whole (the next engine
+    goes on from there; 0 when not known)."""
 
-    def __init__(self, code: ErrorCode, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, retryable: bool = False, spoken_chars: int = 0) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
+        self.spoken_chars = spoken_chars
 
 
 class Engine(Protocol):

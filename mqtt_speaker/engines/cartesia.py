@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import string
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from cartesia import AsyncCartesia
@@ -75,14 +76,31 @@ def _error_frame(event: Any) -> SynthesisError:
     return SynthesisError(ErrorCode.SYNTHESIS_FAILED, message)
 
 
-class _Lost(Exception):
-    """The socket closed, went silent, or a context ended without `done`."""
+def spoken_prefix(text: str, words: Sequence[str]) -> int:
+    """How many characters of `text` the `words` (Cartesia's word timestamps, in order) cover.
 
-    def __init__(self, segment: int, partial: bool, reason: str) -> None:
+    Each word must come next in the text, with nothing but spaces and punctuation before it; at the
+    first that does not (a number Cartesia spelled out, say) it stops: better a word heard twice than
+    one never heard."""
+    position = 0
+    for word in words:
+        found = text.find(word, position)
+        if found < 0 or text[position:found].strip(string.whitespace + string.punctuation):
+            break
+        position = found + len(word)
+    return position
+
+
+class _Lost(Exception):
+    """The socket closed, went silent, or a context ended without `done`; `spoken_chars` of the
+    segment's text had been delivered whole by then."""
+
+    def __init__(self, segment: int, partial: bool, reason: str, spoken_chars: int = 0) -> None:
         super().__init__(reason)
         self.segment = segment
         self.partial = partial
         self.reason = reason
+        self.spoken_chars = spoken_chars
 
 
 class CartesiaEngine:
@@ -214,6 +232,7 @@ class CartesiaEngine:
                     raise SynthesisError(
                         ErrorCode.SYNTHESIS_INTERRUPTED,
                         f"Cartesia stopped in the middle of segment {lost.segment}: {lost.reason}",
+                        spoken_chars=lost.spoken_chars,
                     ) from lost
                 resume = lost.segment
                 LOG.info("Cartesia %s before segment %d spoke; retrying on a fresh socket", lost.reason, resume)
@@ -232,6 +251,7 @@ class CartesiaEngine:
             language=voicing.language,
             generation_config=config,
             max_buffer_delay_ms=0,
+            add_timestamps=True,  # word ends: where a fallback engine goes on if the socket is lost
         )
 
     async def _stream(
@@ -259,7 +279,7 @@ class CartesiaEngine:
                     await open_next()
                 while in_flight:
                     index, ctx = in_flight[0]
-                    async for audio in self._receive(ctx, closed, index):
+                    async for audio in self._receive(ctx, closed, index, segments[index].text, rate):
                         self._last_used = time.monotonic()
                         yield AudioChunk(samples=audio, sample_rate=rate, segment=index)
                     in_flight.popleft()
@@ -274,11 +294,20 @@ class CartesiaEngine:
                 except (OSError, WebSocketException) as exc:
                     LOG.debug("cancelling context: %s", exc)
 
-    async def _receive(self, ctx: Any, closed: asyncio.Task[None], segment: int) -> AsyncIterator[Pcm]:
+    async def _receive(
+        self, ctx: Any, closed: asyncio.Task[None], segment: int, text: str, rate: int
+    ) -> AsyncIterator[Pcm]:
         """The PCM of one context until its `done`; _Lost or SynthesisError otherwise."""
         events = ctx.receive()
         pcm = PcmAssembler()
         heard = False
+        received = 0  # samples
+        words: list[tuple[str, float]] = []  # (word, end in seconds), from the timestamps events
+
+        def lost(reason: str) -> _Lost:
+            whole = [word for word, end in words if end * rate <= received]
+            return _Lost(segment, heard, reason, spoken_prefix(text, whole))
+
         while True:
             timeout = self._settings.chunk_timeout if heard else self._settings.first_chunk_timeout
             step = asyncio.ensure_future(anext(events))
@@ -293,18 +322,22 @@ class CartesiaEngine:
                     await asyncio.gather(step, return_exceptions=True)
             if step.cancelled():
                 if closed.done():
-                    raise _Lost(segment, heard, "closed the socket")
+                    raise lost("closed the socket")
                 if heard:
-                    raise _Lost(segment, heard, f"sent no audio for {timeout:.0f} s")
+                    raise lost(f"sent no audio for {timeout:.0f} s")
                 raise SynthesisError(ErrorCode.SYNTHESIS_TIMEOUT, f"Cartesia sent no audio within {timeout:.0f} s")
             try:
                 event = step.result()
             except StopAsyncIteration:
-                raise _Lost(segment, heard, "ended a context without 'done'") from None
+                raise lost("ended a context without 'done'") from None
             kind = getattr(event, "type", None)
             if kind == "chunk" and event.audio:
                 heard = True
-                yield pcm.feed(event.audio)
+                samples = pcm.feed(event.audio)
+                received += samples.size
+                yield samples
+            elif kind == "timestamps" and event.word_timestamps is not None:
+                words += zip(event.word_timestamps.words, event.word_timestamps.end, strict=False)
             elif kind == "done":
                 return
             elif kind == "error":
