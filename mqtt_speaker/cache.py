@@ -7,6 +7,7 @@ limit. A file that is corrupt or truncated is discarded, with a log line.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -57,9 +58,11 @@ class AudioCache:
             chunks = _decode(data)
         except (ValueError, KeyError, TypeError) as exc:
             LOG.warning("discarding the corrupt cache entry %s: %s", path.name, exc)
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only disk: it stays, and is discarded again next time
+                path.unlink(missing_ok=True)
             return None
-        os.utime(path)  # most recently used
+        with contextlib.suppress(OSError):  # evicted meanwhile, or a read-only disk: the audio is in hand
+            os.utime(path)  # most recently used
         return chunks
 
     def put(self, key: str, chunks: list[AudioChunk]) -> None:

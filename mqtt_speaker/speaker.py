@@ -107,6 +107,7 @@ class Speaker:
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._current: Job | None = None
+        self._closing = False  # shutting down: nothing new is accepted or started
         self._recent_ids: dict[str, float] = {}
         self._problems: dict[str, LastError] = {}
         self._last_error: LastError | None = None
@@ -193,6 +194,8 @@ class Speaker:
 
     def submit(self, request: SayRequest) -> None:
         job = Job(request, next(self._seq))
+        if self._closing:
+            return self._drop(job, "shutdown")
         if self._is_duplicate(request):
             return self._drop(job, "duplicate")
         remaining = self._remaining_ttl(request)
@@ -287,11 +290,14 @@ class Speaker:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             job = self._queue.pop(0)
+            if job.expiry is not None:
+                job.expiry.cancel()
             if time.monotonic() >= job.deadline:
                 self._drop(job, "expired")
                 continue
-            if job.expiry is not None:
-                job.expiry.cancel()
+            if self.quiet_now() and job.request.priority is not Priority.CRITICAL:  # quiet hours began
+                self._drop(job, "quiet")
+                continue
             if self._over_budget(job):
                 continue
             self._current = job
@@ -304,7 +310,9 @@ class Speaker:
                 self._on_change()
 
     async def shutdown(self, grace: float) -> None:
-        """Queued requests are dropped; the current one fades out and ends `interrupted` (within `grace` seconds)."""
+        """Queued requests are dropped, and any that arrive from now on; the current one fades out and ends
+        `interrupted` (within `grace` seconds)."""
+        self._closing = True
         self._drop_where(lambda _job: True, "shutdown")
         current = self._current
         if current is None:
@@ -411,15 +419,14 @@ class Speaker:
                 self._engine_failed(name, known, request.id)
                 fallback_reason = fallback_reason or f"{name}: {known.code}"
                 continue
-            source, cached = self._source(engine, remaining, voicing)
-            attempt = _Attempt(source)
-
-            on_first_audio = functools.partial(
-                self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
-            )
-            stream = attempt.stream() if tried else self._with_chime(job, attempt.stream())
-            tried = True
             try:
+                source, cached = self._source(engine, remaining, voicing)
+                attempt = _Attempt(source)
+                on_first_audio = functools.partial(
+                    self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
+                )
+                stream = attempt.stream() if tried else self._with_chime(job, attempt.stream())
+                tried = True
                 async with contextlib.aclosing(stream) as chunks:
                     played = await self._output.play(chunks, Playback(request.id, on_first_audio, job.stop, gain))
             except AudioDeviceError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -211,29 +212,55 @@ class RecordingEngine(FakeEngine):
         yield AudioChunk(CHUNK, sample_rate, 0)
 
 
+def make_speaker(
+    tmp_path: Path, engines: dict[str, Any] | None = None, **settings: Any
+) -> tuple[Speaker, list[Event], asyncio.Event]:
+    """A speaker on fakes; the events it publishes; an asyncio.Event set on each of them."""
+    events: list[Event] = []
+    published = asyncio.Event()
+    clock = settings.pop("clock", dt.datetime.now)
+
+    def publish(event: Event) -> None:
+        events.append(event)
+        published.set()
+
+    speaker = Speaker(
+        engines or {"fake": FakeEngine()},
+        FakeOutput(),
+        Settings(state_file=tmp_path / "s.json", **settings),
+        publish_event=publish,
+        report_error=lambda _: None,
+        on_change=lambda: None,
+        clock=clock,
+    )
+    return speaker, events, published
+
+
+def ends(events: list[Event]) -> list[tuple[str, str, str | None]]:
+    return [(e.id, e.event_type.value, getattr(e, "reason", None)) for e in events if e.event_type in TERMINAL_EVENTS]
+
+
+async def until(published: asyncio.Event, condition: Any) -> None:
+    """Wait (event by event) until `condition()` holds."""
+    async with asyncio.timeout(10):
+        while not condition():
+            published.clear()
+            await published.wait()
+
+
+def say(speaker: Speaker, request_id: str, text: str = "x" * 200) -> None:
+    speaker.submit(SayRequest(id=request_id, segments=(Segment(text=text),)))
+
+
 def test_a_fallback_goes_on_from_the_first_word_not_spoken_whole(tmp_path: Path) -> None:
     async def run(text: str) -> tuple[list[SayRequest], list[Event]]:
-        events: list[Event] = []
-        ended = asyncio.Event()
-
-        def publish(event: Event) -> None:
-            events.append(event)
-            if event.event_type in TERMINAL_EVENTS:
-                ended.set()
-
         local = RecordingEngine()
-        speaker = Speaker(
-            {"cartesia": CutOffEngine(), "espeak": local},
-            FakeOutput(),
-            Settings(state_file=tmp_path / "s.json", fallback=["espeak"]),
-            publish_event=publish,
-            report_error=lambda _: None,
-            on_change=lambda: None,
-        )
+        engines = {"cartesia": CutOffEngine(), "espeak": local}
+        speaker, events, published = make_speaker(tmp_path, engines, fallback=["espeak"])
         segments = (Segment(text="First part. "), Segment(text=text, emotion="angry"), Segment(text="Third."))
         speaker.submit(SayRequest(id="r", segments=segments))
         worker = asyncio.create_task(speaker.run())
-        await asyncio.wait_for(ended.wait(), 10)
+        await until(published, lambda: ends(events))
         worker.cancel()
         return local.asked, events
 
@@ -244,3 +271,37 @@ def test_a_fallback_goes_on_from_the_first_word_not_spoken_whole(tmp_path: Path)
     # Nothing but punctuation left of the segment: the fallback starts with the next one.
     asked, _ = asyncio.run(run("Second part, ..."))
     assert asked[0].segments == (Segment(text="Third."),)
+
+
+def test_a_request_arriving_during_shutdown_is_dropped_not_left_queued(tmp_path: Path) -> None:
+    async def run() -> list[Event]:
+        speaker, events, published = make_speaker(tmp_path)
+        say(speaker, "long", "x" * 2000)
+        worker = asyncio.create_task(speaker.run())
+        await until(published, lambda: any(e.event_type.value == "started" for e in events))
+        closing = asyncio.create_task(speaker.shutdown(grace=1.5))
+        await asyncio.sleep(0)
+        say(speaker, "late")  # the MQTT link still delivers until it is stopped
+        await closing
+        worker.cancel()
+        return events
+
+    events = asyncio.run(run())
+    assert ends(events) == [("late", "dropped", "shutdown"), ("long", "interrupted", "shutdown")]
+    assert [e.event_type.value for e in events if e.id == "late"] == ["dropped"]
+
+
+def test_quiet_hours_beginning_drop_what_is_still_queued(tmp_path: Path) -> None:
+    async def run() -> list[Event]:
+        now = [dt.datetime(2026, 11, 25, 21, 59, 59)]
+        speaker, events, published = make_speaker(tmp_path, quiet_hours="22:00-07:00", clock=lambda: now[0])
+        say(speaker, "before")
+        say(speaker, "waiting")
+        worker = asyncio.create_task(speaker.run())
+        await until(published, lambda: any(e.event_type.value == "started" for e in events))
+        now[0] = dt.datetime(2026, 11, 25, 22, 0, 1)
+        await until(published, lambda: len(ends(events)) == 2)
+        worker.cancel()
+        return events
+
+    assert ends(asyncio.run(run())) == [("before", "finished", None), ("waiting", "dropped", "quiet")]
