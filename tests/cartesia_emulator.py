@@ -77,6 +77,7 @@ class Behaviour:
     idle_timeout: float = 300.0
     handshake_status: int | None = None
     stall: bool = False
+    close_at_once: bool = False  # accept the socket, then close it (1011) before anything is asked
     faults: list[Fault] = field(default_factory=list)  # each one is used once, in order
 
 
@@ -99,6 +100,7 @@ class CartesiaEmulator:
         self.frames: list[dict[str, Any]] = []
         self.contexts: dict[str, ContextLog] = {}
         self.handshakes: list[dict[str, str]] = []
+        self.handshake_times: list[float] = []  # time.monotonic() of each
         self.closes: list[tuple[int | None, str]] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,6 +167,7 @@ class CartesiaEmulator:
     def _handshake(self, _connection: ServerConnection, request: Request) -> Response | None:
         headers = {k.lower(): v for k, v in request.headers.raw_items()}
         self.handshakes.append({"path": request.path, **headers})
+        self.handshake_times.append(time.monotonic())
         if not request.path.rstrip("/").endswith("/tts/websocket"):
             return self._reject(404, "not_found", "Not found")
         status = self.behaviour.handshake_status
@@ -189,6 +192,8 @@ class CartesiaEmulator:
         activity = asyncio.Event()
         idle = asyncio.create_task(self._idle_close(ws, activity))
         try:
+            if self.behaviour.close_at_once:
+                await ws.close(1011, "overloaded")
             async for raw in ws:
                 activity.set()
                 message = json.loads(raw)

@@ -7,6 +7,7 @@ and test_service_e2e.py, also marked `fault`.)
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from collections.abc import Callable
@@ -103,6 +104,24 @@ def test_a_bad_key_fails_clearly_backs_off_and_recovers(
     daemon.say(b'{"id": "ok", "text": "Accepted again"}')
     spoken_ok(daemon, "ok")
     wait_until(lambda: not daemon.states()[-1]["problem"], 10, "the problem flag cleared")
+
+
+def test_a_service_that_accepts_then_closes_is_retried_with_backoff_not_in_a_loop(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    emulator.behaviour.close_at_once = True
+    daemon = make_daemon(cartesia_env)
+    wait_until(lambda: len(emulator.handshake_times) >= 4, 30, "four attempts")
+    gaps = [b - a for a, b in itertools.pairwise(emulator.handshake_times[:4])]
+    assert gaps[1] >= 0.9 and gaps[2] >= 1.8, gaps  # 1 s, then 2 s, then 4 s ...
+    daemon.say(b'{"id": "during", "text": "Not now"}')
+    failed = daemon.wait_terminal("during")
+    assert (failed["event_type"], failed["code"]) == ("failed", "cartesia_unreachable")
+    assert "closed the socket" in failed["message"]
+    emulator.behaviour.close_at_once = False
+    wait_until(lambda: emulator.open_connections() == 1, 60, "the daemon to reconnect after its backoff")
+    daemon.say(b'{"id": "back", "text": "Back again"}')
+    spoken_ok(daemon, "back")
 
 
 def test_too_many_requests_at_the_handshake_is_rate_limited(

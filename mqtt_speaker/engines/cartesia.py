@@ -31,6 +31,7 @@ from mqtt_speaker.settings import CartesiaSettings
 LOG = logging.getLogger(__name__)
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 BACKOFF_MAX = 60.0
+STABLE_AFTER = 10.0  # a socket the service closes sooner, before any `done`, counts as a failed attempt
 
 
 def output_rate(device_rate: int) -> int:
@@ -91,6 +92,13 @@ def spoken_prefix(text: str, words: Sequence[str]) -> int:
     return position
 
 
+async def _release(events: AsyncIterator[Any]) -> None:
+    """Let the SDK's receive() run on past its last event: only then does it drop the context's queue
+    (closed where it stands, it keeps one per context for the life of the socket)."""
+    with contextlib.suppress(StopAsyncIteration):
+        await anext(events)
+
+
 class _Lost(Exception):
     """The socket closed, went silent, or a context ended without `done`; `spoken_chars` of the
     segment's text had been delivered whole by then."""
@@ -115,6 +123,8 @@ class CartesiaEngine:
         self._ws: AsyncTTSResourceConnection | None = None
         self._closed: asyncio.Task[None] | None = None
         self._last_used = 0.0
+        self._opened_at = 0.0
+        self._proven = False  # a context has finished on the current socket
         self._lock = asyncio.Lock()
         self._failures = 0
         self._retry_at = 0.0
@@ -137,22 +147,37 @@ class CartesiaEngine:
         try:
             ws = await self._client.tts.websocket_connect(websocket_connection_options=options).enter()
         except (OSError, TimeoutError, WebSocketException) as exc:
-            error = _handshake_error(exc)
-            self._failures += 1
-            delay = min(BACKOFF_MAX, 2.0 ** (self._failures - 1))
-            self._retry_at = time.monotonic() + delay
-            self._last_error = error
-            LOG.warning("%s (next attempt in %.0f s)", error.message, delay)
-            raise error from exc
+            raise self._failed_attempt(_handshake_error(exc)) from exc
         if self._failures:
             LOG.info("Cartesia socket open again after %d failed attempts", self._failures)
-        self._failures = 0
         self._last_error = None
         self._ws = ws
         self._closed = _closed_waiter(ws)
-        self._last_used = time.monotonic()
+        self._last_used = self._opened_at = time.monotonic()
+        self._proven = False
         LOG.debug("Cartesia socket open")
         return ws
+
+    def _failed_attempt(self, error: SynthesisError) -> SynthesisError:
+        """Count a failed attempt and set the backoff (1 s doubling to 60 s) before the next one."""
+        self._failures += 1
+        delay = min(BACKOFF_MAX, 2.0 ** (self._failures - 1))
+        self._retry_at = time.monotonic() + delay
+        self._last_error = error
+        LOG.warning("%s (next attempt in %.0f s)", error.message, delay)
+        return error
+
+    def _socket_closed(self) -> None:
+        """The service closed the socket: after a good run that is normal (the attempts count restarts);
+        soon after opening, before any context finished, it is a failed attempt (an overloaded or broken
+        service may accept and close at once: without this the keeper would reconnect in a busy loop)."""
+        lived = time.monotonic() - self._opened_at
+        if self._proven or lived >= STABLE_AFTER:
+            self._failures = 0
+            return
+        self._failed_attempt(
+            SynthesisError(ErrorCode.CARTESIA_UNREACHABLE, f"Cartesia closed the socket {lived:.1f} s after opening it")
+        )
 
     async def _drop_socket(self) -> None:
         ws, self._ws = self._ws, None
@@ -170,6 +195,7 @@ class CartesiaEngine:
         async with self._lock:
             stale = time.monotonic() - self._last_used > self._settings.idle_reconnect
             if self._ws is not None and self._is_open() and not fresh and not stale:
+                self._last_used = time.monotonic()  # or the keeper could find it stale in the meantime
                 return self._ws
             await self._drop_socket()
             if self._last_error is not None and time.monotonic() < self._retry_at and not fresh:
@@ -183,8 +209,11 @@ class CartesiaEngine:
         """Reopen the socket when it closes or before the service's idle timeout closes it."""
         while True:
             if self._is_open() and self._closed is not None:
+                closed = self._closed
                 idle_left = self._settings.idle_reconnect - (time.monotonic() - self._last_used)
-                await asyncio.wait({self._closed}, timeout=max(idle_left, 0.0))
+                await asyncio.wait({closed}, timeout=max(idle_left, 0.0))
+                if closed.done() and closed is self._closed:  # closed by the service, not replaced by us
+                    self._socket_closed()
             else:
                 await asyncio.sleep(max(self._retry_at - time.monotonic(), 0.0))
             with contextlib.suppress(SynthesisError):  # logged by _connect; the loop waits out the backoff
@@ -339,6 +368,9 @@ class CartesiaEngine:
             elif kind == "timestamps" and event.word_timestamps is not None:
                 words += zip(event.word_timestamps.words, event.word_timestamps.end, strict=False)
             elif kind == "done":
+                self._proven = True
+                await _release(events)
                 return
             elif kind == "error":
+                await _release(events)
                 raise _error_frame(event)
