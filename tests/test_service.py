@@ -110,6 +110,9 @@ def assert_private(conf: Path) -> None:
     assert stat.S_IMODE((conf / "config.toml").stat().st_mode) == 0o640
     assert stat.S_IMODE(conf.stat().st_mode) == 0o750
     assert stat.S_IMODE((conf / "credentials").stat().st_mode) == 0o700
+    # Present (systemd will not start a unit whose LoadCredential= file is missing), private.
+    for credential in ("cartesia_api_key", "mqtt_password"):
+        assert stat.S_IMODE((conf / "credentials" / credential).stat().st_mode) == 0o600
 
 
 def test_install_into_a_root_directory_is_idempotent_and_undone(tmp_path: Path) -> None:
@@ -120,10 +123,13 @@ def test_install_into_a_root_directory_is_idempotent_and_undone(tmp_path: Path) 
     install = installer(root)
 
     install()
-    (root / "etc/mqtt-speaker/config.toml").write_text('site = "kept"\n')
-    install()  # again: nothing breaks, the edited config is kept
     conf = root / "etc/mqtt-speaker"
+    assert (conf / "credentials/cartesia_api_key").read_text() == ""
+    (conf / "config.toml").write_text('site = "kept"\n')
+    (conf / "credentials/cartesia_api_key").write_text("sk_car_kept")
+    install()  # again: nothing breaks, the edited config and the secret are kept
     assert (conf / "config.toml").read_text() == 'site = "kept"\n'
+    assert (conf / "credentials/cartesia_api_key").read_text() == "sk_car_kept"
     assert_private(conf)
     passwd = (root / "etc/passwd").read_text()
     assert passwd.count("\nmqtt-speaker:") + passwd.startswith("mqtt-speaker:") == 1

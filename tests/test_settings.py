@@ -142,3 +142,9 @@ def test_systemd_credentials_fill_unset_secrets(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("MQTT_SPEAKER_MQTT__PASSWORD", "explicit")
     password = load_settings().mqtt.password
     assert password is not None and password.get_secret_value() == "explicit"
+    # The files script/install leaves empty stand for "not set": the local engine, no password.
+    (credentials / "cartesia_api_key").write_text("")
+    (credentials / "mqtt_password").write_text("\n")
+    monkeypatch.delenv("MQTT_SPEAKER_MQTT__PASSWORD")
+    s = load_settings()
+    assert (s.cartesia.api_key, s.mqtt.password, s.has_api_key) == (None, None, False)
