@@ -48,7 +48,7 @@ class Playback:
     """How one utterance is to be played."""
 
     name: str
-    on_first_audio: Callable[[], None]
+    on_first_audio: Callable[[], None]  # called as the first speech (a chunk of segment >= 0, not the chime) plays
     stop: asyncio.Event  # set it to fade out and return early
     gain: float = 1.0
 
@@ -311,6 +311,7 @@ class SoundDevicePlayer:
         drained = loop.create_future()
         resampler: Resampler | None = None
         source_rate = 0
+        announced = False
         limit = int(self._settings.max_buffer_seconds * self._rate)
         try:
             while (chunk := await _next_chunk(chunks, stopping)) is not None:
@@ -325,7 +326,8 @@ class SoundDevicePlayer:
                 assert resampler is not None
                 samples = resampler(to_float(chunk.samples))
                 fifo.write(samples * np.float32(playback.gain) if playback.gain != 1.0 else samples)
-                if first:
+                if chunk.segment >= 0 and not announced:
+                    announced = True
                     playback.on_first_audio()
                 if fifo.buffered > limit:
                     await self._wait_for_room(loop, limit // 2, stream, stopping)
@@ -420,6 +422,7 @@ class WavWriter:
         resampler: Resampler | None = None
         stopping = asyncio.ensure_future(playback.stop.wait())
         interrupted = False
+        announced = False
         try:
             while (chunk := await _next_chunk(chunks, stopping)) is not None:
                 if writer is None:
@@ -427,6 +430,8 @@ class WavWriter:
                     writer.setnchannels(1)
                     writer.setsampwidth(2)
                     writer.setframerate(chunk.sample_rate)
+                if chunk.segment >= 0 and not announced:
+                    announced = True
                     playback.on_first_audio()
                 if resampler is None or chunk.sample_rate != resampler.source_rate:
                     resampler = Resampler(chunk.sample_rate, writer.getframerate())

@@ -54,8 +54,10 @@ class FakeOutput:
 
     async def play(self, chunks: AsyncIterator[AudioChunk], playback: Playback) -> Played:
         played = 0
+        announced = False
         async for chunk in chunks:
-            if played == 0:
+            if chunk.segment >= 0 and not announced:  # as the real outputs: speech, not the chime
+                announced = True
                 playback.on_first_audio()
             played += chunk.samples.size
             await asyncio.sleep(0.0005)
@@ -305,3 +307,31 @@ def test_quiet_hours_beginning_drop_what_is_still_queued(tmp_path: Path) -> None
         return events
 
     assert ends(asyncio.run(run())) == [("before", "finished", None), ("waiting", "dropped", "quiet")]
+
+
+class RefusingEngine(FakeEngine):
+    async def synthesize(
+        self, request: SayRequest, voicing: Voicing, sample_rate: int
+    ) -> AsyncGenerator[AudioChunk, None]:
+        raise SynthesisError(ErrorCode.CARTESIA_AUTH, "key refused")
+        yield AudioChunk(CHUNK, sample_rate, 0)  # pragma: no cover - an async generator that never yields
+
+
+def test_after_a_chime_started_names_the_engine_that_speaks(tmp_path: Path) -> None:
+    async def run(fallback: list[str]) -> list[Event]:
+        local = FakeEngine()
+        local.name = "espeak"
+        engines = {"cartesia": RefusingEngine(), "espeak": local}
+        speaker, events, published = make_speaker(tmp_path, engines, fallback=fallback)
+        speaker.submit(SayRequest(id="c", segments=(Segment(text="x" * 50),), chime=True))
+        worker = asyncio.create_task(speaker.run())
+        await until(published, lambda: ends(events))
+        worker.cancel()
+        return events
+
+    events = asyncio.run(run(["espeak"]))
+    started = next(e for e in events if e.event_type.value == "started")
+    assert (getattr(started, "engine", None), getattr(started, "fallback", None)) == ("espeak", True)
+    # No fallback: the primary's own failure, not "cut short" because the chime had played.
+    failed = next(e for e in asyncio.run(run([])) if e.event_type.value == "failed")
+    assert getattr(failed, "code", None) == ErrorCode.CARTESIA_AUTH
