@@ -137,6 +137,7 @@ PAYLOADS = (
 )
 
 
+@pytest.mark.fault
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(PAYLOADS)
 def test_the_parser_only_ever_raises_its_own_error_naming_a_field(payload: bytes) -> None:
