@@ -157,7 +157,9 @@ class AudioSettings(BaseModel):
     sample_rate: int | None = Field(default=None, description="Output sample rate; default: the device's default rate")
     latency: float | str = Field(default="low", description="PortAudio output latency: 'low', 'high' or seconds")
     idle_close: float = Field(
-        default=5.0, ge=0, description="Seconds of silence after which the output stream is closed"
+        default=1.0,
+        ge=0,
+        description="Seconds of silence after which the output stream is closed (an open one costs CPU)",
     )
     max_buffer_seconds: float = Field(default=30.0, gt=1, description="Audio buffered ahead of playback, at most")
     fade_ms: float = Field(default=30.0, ge=0, le=500, description="Fade-out when speech is interrupted")
