@@ -169,11 +169,15 @@ class CartesiaEngine:
 
     def _socket_closed(self) -> None:
         """The service closed the socket: after a good run that is normal (the attempts count restarts);
-        soon after opening, before any context finished, it is a failed attempt (an overloaded or broken
-        service may accept and close at once: without this the keeper would reconnect in a busy loop)."""
+        soon after opening, before any context finished, once is let pass, and again it is a failed
+        attempt (an overloaded or broken service may accept and close at once: without this the keeper
+        would reconnect in a busy loop)."""
         lived = time.monotonic() - self._opened_at
         if self._proven or lived >= STABLE_AFTER:
             self._failures = 0
+            return
+        if self._failures == 0:  # the first time, reconnect at once: a close can race our open
+            self._failures = 1
             return
         self._failed_attempt(
             SynthesisError(ErrorCode.CARTESIA_UNREACHABLE, f"Cartesia closed the socket {lived:.1f} s after opening it")
