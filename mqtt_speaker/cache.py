@@ -48,6 +48,9 @@ class AudioCache:
     def _path(self, key: str) -> Path:
         return self._dir / f"{key}{SUFFIX}"
 
+    def has(self, key: str) -> bool:
+        return self._path(key).is_file()
+
     def get(self, key: str) -> list[AudioChunk] | None:
         path = self._path(key)
         try:

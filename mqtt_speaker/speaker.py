@@ -236,9 +236,19 @@ class Speaker:
 
     def _over_budget(self, job: Job) -> bool:
         """The cost guard: drop (rate_limited) what would take the billed characters over a limit."""
-        request = job.request
-        if not self._engines[self.candidates(request)[0]].billed:
+        engine = self._engines[self.candidates(job.request)[0]]
+        error = self._charge(engine, job.request, "")
+        if error is None:
             return False
+        self._report_error(error)
+        self._drop(job, "rate_limited")
+        return True
+
+    def _charge(self, engine: Engine, request: SayRequest, what: str) -> ErrorReport | None:
+        """Count the characters `engine` is about to be paid for; the error instead, if that would pass a
+        limit. Free: an engine that does not bill, one known to be down (a fallback speaks), a cache hit."""
+        if not engine.billed or engine.problem() is not None or self._in_cache(engine, request):
+            return None
         now = time.monotonic()
         while self._billed and now - self._billed[0][0] > 3600:
             self._billed.popleft()
@@ -247,18 +257,20 @@ class Speaker:
         for window, limit in ((60, self._settings.chars_per_minute), (3600, self._settings.chars_per_hour)):
             used = sum(n for t, n in self._billed if now - t <= window)
             if limit is not None and used + chars > limit and not bypass:
-                self._report_error(
-                    ErrorReport(
-                        code=ErrorCode.RATE_LIMITED,
-                        message=f"cost guard: {chars} more characters would pass the limit of {limit} "
-                        f"per {'minute' if window == 60 else 'hour'} ({used} used)",
-                        id=request.id,
-                    )
+                return ErrorReport(
+                    code=ErrorCode.RATE_LIMITED,
+                    message=f"{what}cost guard: {chars} more characters would pass the limit of {limit} "
+                    f"per {'minute' if window == 60 else 'hour'} ({used} used)",
+                    id=request.id,
                 )
-                self._drop(job, "rate_limited")
-                return True
         self._billed.append((now, chars))
-        return False
+        return None
+
+    def _in_cache(self, engine: Engine, request: SayRequest) -> bool:
+        cache = self._cache
+        if cache is None or not cache.enabled or not request.cache:
+            return False
+        return cache.has(cache_key(engine.identity, request, self._voicing(request), self._output.sample_rate))
 
     def _expire(self, job: Job) -> None:
         if job in self._queue:
@@ -502,6 +514,10 @@ class Speaker:
         """Synthesize into the cache without playing (with the primary engine), one after the other."""
         engine = self._engines[self._primary]
         for request in requests:
+            refused = self._charge(engine, request, "cache warm: ")
+            if refused is not None:
+                self._report_error(refused)
+                continue
             source, cached = self._source(engine, request, self._voicing(request))
             try:
                 async with contextlib.aclosing(source) as chunks:

@@ -233,3 +233,20 @@ def test_the_cost_guard_drops_what_would_pass_the_limit(
     assert error["id"] == "two" and "per minute" in error["message"]
     daemon.say(b'{"id": "three", "text": "Twenty characters..", "priority": "critical"}')
     spoken_ok(daemon, "three")  # critical requests pass the guard
+
+
+def test_the_cost_guard_lets_cache_hits_pass_and_counts_cache_warming(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    cache = Path(cartesia_env["MQTT_SPEAKER_CACHE__DIR"])
+    daemon = make_daemon({**cartesia_env, "MQTT_SPEAKER_CACHE__ENABLED": "true"}, CHARS_PER_MINUTE="30")
+    daemon.say(b'{"id": "one", "text": "Twenty characters.."}')
+    spoken_ok(daemon, "one")
+    wait_until(lambda: len(list(cache.glob("*.pcm"))) == 1, 30, "the cache entry")
+    daemon.say(b'{"id": "again", "text": "Twenty characters.."}')  # from the cache: costs nothing
+    spoken_ok(daemon, "again")
+    assert daemon.wait_for_event("again", "started")["cached"] is True
+    daemon.observer.publish(daemon.topic("cache/warm"), json.dumps(["Another twenty chars"]))
+    error = daemon.wait_for_error(lambda e: e["code"] == "rate_limited")
+    assert error["message"].startswith("cache warm: cost guard")
+    assert len(list(cache.glob("*.pcm"))) == 1  # not warmed
