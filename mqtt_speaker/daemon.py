@@ -245,6 +245,9 @@ class Daemon:
         stopping.cancel()
         self._notifier.stopping()
         await self.speaker.shutdown(grace=1.5)
+        for task in self._background:  # cache warming: it must not reopen a socket being closed
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         worker.cancel()
         crashed = None if worker.cancelled() or not worker.done() else worker.exception()
         await asyncio.gather(worker, return_exceptions=True)

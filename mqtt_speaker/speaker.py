@@ -363,16 +363,17 @@ class Speaker:
             chime = self._sounds.chunks(True, self._output.sample_rate) or []
         return _after(chime, speech)
 
-    def _source(
+    async def _source(
         self, engine: Engine, request: SayRequest, voicing: Voicing
     ) -> tuple[AsyncGenerator[AudioChunk, None], bool]:
-        """The request's audio from the cache (True) or from the engine, kept in the cache when complete."""
+        """The request's audio from the cache (True) or from the engine, kept in the cache when complete.
+        The cache is read in a worker thread: a long entry on an SD card must not stall the loop."""
         rate = self._output.sample_rate
         cache = self._cache
         if cache is None or not cache.enabled or not request.cache:
             return engine.synthesize(request, voicing, rate), False
         key = cache_key(engine.identity, request, voicing, rate)
-        hit = cache.get(key)
+        hit = await asyncio.to_thread(cache.get, key)
         if hit is not None:
             return replay(hit), True
         return recording(engine.synthesize(request, voicing, rate), lambda chunks: self._store(key, chunks)), False
@@ -432,7 +433,7 @@ class Speaker:
                 fallback_reason = fallback_reason or f"{name}: {known.code}"
                 continue
             try:
-                source, cached = self._source(engine, remaining, voicing)
+                source, cached = await self._source(engine, remaining, voicing)
                 attempt = _Attempt(source)
                 on_first_audio = functools.partial(
                     self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
@@ -518,7 +519,7 @@ class Speaker:
             if refused is not None:
                 self._report_error(refused)
                 continue
-            source, cached = self._source(engine, request, self._voicing(request))
+            source, cached = await self._source(engine, request, self._voicing(request))
             try:
                 async with contextlib.aclosing(source) as chunks:
                     async for _ in chunks:
