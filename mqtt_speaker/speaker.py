@@ -582,8 +582,9 @@ def _rest(request: SayRequest, segment: int, spoken_chars: int) -> SayRequest | 
     """What is left of `request` when `spoken_chars` of `segment`'s text have been spoken; None if nothing."""
     first, *others = request.segments[max(segment, 0) :]
     text = first.text[spoken_chars:].lstrip(CLAUSE_MARKS)
-    segments = (first.model_copy(update={"text": text}), *others) if text.strip(string.punctuation) else others
-    return request.model_copy(update={"segments": tuple(segments)}) if segments else None
+    spoken_all = not text.strip(string.punctuation + string.whitespace)
+    segments = tuple(others) if spoken_all else (first.model_copy(update={"text": text}), *others)
+    return request.model_copy(update={"segments": segments}) if segments else None
 
 
 async def _after(first: list[AudioChunk], then: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:
