@@ -212,13 +212,14 @@ class CartesiaEngine:
     async def _keep_warm(self) -> None:
         """Reopen the socket when it closes or before the service's idle timeout closes it."""
         while True:
-            if self._is_open() and self._closed is not None:
-                closed = self._closed
+            closed = self._closed
+            if closed is not None and not closed.done():
                 idle_left = self._settings.idle_reconnect - (time.monotonic() - self._last_used)
                 await asyncio.wait({closed}, timeout=max(idle_left, 0.0))
-                if closed.done() and closed is self._closed:  # closed by the service, not replaced by us
-                    self._socket_closed()
-            else:
+            # Closed by the service (even before we got here to watch it), not dropped or replaced by us.
+            if closed is not None and closed.done() and closed is self._closed:
+                self._socket_closed()
+            if not self._is_open():
                 await asyncio.sleep(max(self._retry_at - time.monotonic(), 0.0))
             with contextlib.suppress(SynthesisError):  # logged by _connect; the loop waits out the backoff
                 await self._socket(fresh=False)
