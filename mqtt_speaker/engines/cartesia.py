@@ -262,11 +262,16 @@ class CartesiaEngine:
                     yield chunk
                 return
             except _Lost as lost:
-                if lost.partial or attempt > 1:
+                if lost.partial:
                     raise SynthesisError(
                         ErrorCode.SYNTHESIS_INTERRUPTED,
                         f"Cartesia stopped in the middle of segment {lost.segment}: {lost.reason}",
                         spoken_chars=lost.spoken_chars,
+                    ) from lost
+                if attempt > 1:  # twice before any audio of the segment: the service, not this request
+                    raise SynthesisError(
+                        ErrorCode.CARTESIA_UNREACHABLE,
+                        f"Cartesia {lost.reason} before segment {lost.segment} spoke, on a fresh socket too",
                     ) from lost
                 resume = lost.segment
                 LOG.info("Cartesia %s before segment %d spoke; retrying on a fresh socket", lost.reason, resume)
