@@ -324,7 +324,7 @@ class CartesiaEngine:
                     in_flight.popleft()
                     await open_next()
             except WebSocketException as exc:
-                raise _Lost(in_flight[0][0] if in_flight else upcoming, False, str(exc)) from exc
+                raise _Lost(in_flight[0][0] if in_flight else upcoming, False, f"closed the socket ({exc})") from exc
         finally:
             self._last_used = time.monotonic()
             for _, ctx in in_flight:
