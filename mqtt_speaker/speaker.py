@@ -15,10 +15,9 @@ import datetime as dt
 import functools
 import itertools
 import logging
-import string
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mqtt_speaker.audio import AudioDeviceError, Output, Playback
 from mqtt_speaker.cache import AudioCache, cache_key, recording, replay
@@ -45,6 +44,7 @@ from mqtt_speaker.models import (
 from mqtt_speaker.runtime import RuntimeDefaults
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.sounds import Sounds
+from mqtt_speaker.text import LiveText, Meter, Piece, Script
 
 LOG = logging.getLogger(__name__)
 PREFETCH_CHUNKS = 256
@@ -61,6 +61,7 @@ class Interruption:
 class Job:
     request: SayRequest
     seq: int
+    text: LiveText
     received: float = field(default_factory=time.monotonic)
     deadline: float = float("inf")
     ended: bool = False
@@ -192,8 +193,9 @@ class Speaker:
         self._recent_ids[request.id] = now
         return seen
 
-    def submit(self, request: SayRequest) -> None:
-        job = Job(request, next(self._seq))
+    def submit(self, request: SayRequest, text: LiveText | None = None) -> None:
+        """Queue a request; its text is `text` as it arrives (a stream), or else its complete segments."""
+        job = Job(request, next(self._seq), text if text is not None else LiveText.complete(request.segments))
         if self._closing:
             return self._drop(job, "shutdown")
         if self._is_duplicate(request):
@@ -235,24 +237,28 @@ class Speaker:
         return None
 
     def _over_budget(self, job: Job) -> bool:
-        """The cost guard: drop (rate_limited) what would take the billed characters over a limit."""
+        """The cost guard: drop (rate_limited) what would take the billed characters over a limit. A text
+        still arriving is charged piece by piece as it is pushed (see _meter)."""
+        if not job.text.ended:
+            return False
         engine = self._engines[self.candidates(job.request)[0]]
-        error = self._charge(engine, job.request, "")
+        error = self._charge(
+            engine, job.request, "", len(job.text.segments() and "".join(s.text for s in job.text.segments()))
+        )
         if error is None:
             return False
         self._report_error(error)
         self._drop(job, "rate_limited")
         return True
 
-    def _charge(self, engine: Engine, request: SayRequest, what: str) -> ErrorReport | None:
-        """Count the characters `engine` is about to be paid for; the error instead, if that would pass a
+    def _charge(self, engine: Engine, request: SayRequest, what: str, chars: int) -> ErrorReport | None:
+        """Count the `chars` `engine` is about to be paid for; the error instead, if that would pass a
         limit. Free: an engine that does not bill, one known to be down (a fallback speaks), a cache hit."""
         if not engine.billed or engine.problem() is not None or self._in_cache(engine, request):
             return None
         now = time.monotonic()
         while self._billed and now - self._billed[0][0] > 3600:
             self._billed.popleft()
-        chars = len(request.text)
         bypass = request.priority is Priority.CRITICAL and self._settings.critical_bypasses_cost_guard
         for window, limit in ((60, self._settings.chars_per_minute), (3600, self._settings.chars_per_hour)):
             used = sum(n for t, n in self._billed if now - t <= window)
@@ -266,9 +272,20 @@ class Speaker:
         self._billed.append((now, chars))
         return None
 
+    def _meter(self, engine: Engine, request: SayRequest) -> Meter:
+        """The cost guard for a text still arriving: each piece is charged as it is pushed."""
+
+        def charge(piece: Piece) -> None:
+            refused = self._charge(engine, request, "", len(piece.text))
+            if refused is not None:
+                self._report_error(refused)
+                raise SynthesisError(ErrorCode.RATE_LIMITED, refused.message)
+
+        return charge
+
     def _in_cache(self, engine: Engine, request: SayRequest) -> bool:
         cache = self._cache
-        if cache is None or not cache.enabled or not request.cache:
+        if cache is None or not cache.enabled or not request.cache or not request.segments:
             return False
         return cache.has(cache_key(engine.identity, request, self._voicing(request), self._output.sample_rate))
 
@@ -364,19 +381,20 @@ class Speaker:
         return _after(chime, speech)
 
     async def _source(
-        self, engine: Engine, request: SayRequest, voicing: Voicing
+        self, engine: Engine, script: Script, voicing: Voicing
     ) -> tuple[AsyncGenerator[AudioChunk, None], bool]:
-        """The request's audio from the cache (True) or from the engine, kept in the cache when complete.
+        """The script's audio from the cache (True) or from the engine, kept in the cache when complete.
+        Only a text complete before it is spoken is cached (its key is known); a stream is not.
         The cache is read in a worker thread: a long entry on an SD card must not stall the loop."""
         rate = self._output.sample_rate
         cache = self._cache
-        if cache is None or not cache.enabled or not request.cache:
-            return engine.synthesize(request, voicing, rate), False
-        key = cache_key(engine.identity, request, voicing, rate)
+        if cache is None or not cache.enabled or not script.request.cache or script.meter is not None:
+            return engine.synthesize(script, voicing, rate), False
+        key = cache_key(engine.identity, script.request.model_copy(update={"segments": script.segments}), voicing, rate)
         hit = await asyncio.to_thread(cache.get, key)
         if hit is not None:
             return replay(hit), True
-        return recording(engine.synthesize(request, voicing, rate), lambda chunks: self._store(key, chunks)), False
+        return recording(engine.synthesize(script, voicing, rate), lambda chunks: self._store(key, chunks)), False
 
     def _store(self, key: str, chunks: list[AudioChunk]) -> None:
         """Write to the cache (and evict) in a worker thread: disk I/O stays off the event loop."""
@@ -417,7 +435,8 @@ class Speaker:
         voicing = self._voicing(request)
         gain = request.volume if request.volume is not None else self.defaults.volume / 100
         names = self.candidates(request)
-        remaining: SayRequest | None = request
+        live = not job.text.ended  # a stream still being written: charged as pushed, never cached
+        remaining: Script | None = Script(request, job.text)
         fallback_reason: str | None = None
         played_total = 0.0
         progress = _Progress()
@@ -432,6 +451,8 @@ class Speaker:
                 self._engine_failed(name, known, request.id)
                 fallback_reason = fallback_reason or f"{name}: {known.code}"
                 continue
+            if live and engine.billed:
+                remaining = replace(remaining, meter=self._meter(engine, request))
             try:
                 source, cached = await self._source(engine, remaining, voicing)
                 attempt = _Attempt(source)
@@ -459,8 +480,9 @@ class Speaker:
             last_error = attempt.error
             self._engine_failed(name, attempt.error, request.id)
             fallback_reason = f"{name}: {attempt.error.code}"
+            remaining = replace(remaining, meter=None)
             if attempt.heard:  # the rest, from the first word not spoken whole, by the next engine
-                remaining = _rest(remaining, attempt.segment, attempt.error.spoken_chars)
+                remaining = remaining.rest(attempt.segment, attempt.error.spoken_chars)
                 if remaining is None:  # every word had been spoken: nothing is missing
                     break
         if remaining is not None:
@@ -495,9 +517,9 @@ class Speaker:
             StartedEvent(
                 id=request.id,
                 engine=engine.name,
-                emotion=request.segments[0].emotion or voicing.emotion,
+                emotion=job.text.runs[0].voice.emotion or voicing.emotion,
                 voice=voicing.voice,
-                segments=len(request.segments),
+                segments=len(job.text.runs),
                 latency_ms=latency,
                 emotion_applied=engine.emotion_applied,
                 cached=cached,
@@ -515,11 +537,11 @@ class Speaker:
         """Synthesize into the cache without playing (with the primary engine), one after the other."""
         engine = self._engines[self._primary]
         for request in requests:
-            refused = self._charge(engine, request, "cache warm: ")
+            refused = self._charge(engine, request, "cache warm: ", len(request.text))
             if refused is not None:
                 self._report_error(refused)
                 continue
-            source, cached = await self._source(engine, request, self._voicing(request))
+            source, cached = await self._source(engine, Script.of(request), self._voicing(request))
             try:
                 async with contextlib.aclosing(source) as chunks:
                     async for _ in chunks:
@@ -573,18 +595,6 @@ class _Attempt:
             self.error = exc  # the audio so far plays out; the caller decides what comes next
         finally:
             await self._source.aclose()
-
-
-CLAUSE_MARKS = string.whitespace + ",;:.!?"
-
-
-def _rest(request: SayRequest, segment: int, spoken_chars: int) -> SayRequest | None:
-    """What is left of `request` when `spoken_chars` of `segment`'s text have been spoken; None if nothing."""
-    first, *others = request.segments[max(segment, 0) :]
-    text = first.text[spoken_chars:].lstrip(CLAUSE_MARKS)
-    spoken_all = not text.strip(string.punctuation + string.whitespace)
-    segments = tuple(others) if spoken_all else (first.model_copy(update={"text": text}), *others)
-    return request.model_copy(update={"segments": segments}) if segments else None
 
 
 async def _after(first: list[AudioChunk], then: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:

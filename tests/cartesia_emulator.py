@@ -2,7 +2,12 @@
 
 It speaks the real protocol (bearer auth at the handshake, JSON generation requests, `chunk` / `done` /
 `error` frames with base64 PCM, `timestamps` frames with word ends when `add_timestamps` is set, cancel,
-the 5-minute idle close) and makes audio a test can check:
+the 5-minute idle close) and input streaming as documented: continuations (`continue: true` inputs on one
+context, the tone going on where it stopped), `max_buffer_delay_ms` holding text that has no sentence end
+yet (default 3000, 0 speaks at once), `flush` answered by `flush_done`, a context expiring 1 s after its
+last audio when it has nothing left to say (input sent to it later is ignored and counted in
+`late_inputs`). A generation that starts on a context with nothing left to say waits `first_chunk_delay`.
+It makes audio a test can check:
 each context is a sine tone whose pitch encodes the requested emotion, whose length follows the
 transcript's length and speed, and whose amplitude follows the generation volume.
 
@@ -36,6 +41,8 @@ from mqtt_speaker.emotions import EMOTIONS
 
 FaultKind = Literal["abort", "close_1011", "close_1000", "silent"]
 TEST_API_KEY = "sk_car_emulator_test_key"
+DEFAULT_BUFFER_DELAY_MS = 3000  # the service's default for max_buffer_delay_ms
+SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(\s+|$)")
 
 
 def frequency_for(emotion: str | None) -> float:
@@ -61,6 +68,34 @@ class ContextLog:
     cancelled: bool = False
     first_chunk_at: float | None = None
     done_at: float | None = None
+    inputs: int = 0
+    last_output_at: float | None = None
+    expired: bool = False
+    expired_at: float | None = None
+    late_inputs: list[dict[str, Any]] = field(default_factory=list)  # sent after it expired or was done
+
+
+@dataclass
+class _Voicing:
+    """How a context speaks (from its inputs; they must all agree) and how far its tone has got."""
+
+    position: int
+    rate: int = 44100
+    encoding: str = "pcm_f32le"
+    speed: float = 1.0
+    volume: float = 1.0
+    emotion: str | None = None
+    timed: bool = False
+
+    def update(self, message: dict[str, Any]) -> None:
+        fmt = message.get("output_format") or {}
+        config = message.get("generation_config") or {}
+        self.rate = int(fmt.get("sample_rate", 44100))
+        self.encoding = fmt.get("encoding", "pcm_f32le")
+        self.speed = float(config.get("speed", 1.0))
+        self.volume = float(config.get("volume", 1.0))
+        self.emotion = config.get("emotion")
+        self.timed = bool(message.get("add_timestamps"))
 
 
 @dataclass
@@ -75,6 +110,7 @@ class Behaviour:
     chunk_ms: float = 20.0
     amplitude: float = 0.3
     idle_timeout: float = 300.0
+    context_expiry: float = 1.0  # a context with nothing left to say expires this long after its last audio
     handshake_status: int | None = None
     stall: bool = False
     close_at_once: bool = False  # accept the socket, then close it (1011) before anything is asked
@@ -211,6 +247,10 @@ class CartesiaEmulator:
                     config = message.get("generation_config") or {}
                     self.contexts[context_id] = ContextLog(context_id, config.get("emotion"))
                     tasks[context_id] = asyncio.create_task(self._generate(ws, context_id, inputs[context_id]))
+                log = self.contexts[context_id]
+                if log.expired or log.done:  # undefined at Cartesia: here the input is ignored, and counted
+                    log.late_inputs.append(message)
+                    continue
                 inputs[context_id].put_nowait(message)
         except ConnectionClosed:
             pass
@@ -231,68 +271,56 @@ class CartesiaEmulator:
                 return
 
     async def _generate(self, ws: ServerConnection, context_id: str, inputs: asyncio.Queue[dict[str, Any]]) -> None:
+        """One context: its inputs (continuations) in order. Text is held while `max_buffer_delay_ms`
+        allows (up to the last sentence end it is spoken at once), a flush or the last input speaks it
+        all; a context with nothing left to say expires `context_expiry` after its last audio."""
         log = self.contexts[context_id]
-        b = self.behaviour
-        position = 0
+        stream = _Voicing(position=0)
+        pending = ""
+        pending_since = 0.0
+        delay = 0.0
+        flush_id = 1
         try:
             while True:
-                message = await inputs.get()
+                now = time.monotonic()
+                if pending:
+                    timeout: float | None = max(0.0, pending_since + delay - now)
+                else:
+                    timeout = max(0.0, (log.last_output_at or now) + self.behaviour.context_expiry - now)
+                try:
+                    message = await asyncio.wait_for(inputs.get(), timeout)
+                except TimeoutError:
+                    if pending:
+                        await self._speak(ws, log, stream, pending, flush_id)
+                        pending = ""
+                        continue
+                    log.expired = True
+                    log.expired_at = time.monotonic()
+                    return
                 error = self._error_for(message)
                 if error is not None:
                     await ws.send(json.dumps({**error, "type": "error", "context_id": context_id, "done": True}))
+                    log.done = True
                     return
+                stream.update(message)
                 transcript = message.get("transcript") or ""
                 log.transcript += transcript
-                fmt = message.get("output_format") or {}
-                rate = int(fmt.get("sample_rate", 44100))
-                encoding = fmt.get("encoding", "pcm_f32le")
-                log.sample_rate = rate
-                config = message.get("generation_config") or {}
-                speed = float(config.get("speed", 1.0))
-                volume = float(config.get("volume", 1.0))
-                total = int(len(transcript) * b.ms_per_char / 1000 / speed * rate)
-                # Word timings follow the tone: each character lasts ms_per_char (at speed 1).
-                per_char = b.ms_per_char / 1000 / speed
-                words = [
-                    (m.group(), position / rate + m.start() * per_char, position / rate + m.end() * per_char)
-                    for m in re.finditer(r"\S+", transcript)
-                ]
-                timed = bool(message.get("add_timestamps"))
-                chunk = max(1, int(b.chunk_ms / 1000 * rate))
-                frequency = frequency_for(config.get("emotion"))
-                while total > 0:
-                    await self._maybe_fault(ws, log)
-                    if log.first_chunk_at is None:
-                        if b.stall:
-                            await asyncio.Event().wait()
-                        await asyncio.sleep(b.first_chunk_delay)
-                    count = min(chunk, total)
-                    samples = _tone(frequency, rate, position, count, min(1.0, b.amplitude * volume))
-                    if log.first_chunk_at is not None:  # the first chunk comes right after first_chunk_delay
-                        pace = count / rate * b.real_time_factor + random.uniform(-b.jitter, b.jitter)
-                        await asyncio.sleep(max(0.0, pace))
-                    await ws.send(
-                        json.dumps(
-                            {
-                                "type": "chunk",
-                                "context_id": context_id,
-                                "status_code": 206,
-                                "done": False,
-                                "data": base64.b64encode(_encode(samples, encoding)).decode(),
-                                "step_time": 5.0,
-                                "flush_id": 1,
-                            }
-                        )
-                    )
-                    if log.first_chunk_at is None:
-                        log.first_chunk_at = time.monotonic()
-                    position += count
-                    total -= count
-                    log.samples_sent += count
-                    if timed:
-                        words = await self._send_timestamps(ws, context_id, words, position / rate)
-                if timed:
-                    await self._send_timestamps(ws, context_id, words, math.inf)
+                log.inputs += 1
+                if transcript and not pending:
+                    pending_since = time.monotonic()
+                pending += transcript
+                delay = float(message.get("max_buffer_delay_ms", DEFAULT_BUFFER_DELAY_MS)) / 1000
+                if delay <= 0 or message.get("flush") or message.get("continue") is False:
+                    ready, pending = pending, ""
+                else:  # managed buffering: whole sentences go at once, the rest waits for more or the delay
+                    cut = max((m.end() for m in SENTENCE_END.finditer(pending)), default=0)
+                    ready, pending = pending[:cut], pending[cut:]
+                if ready:
+                    await self._speak(ws, log, stream, ready, flush_id)
+                if message.get("flush"):
+                    frame = {"type": "flush_done", "context_id": context_id, "status_code": 206, "done": False}
+                    await ws.send(json.dumps({**frame, "flush_done": True, "flush_id": flush_id}))
+                    flush_id += 1
                 if message.get("continue") is False:
                     await ws.send(
                         json.dumps({"type": "done", "context_id": context_id, "status_code": 206, "done": True})
@@ -302,6 +330,58 @@ class CartesiaEmulator:
                     return
         except ConnectionClosed:
             return
+
+    async def _speak(self, ws: ServerConnection, log: ContextLog, stream: _Voicing, text: str, flush_id: int) -> None:
+        """The audio of `text`, continuing the context's tone; the first chunk after `first_chunk_delay`
+        when the context had nothing left to say (a new generation), then paced by the real-time factor."""
+        b = self.behaviour
+        rate = stream.rate
+        log.sample_rate = rate
+        total = int(len(text) * b.ms_per_char / 1000 / stream.speed * rate)
+        # Word timings follow the tone: each character lasts ms_per_char (at speed 1).
+        per_char = b.ms_per_char / 1000 / stream.speed
+        start = stream.position / rate
+        words = [
+            (m.group(), start + m.start() * per_char, start + m.end() * per_char) for m in re.finditer(r"\S+", text)
+        ]
+        chunk = max(1, int(b.chunk_ms / 1000 * rate))
+        frequency = frequency_for(stream.emotion)
+        fresh = True
+        while total > 0:
+            await self._maybe_fault(ws, log)
+            if fresh:
+                if b.stall:
+                    await asyncio.Event().wait()
+                await asyncio.sleep(b.first_chunk_delay)
+            count = min(chunk, total)
+            samples = _tone(frequency, rate, stream.position, count, min(1.0, b.amplitude * stream.volume))
+            if not fresh:  # the first chunk comes right after first_chunk_delay
+                pace = count / rate * b.real_time_factor + random.uniform(-b.jitter, b.jitter)
+                await asyncio.sleep(max(0.0, pace))
+            fresh = False
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "chunk",
+                        "context_id": log.context_id,
+                        "status_code": 206,
+                        "done": False,
+                        "data": base64.b64encode(_encode(samples, stream.encoding)).decode(),
+                        "step_time": 5.0,
+                        "flush_id": flush_id,
+                    }
+                )
+            )
+            log.last_output_at = time.monotonic()
+            if log.first_chunk_at is None:
+                log.first_chunk_at = log.last_output_at
+            stream.position += count
+            total -= count
+            log.samples_sent += count
+            if stream.timed:
+                words = await self._send_timestamps(ws, log.context_id, words, stream.position / rate)
+        if stream.timed:
+            await self._send_timestamps(ws, log.context_id, words, math.inf)
 
     @staticmethod
     async def _send_timestamps(

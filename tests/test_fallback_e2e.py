@@ -18,6 +18,7 @@ from mqtt_speaker.engines.base import Voicing
 from mqtt_speaker.engines.piper import PiperEngine
 from mqtt_speaker.models import SayRequest, Segment
 from mqtt_speaker.settings import PiperSettings
+from mqtt_speaker.text import Script
 from tests.cartesia_emulator import CartesiaEmulator, Fault
 from tests.conftest import Daemon, spoken_ok
 from tests.sound import RATE, PulseAudio, rms, sound_regions, wait_until
@@ -87,7 +88,7 @@ def piper_seconds(model: Path, text: str) -> float:
         engine = PiperEngine(PiperSettings(model=model))
         request = SayRequest(id="measure", segments=(Segment(text=text),))
         samples, rate = 0, 0
-        async for chunk in engine.synthesize(request, Voicing("neutral", "", "en"), RATE):
+        async for chunk in engine.synthesize(Script.of(request), Voicing("neutral", "", "en"), RATE):
             samples, rate = samples + chunk.samples.size, chunk.sample_rate
         await engine.close()
         return samples / rate

@@ -22,6 +22,7 @@ from mqtt_speaker.engines.base import AudioChunk, SynthesisError, Voicing
 from mqtt_speaker.models import TERMINAL_EVENTS, ClearCommand, ErrorCode, Event, Priority, SayRequest, Segment
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speaker import Speaker
+from mqtt_speaker.text import Script
 
 CHUNK = np.zeros(64, dtype=np.int16)
 
@@ -39,9 +40,7 @@ class FakeEngine:
 
     async def close(self) -> None: ...
 
-    async def synthesize(
-        self, request: SayRequest, voicing: Voicing, sample_rate: int
-    ) -> AsyncGenerator[AudioChunk, None]:
+    async def synthesize(self, request: Script, voicing: Voicing, sample_rate: int) -> AsyncGenerator[AudioChunk, None]:
         for i in range(len(request.segments[0].text)):
             await asyncio.sleep(0)
             if request.segments[0].text.startswith("fail") and i == 2:
@@ -195,9 +194,7 @@ def test_priority_order_and_critical_preemption(tmp_path: Path) -> None:
 class CutOffEngine(FakeEngine):
     """Speaks the first segment, then part of the second, and loses the connection after 'Second part,'."""
 
-    async def synthesize(
-        self, request: SayRequest, voicing: Voicing, sample_rate: int
-    ) -> AsyncGenerator[AudioChunk, None]:
+    async def synthesize(self, request: Script, voicing: Voicing, sample_rate: int) -> AsyncGenerator[AudioChunk, None]:
         yield AudioChunk(CHUNK, sample_rate, 0)
         yield AudioChunk(CHUNK, sample_rate, 1)
         raise SynthesisError(ErrorCode.SYNTHESIS_INTERRUPTED, "socket lost", spoken_chars=len("Second part,"))
@@ -205,11 +202,9 @@ class CutOffEngine(FakeEngine):
 
 class RecordingEngine(FakeEngine):
     def __init__(self) -> None:
-        self.asked: list[SayRequest] = []
+        self.asked: list[Script] = []
 
-    async def synthesize(
-        self, request: SayRequest, voicing: Voicing, sample_rate: int
-    ) -> AsyncGenerator[AudioChunk, None]:
+    async def synthesize(self, request: Script, voicing: Voicing, sample_rate: int) -> AsyncGenerator[AudioChunk, None]:
         self.asked.append(request)
         yield AudioChunk(CHUNK, sample_rate, 0)
 
@@ -255,7 +250,7 @@ def say(speaker: Speaker, request_id: str, text: str = "x" * 200) -> None:
 
 
 def test_a_fallback_goes_on_from_the_first_word_not_spoken_whole(tmp_path: Path) -> None:
-    async def run(text: str) -> tuple[list[SayRequest], list[Event]]:
+    async def run(text: str) -> tuple[list[Script], list[Event]]:
         local = RecordingEngine()
         engines = {"cartesia": CutOffEngine(), "espeak": local}
         speaker, events, published = make_speaker(tmp_path, engines, fallback=["espeak"])
@@ -310,9 +305,7 @@ def test_quiet_hours_beginning_drop_what_is_still_queued(tmp_path: Path) -> None
 
 
 class RefusingEngine(FakeEngine):
-    async def synthesize(
-        self, request: SayRequest, voicing: Voicing, sample_rate: int
-    ) -> AsyncGenerator[AudioChunk, None]:
+    async def synthesize(self, request: Script, voicing: Voicing, sample_rate: int) -> AsyncGenerator[AudioChunk, None]:
         raise SynthesisError(ErrorCode.CARTESIA_AUTH, "key refused")
         yield AudioChunk(CHUNK, sample_rate, 0)  # pragma: no cover - an async generator that never yields
 

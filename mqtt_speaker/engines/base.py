@@ -1,4 +1,5 @@
-"""What every speech engine offers: a stream of PCM chunks for a say request, or a SynthesisError."""
+"""What every speech engine offers: a stream of PCM chunks for a script (a request's text, which may
+still be arriving), or a SynthesisError."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from mqtt_speaker.models import ErrorCode, SayRequest
+from mqtt_speaker.models import ErrorCode
+from mqtt_speaker.text import Script
 
 Pcm = npt.NDArray[np.int16]
 
 
 @dataclass(frozen=True)
 class AudioChunk:
-    """Mono signed 16-bit samples of one segment of a request, in order."""
+    """Mono signed 16-bit samples of one segment (run) of a request, in order."""
 
     samples: Pcm
     sample_rate: int
@@ -65,8 +67,9 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Release connections and processes."""
 
-    def synthesize(self, request: SayRequest, voicing: Voicing, sample_rate: int) -> AsyncGenerator[AudioChunk, None]:
-        """Audio for every segment in order, as it is produced. Close the iterator to abandon it."""
+    def synthesize(self, script: Script, voicing: Voicing, sample_rate: int) -> AsyncGenerator[AudioChunk, None]:
+        """Audio for the script's pieces in order, as the text arrives and the audio is produced (each
+        chunk tagged with its run, `segment`). Close the iterator to abandon it."""
         ...
 
 

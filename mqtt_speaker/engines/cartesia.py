@@ -2,9 +2,9 @@
 
 The SDK never reconnects a TTS socket and its async receive() hangs when the socket closes, so this
 engine owns the socket's life: it watches it close, reopens it before it goes stale, times out every
-wait, and treats a context that ends without `done` as a failure. One context per segment (Cartesia's
-advice for emotion changes), several in flight at once so that the next segment's audio is ready
-when the previous one ends: the joins are gapless.
+wait, and treats a context that ends without `done` as a failure. One context per run of equal voice
+settings (Cartesia's advice for emotion changes), fed sentence by sentence with continuations as the
+text arrives; the next run's context opens while the current one plays, so the joins are gapless.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import logging
 import string
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from cartesia import AsyncCartesia
@@ -25,12 +25,14 @@ from cartesia.types import GenerationConfigParam
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from mqtt_speaker.engines.base import AudioChunk, Pcm, PcmAssembler, SynthesisError, Voicing
-from mqtt_speaker.models import ErrorCode, SayRequest, Segment
+from mqtt_speaker.models import ErrorCode
 from mqtt_speaker.settings import CartesiaSettings
+from mqtt_speaker.text import Piece, Position, Script
 
 LOG = logging.getLogger(__name__)
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 BACKOFF_MAX = 60.0
+CLOSE_IDLE = 0.5  # a context that has said everything is closed after this (Cartesia: it expires after 1 s)
 STABLE_AFTER = 10.0  # a socket the service closes sooner, before any `done`, counts as a failed attempt
 
 
@@ -250,15 +252,13 @@ class CartesiaEngine:
 
     # -------------------------------------------------------------- synthesis
 
-    async def synthesize(
-        self, request: SayRequest, voicing: Voicing, sample_rate: int
-    ) -> AsyncGenerator[AudioChunk, None]:
-        """Every segment's audio in order. A socket lost before a segment's first audio is retried once,
-        on a fresh socket, from that segment on; one lost in the middle of a segment is a failure."""
-        resume = 0
+    async def synthesize(self, script: Script, voicing: Voicing, sample_rate: int) -> AsyncGenerator[AudioChunk, None]:
+        """The script's audio in order, as its text arrives. A socket lost before a context's first
+        audio is retried once, on a fresh socket, from that context's text on; one lost in the middle
+        of a context is a failure (the caller's fallback goes on from the first word not heard)."""
         for attempt in (1, 2):
             try:
-                async for chunk in self._stream(request, voicing, sample_rate, resume, fresh=attempt > 1):
+                async for chunk in self._stream(script, voicing, sample_rate, fresh=attempt > 1):
                     yield chunk
                 return
             except _Lost as lost:
@@ -273,114 +273,223 @@ class CartesiaEngine:
                         ErrorCode.CARTESIA_UNREACHABLE,
                         f"Cartesia {lost.reason} before segment {lost.segment} spoke, on a fresh socket too",
                     ) from lost
-                resume = lost.segment
-                LOG.info("Cartesia %s before segment %d spoke; retrying on a fresh socket", lost.reason, resume)
+                script = replace(script, start=Position(lost.segment, lost.spoken_chars))
+                LOG.info("Cartesia %s before segment %d spoke; retrying on a fresh socket", lost.reason, lost.segment)
 
-    def _context(self, ws: AsyncTTSResourceConnection, segment: Segment, voicing: Voicing, rate: int) -> Any:
+    def _context(
+        self, ws: AsyncTTSResourceConnection, closed: asyncio.Task[None], piece: Piece, voicing: Voicing, rate: int
+    ) -> _Context:
+        segment = piece.voice
         config: GenerationConfigParam = {"emotion": segment.emotion or voicing.emotion}
         if segment.speed is not None:
             config["speed"] = segment.speed
         if segment.volume is not None:
             config["volume"] = segment.volume
-        return ws.context(
+        ctx = ws.context(
             f"mqtt-speaker-{uuid.uuid4().hex}",
             model_id=self._settings.model,
             voice=voicing.voice,
             output_format={"container": "raw", "encoding": "pcm_s16le", "sample_rate": rate},
             language=voicing.language,
-            generation_config=config,
-            max_buffer_delay_ms=0,
+            generation_config=config,  # on the context: every input of it, the closing one too, carries it
+            max_buffer_delay_ms=0,  # we push whole sentences (text.py): Cartesia speaks each at once
             add_timestamps=True,  # word ends: where a fallback engine goes on if the socket is lost
         )
+        record = _Context(ctx, piece.segment, piece.offset)
+        record.pump = asyncio.create_task(self._pump(record, closed, rate), name="cartesia-context")
+        return record
 
     async def _stream(
-        self, request: SayRequest, voicing: Voicing, sample_rate: int, first: int, fresh: bool
+        self, script: Script, voicing: Voicing, sample_rate: int, fresh: bool
     ) -> AsyncGenerator[AudioChunk, None]:
+        """One context per run of equal voice settings, fed with `continue` pushes as sentences arrive
+        and closed with an empty `continue: false`; the next run's context opens while this one plays.
+        A context left with nothing to say is closed before Cartesia lets it expire, and the text that
+        comes later goes on in a new one: nothing is ever sent to an expired context."""
         rate = output_rate(sample_rate)
         ws = await self._socket(fresh=fresh)
         closed = self._closed
         assert closed is not None
-        segments = request.segments
-        in_flight: deque[tuple[int, Any]] = deque()
-        upcoming = first
+        ahead: asyncio.Queue[_Context | BaseException | None] = asyncio.Queue(max(1, self._settings.prefetch_segments))
+        opened: list[_Context] = []
 
-        async def open_next() -> None:
-            nonlocal upcoming
-            if upcoming < len(segments):
-                ctx = self._context(ws, segments[upcoming], voicing, rate)
-                in_flight.append((upcoming, ctx))
-                upcoming += 1
-                await ctx.push(segments[upcoming - 1].text, continue_=False)
-
-        try:
+        async def feed() -> None:
+            current: _Context | None = None
             try:
-                for _ in range(self._settings.prefetch_segments):
-                    await open_next()
-                while in_flight:
-                    index, ctx = in_flight[0]
-                    async for audio in self._receive(ctx, closed, index, segments[index].text, rate):
-                        self._last_used = time.monotonic()
-                        yield AudioChunk(samples=audio, sample_rate=rate, segment=index)
-                    in_flight.popleft()
-                    await open_next()
-            except WebSocketException as exc:
-                raise _Lost(in_flight[0][0] if in_flight else upcoming, False, f"closed the socket ({exc})") from exc
+                async for piece in script.pieces():
+                    if current is not None and (current.segment != piece.segment or current.closing):
+                        current = None
+                    if current is None:
+                        if not piece.text and piece.closes:
+                            continue  # nothing to say and nothing to close
+                        current = self._context(ws, closed, piece, voicing, rate)
+                        opened.append(current)
+                        await ahead.put(current)
+                    await current.push(piece.text, closes=piece.closes)
+                await ahead.put(None)
+            except WebSocketException:
+                await ahead.put(None)  # the reader finds the socket closed
+            except BaseException as exc:
+                if current is not None and not current.closing and not closed.done():
+                    with contextlib.suppress(WebSocketException):
+                        await current.close()
+                await ahead.put(exc)
+                if not isinstance(exc, Exception):
+                    raise
+
+        feeder = asyncio.create_task(feed(), name="cartesia-feed")
+        record: _Context | None = None
+        try:
+            while (item := await _next(ahead, closed, record)) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                record = item
+                while (audio := await record.out.get()) is not None:
+                    if isinstance(audio, BaseException):
+                        raise audio
+                    self._last_used = time.monotonic()
+                    yield AudioChunk(samples=audio, sample_rate=rate, segment=record.segment)
         finally:
             self._last_used = time.monotonic()
-            for _, ctx in in_flight:
-                try:
-                    await ctx.cancel()
-                except (OSError, WebSocketException) as exc:
-                    LOG.debug("cancelling context: %s", exc)
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            for context in opened:
+                context.pump.cancel()
+                await asyncio.gather(context.pump, return_exceptions=True)
+                if not context.done and not closed.done():
+                    try:
+                        await context.ctx.cancel()
+                    except (OSError, WebSocketException) as exc:
+                        LOG.debug("cancelling context: %s", exc)
 
-    async def _receive(
-        self, ctx: Any, closed: asyncio.Task[None], segment: int, text: str, rate: int
-    ) -> AsyncIterator[Pcm]:
-        """The PCM of one context until its `done`; _Lost or SynthesisError otherwise."""
-        events = ctx.receive()
+    async def _pump(self, record: _Context, closed: asyncio.Task[None], rate: int) -> None:
+        """Read one context's events as they come (whether or not its audio is playing yet) into
+        `record.out`: PCM, then None at its `done`, or the _Lost / SynthesisError that ended it. While
+        the writer pauses (everything pushed has been spoken) no audio is due; CLOSE_IDLE after its last
+        audio the context is closed, well before the service would let it expire."""
+        events = record.ctx.receive()
         pcm = PcmAssembler()
-        heard = False
-        received = 0  # samples
-        words: list[tuple[str, float]] = []  # (word, end in seconds), from the timestamps events
+        try:
+            while True:
+                waiting_for_text = record.idle
+                if waiting_for_text:
+                    timeout = max(0.0, record.last_audio + CLOSE_IDLE - time.monotonic())
+                else:
+                    timeout = self._settings.chunk_timeout if record.heard else self._settings.first_chunk_timeout
+                step = asyncio.ensure_future(anext(events))
+                try:
+                    finished, _ = await asyncio.wait(
+                        {step, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if step not in finished and closed in finished:
+                        # The SDK's reader has stopped: whatever it queued for this context is there already.
+                        finished, _ = await asyncio.wait({step}, timeout=0.05)
+                finally:
+                    if not step.done():  # timed out, or we were cancelled (the request was interrupted)
+                        step.cancel()
+                        await asyncio.gather(step, return_exceptions=True)
+                if step.cancelled():
+                    if closed.done():
+                        raise record.lost(record.heard, "closed the socket", rate)
+                    if waiting_for_text or record.idle:
+                        if record.idle and time.monotonic() - record.last_audio >= CLOSE_IDLE:
+                            await record.close()
+                        continue
+                    if record.heard:
+                        raise record.lost(True, f"sent no audio for {timeout:.0f} s", rate)
+                    raise SynthesisError(ErrorCode.SYNTHESIS_TIMEOUT, f"Cartesia sent no audio within {timeout:.0f} s")
+                try:
+                    event = step.result()
+                except StopAsyncIteration:
+                    # The SDK drops every context's queue when a push finds the socket closed.
+                    await asyncio.wait({closed}, timeout=0.1)
+                    reason = "closed the socket" if closed.done() else "ended a context without 'done'"
+                    raise record.lost(record.heard, reason, rate) from None
+                kind = getattr(event, "type", None)
+                if kind == "chunk" and event.audio:
+                    samples = pcm.feed(event.audio)
+                    record.heard = True
+                    record.received += samples.size
+                    record.last_audio = time.monotonic()
+                    record.out.put_nowait(samples)
+                elif kind == "timestamps" and event.word_timestamps is not None:
+                    record.words += zip(event.word_timestamps.words, event.word_timestamps.end, strict=False)
+                elif kind == "flush_done":
+                    record.flushed += 1
+                    record.last_audio = time.monotonic()
+                elif kind == "done":
+                    self._proven = True
+                    record.done = True
+                    record.out.put_nowait(None)
+                    await _release(events)
+                    return
+                elif kind == "error":
+                    record.done = True
+                    await _release(events)
+                    raise _error_frame(event)
+        except WebSocketException as exc:
+            record.out.put_nowait(record.lost(record.heard, f"closed the socket ({exc})", rate))
+        except (_Lost, SynthesisError) as exc:
+            record.out.put_nowait(exc)
 
-        def lost(reason: str) -> _Lost:
-            whole = [word for word, end in words if end * rate <= received]
-            return _Lost(segment, heard, reason, spoken_prefix(text, whole))
 
-        while True:
-            timeout = self._settings.chunk_timeout if heard else self._settings.first_chunk_timeout
-            step = asyncio.ensure_future(anext(events))
-            try:
-                finished, _ = await asyncio.wait({step, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if step not in finished and closed in finished:
-                    # The SDK's reader has stopped: whatever it queued for this context is there already.
-                    finished, _ = await asyncio.wait({step}, timeout=0.05)
-            finally:
-                if not step.done():  # timed out, or we were cancelled (the request was interrupted)
-                    step.cancel()
-                    await asyncio.gather(step, return_exceptions=True)
-            if step.cancelled():
-                if closed.done():
-                    raise lost("closed the socket")
-                if heard:
-                    raise lost(f"sent no audio for {timeout:.0f} s")
-                raise SynthesisError(ErrorCode.SYNTHESIS_TIMEOUT, f"Cartesia sent no audio within {timeout:.0f} s")
-            try:
-                event = step.result()
-            except StopAsyncIteration:
-                raise lost("ended a context without 'done'") from None
-            kind = getattr(event, "type", None)
-            if kind == "chunk" and event.audio:
-                heard = True
-                samples = pcm.feed(event.audio)
-                received += samples.size
-                yield samples
-            elif kind == "timestamps" and event.word_timestamps is not None:
-                words += zip(event.word_timestamps.words, event.word_timestamps.end, strict=False)
-            elif kind == "done":
-                self._proven = True
-                await _release(events)
-                return
-            elif kind == "error":
-                await _release(events)
-                raise _error_frame(event)
+async def _next(
+    ahead: asyncio.Queue[_Context | BaseException | None], closed: asyncio.Task[None], last: _Context | None
+) -> _Context | BaseException | None:
+    """The next context to play (or None at the end, or why the feed stopped); _Lost if the socket
+    closes while the writer pauses between contexts."""
+    step = asyncio.ensure_future(ahead.get())
+    try:
+        await asyncio.wait({step, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not step.done():
+            step.cancel()
+    if step.done() and not step.cancelled():
+        return step.result()
+    segment, offset = (last.segment, last.offset + len(last.transcript)) if last else (0, 0)
+    raise _Lost(segment, False, "closed the socket", offset)
+
+
+class _Context:
+    """One Cartesia context: the run it speaks (from `offset` of run `segment`), what was pushed, and
+    how far the service has got (a flush after each push tells when everything pushed was spoken)."""
+
+    def __init__(self, ctx: Any, segment: int, offset: int) -> None:
+        self.ctx = ctx
+        self.segment = segment
+        self.offset = offset
+        self.transcript = ""
+        self.flushes = 0
+        self.flushed = 0
+        self.closing = False
+        self.done = False
+        self.heard = False
+        self.received = 0  # samples
+        self.words: list[tuple[str, float]] = []  # (word, end in seconds), from the timestamps events
+        self.last_audio = time.monotonic()
+        self.out: asyncio.Queue[Pcm | BaseException | None] = asyncio.Queue()  # bounded by the stream's length cap
+        self.pump: asyncio.Task[None]
+
+    @property
+    def idle(self) -> bool:
+        """Open, and everything pushed has been spoken: it waits for the writer."""
+        return not self.closing and self.flushes > 0 and self.flushed >= self.flushes
+
+    async def push(self, text: str, *, closes: bool) -> None:
+        # The bookkeeping first: the reader must not find the context idle while the push is on its way.
+        self.transcript += text
+        if closes:
+            self.closing = True
+            await self.ctx.push(text, continue_=False)
+            return
+        self.flushes += 1
+        await self.ctx.push(text)
+        await self.ctx.push("", flush=True)
+
+    async def close(self) -> None:
+        self.closing = True
+        await self.ctx.push("", continue_=False)
+
+    def lost(self, partial: bool, reason: str, rate: int) -> _Lost:
+        whole = [word for word, end in self.words if end * rate <= self.received]
+        return _Lost(self.segment, partial, reason, self.offset + spoken_prefix(self.transcript, whole))

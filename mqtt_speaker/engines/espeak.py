@@ -10,8 +10,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from mqtt_speaker.engines.base import AudioChunk, PcmAssembler, SynthesisError, Voicing
-from mqtt_speaker.models import ErrorCode, SayRequest, Segment
+from mqtt_speaker.models import ErrorCode, Segment
 from mqtt_speaker.settings import EspeakSettings
+from mqtt_speaker.text import Script
 
 LOG = logging.getLogger(__name__)
 READ_SIZE = 4096
@@ -71,17 +72,15 @@ class EspeakEngine:
     async def close(self) -> None:
         """Nothing held between requests."""
 
-    async def synthesize(
-        self, request: SayRequest, voicing: Voicing, sample_rate: int
-    ) -> AsyncGenerator[AudioChunk, None]:
-        voice = self._settings.voice or request.language or voicing.language
-        for index, segment in enumerate(request.segments):
-            async for chunk in self._segment(segment, index, voice, prosody_for(segment, voicing)):
-                yield chunk
+    async def synthesize(self, script: Script, voicing: Voicing, sample_rate: int) -> AsyncGenerator[AudioChunk, None]:
+        """Piece by piece (a whole segment of a plain say, a sentence of a stream as it arrives)."""
+        voice = self._settings.voice or script.request.language or voicing.language
+        async for piece in script.pieces():
+            if piece.text.strip():
+                async for chunk in self._piece(piece.text, piece.segment, voice, prosody_for(piece.voice, voicing)):
+                    yield chunk
 
-    async def _segment(
-        self, segment: Segment, index: int, voice: str, prosody: Prosody
-    ) -> AsyncGenerator[AudioChunk, None]:
+    async def _piece(self, text: str, index: int, voice: str, prosody: Prosody) -> AsyncGenerator[AudioChunk, None]:
         args = [
             "--stdout",
             "-v",
@@ -107,7 +106,7 @@ class EspeakEngine:
             ) from exc
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         try:
-            proc.stdin.write(segment.text.encode("utf-8"))
+            proc.stdin.write(text.encode("utf-8"))
             proc.stdin.close()
             rate = await _read_wav_header(proc.stdout)
             pcm = PcmAssembler()

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from mqtt_speaker.engines.base import AudioChunk, SynthesisError, Voicing
-from mqtt_speaker.models import ErrorCode, SayRequest
+from mqtt_speaker.models import ErrorCode
 from mqtt_speaker.settings import PiperSettings
+from mqtt_speaker.text import Script
 
 LOG = logging.getLogger(__name__)
 
@@ -75,20 +76,20 @@ class PiperEngine:
     async def close(self) -> None:
         """The voice is only memory."""
 
-    async def synthesize(
-        self, request: SayRequest, voicing: Voicing, sample_rate: int
-    ) -> AsyncGenerator[AudioChunk, None]:
+    async def synthesize(self, script: Script, voicing: Voicing, sample_rate: int) -> AsyncGenerator[AudioChunk, None]:
+        """Piece by piece (a whole segment of a plain say, a sentence of a stream as it arrives)."""
         from piper import SynthesisConfig
 
         voice = await self._ready()
-        for index, segment in enumerate(request.segments):
-            if not segment.text.strip():
+        async for piece in script.pieces():
+            if not piece.text.strip():
                 continue
+            segment, index = piece.voice, piece.segment
             config = SynthesisConfig(
                 length_scale=1.0 / segment.speed if segment.speed else None,
                 volume=segment.volume if segment.volume is not None else 1.0,
             )
-            sentences: Iterator[Any] = iter(voice.synthesize(segment.text, syn_config=config))
+            sentences: Iterator[Any] = iter(voice.synthesize(piece.text, syn_config=config))
             while True:
                 try:
                     chunk = await asyncio.to_thread(next, sentences, None)
