@@ -20,6 +20,7 @@ from mqtt_speaker.models import (
     ErrorReport,
     Event,
     RequestRejected,
+    parse_chunk,
     parse_clear,
     parse_emotion,
     parse_quiet,
@@ -31,13 +32,22 @@ from mqtt_speaker.models import (
 from mqtt_speaker.mqtt import Inbound, MqttLink, Will
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speaker import Speaker
+from mqtt_speaker.streams import Streams
 from mqtt_speaker.systemd import Notifier
 from mqtt_speaker.topics import Command, Topics
 
 LOG = logging.getLogger(__name__)
 ONLINE, OFFLINE = "online", "offline"
 ONE_SHOT = frozenset(
-    {Command.SAY, Command.STOP, Command.SKIP, Command.CLEAR, Command.CACHE_CLEAR, Command.CACHE_WARM}
+    {
+        Command.SAY,
+        Command.SAY_STREAM,
+        Command.STOP,
+        Command.SKIP,
+        Command.CLEAR,
+        Command.CACHE_CLEAR,
+        Command.CACHE_WARM,
+    }
 )  # never acted on when retained
 
 
@@ -83,6 +93,7 @@ class Daemon:
             report_error=self.report,
             on_change=self._publish_state,
         )
+        self._streams = Streams(settings.stream, self.speaker.submit, self.report)
         self._link = MqttLink(
             settings.mqtt,
             settings.client_id,
@@ -124,6 +135,7 @@ class Daemon:
         self._link.publish(self._topics.error, summary.to_payload())
 
     def _publish_event(self, event: Event) -> None:
+        self._streams.on_event(event)
         self._link.publish(self._topics.event, event.to_payload())
 
     def _publish_state(self, force: bool = False) -> None:
@@ -174,6 +186,9 @@ class Daemon:
         if command is Command.SAY:
             self._on_say(message)
             return
+        if command is Command.SAY_STREAM:
+            self._on_chunk(message)
+            return
         try:
             self._on_control(command, message.payload)
         except RequestRejected as exc:
@@ -223,6 +238,22 @@ class Daemon:
             )
         self.speaker.submit(parsed.request)
 
+    def _on_chunk(self, message: Inbound) -> None:
+        try:
+            chunk = parse_chunk(message.payload, max_text_length=self._settings.stream.max_length)
+        except RequestRejected as exc:
+            self.report(
+                ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
+            )
+            return
+        for warning in chunk.warnings:
+            self.report(
+                ErrorReport(
+                    code=warning.code, message=warning.message, id=chunk.id, field=warning.field, severity="warning"
+                )
+            )
+        self._streams.receive(chunk)
+
     # ----------------------------------------------------------------------------------------- run
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -244,6 +275,7 @@ class Daemon:
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         self._notifier.stopping()
+        self._streams.close()
         await self.speaker.shutdown(grace=1.5)
         for task in self._background:  # cache warming: it must not reopen a socket being closed
             task.cancel()

@@ -75,6 +75,11 @@ class ErrorCode(StrEnum):
     ENGINE_UNAVAILABLE = "engine_unavailable"
     AUDIO_DEVICE_UNAVAILABLE = "audio_device_unavailable"
     INTERNAL_ERROR = "internal_error"
+    STREAM_TIMEOUT = "stream_timeout"
+    STREAM_ENDED = "stream_ended"
+    STREAM_GAP = "stream_gap"
+    TOO_MANY_STREAMS = "too_many_streams"
+    TEXT_TOO_LONG = "text_too_long"
 
 
 class RequestRejected(Exception):
@@ -382,12 +387,19 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
         raise RequestRejected(
             f"{field}: {total} characters is more than the limit of {max_text_length}", field, request_id
         )
+    return ParsedSay(request=_request(body, request_id, tuple(segments), warnings), warnings=warnings)
+
+
+def _request(
+    body: _SayPayload, request_id: str | None, segments: tuple[Segment, ...], warnings: list[Warning_]
+) -> SayRequest:
+    """The request a validated say payload (or a stream's opening chunk) asks for."""
     if body.model_extra:
         warnings.append(_unknown(body.model_extra, prefix=""))
-    request = SayRequest(
+    return SayRequest(
         id=request_id or uuid.uuid4().hex,
         id_given=request_id is not None,
-        segments=tuple(segments),
+        segments=segments,
         voice=body.voice,
         language=_language(body.language, request_id),
         priority=body.priority or Priority.NORMAL,
@@ -398,7 +410,67 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
         engine=body.engine,
         cache=body.cache,
     )
-    return ParsedSay(request=request, warnings=warnings)
+
+
+class _ChunkPayload(_SayPayload):
+    """One chunk of a streamed say, as received (the opening one may carry the say fields)."""
+
+    seq: Annotated[StrictInt, BeforeValidator(_reject_bool), Field(ge=0)] | None = None
+    end: StrictBool = False
+
+
+class StreamChunk(BaseModel):
+    """A validated chunk: text to append to stream `id` (with `emotion` from here on), `end` the last."""
+
+    id: str
+    seq: int | None
+    text: str
+    emotion: str | None
+    end: bool
+    request: SayRequest = Field(description="The say fields (used when the chunk opens the stream)")
+    warnings: list[Warning_]
+
+
+def parse_chunk(payload: bytes, *, max_text_length: int) -> StreamChunk:
+    """Turn a say/stream payload into a chunk, or raise RequestRejected naming the field."""
+    text = _decode(payload, max_bytes=max(65_536, max_text_length * 8))
+    obj = _load_object(text)
+    if obj is None:
+        raise RequestRejected('payload: not a JSON object; send {"id": ..., "seq": ..., "text": ...}', "payload")
+    request_id = _id_of(obj)
+    try:
+        body = _ChunkPayload.model_validate(obj)
+    except (ValidationError, RecursionError) as exc:
+        if isinstance(exc, RecursionError):
+            raise RequestRejected("payload: nested too deeply", "payload", request_id) from exc
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = _loc(first["loc"])
+        raise RequestRejected(f"{field}: {_reason(first['msg'])}", field, request_id) from exc
+    if body.id is None:
+        raise RequestRejected("id: missing; every chunk of a stream carries the stream's id", "id")
+    request_id = str(body.id)
+    if body.segments is not None:
+        raise RequestRejected(
+            "segments: not used in a stream; send 'text' (and 'emotion') per chunk", "segments", request_id
+        )
+    warnings: list[Warning_] = []
+    emotion = _emotion(body.emotion, "emotion", warnings)
+    segment = Segment(
+        text=_clean_text(body.text or ""),
+        emotion=emotion,
+        speed=_clamped(body.speed, SPEED_RANGE, "speed", warnings),
+        volume=_clamped(body.generation_volume, GENERATION_VOLUME_RANGE, "generation_volume", warnings),
+    )
+    request = _request(body, request_id, (segment,), warnings)
+    return StreamChunk(
+        id=request_id,
+        seq=body.seq,
+        text=segment.text,
+        emotion=emotion,
+        end=body.end,
+        request=request,
+        warnings=warnings,
+    )
 
 
 def _first(value: _T | None, default: _T | None) -> _T | None:

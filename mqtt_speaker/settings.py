@@ -145,6 +145,16 @@ class PiperSettings(BaseModel):
         return self.model is not None and self.model.is_file() and importlib.util.find_spec("piper") is not None
 
 
+class StreamSettings(BaseModel):
+    """[stream]: say/stream, text that arrives chunk by chunk (docs/streaming.md)."""
+
+    timeout: float = Field(default=10.0, gt=0, description="Seconds without a chunk after which a stream ends")
+    max_open: int = Field(default=4, ge=1, le=100, description="Streams open at once")
+    max_length: int = Field(default=20_000, ge=1, le=1_000_000, description="Characters in one stream")
+    gap_wait: float = Field(default=1.0, ge=0, description="Seconds a missing seq is waited for, then skipped")
+    max_seq_ahead: int = Field(default=1000, ge=1, description="How far past the next expected seq is accepted")
+
+
 class CacheSettings(BaseModel):
     enabled: bool = True
     dir: Path = Field(default_factory=lambda: default_state_dir() / "cache", description="Where audio is kept")
@@ -203,6 +213,7 @@ class Settings(BaseSettings):
     espeak: EspeakSettings = Field(default_factory=EspeakSettings)
     piper: PiperSettings = Field(default_factory=PiperSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
     fallback: list[EngineName] = Field(
         default_factory=lambda: list[EngineName](["piper", "espeak"]),
         description="Engines tried in order when the primary fails; those not installed are skipped",

@@ -3,8 +3,9 @@
 A request's text is a `LiveText`: runs of text (one per set of voice settings: emotion, speed,
 generation volume) that grow as chunks arrive, until the text is ended. A plain say is a LiveText that
 is complete when it arrives; a streamed say grows chunk by chunk. Engines read it with `pieces()`:
-whole sentences as soon as their end has arrived, and each run's rest when the run is complete, so
-speech starts at the first sentence and never in the middle of a word.
+whole sentences as soon as their end has arrived (then, for an engine that continues prosody across
+pieces, whole words as they come), and each run's rest when the run is complete, so speech starts at
+the first sentence and never in the middle of a word.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mqtt_speaker.models import SayRequest, Segment
 _BOUNDARY = re.compile(r"[.!?…]+[\"')\]\u2019\u201d\u00bb]*(?:\s+|$)|\n\s*\n")
 _ABBREVIATIONS = frozenset("mr mrs ms dr st prof sr jr vs etc e.g i.e approx no fig".split())
 CLAUSE_MARKS = string.whitespace + ",;:.!?"
+MIN_WORDS = 3  # after the first sentence, a continuation carries at least this many whole words
 MAX_HELD = 300  # characters without a sentence end: pushed up to the last space rather than held on
 
 
@@ -59,6 +61,13 @@ def sentence_end(text: str) -> int:
             continue
         cut = end
     return cut
+
+
+def words_end(text: str) -> int:
+    """The length of the prefix of `text` made of whole words, if there are MIN_WORDS of them (else 0).
+    A word is whole once white space follows it; the space before the next word stays with that word."""
+    cut = len(text) if text[-1:].isspace() else max(text.rfind(" "), text.rfind("\n"))
+    return cut if cut > 0 and len(text[:cut].split()) >= MIN_WORDS else 0
 
 
 def hold_point(text: str) -> int:
@@ -115,8 +124,10 @@ class LiveText:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def pieces(self, start: Position = Position()) -> AsyncIterator[Piece]:
-        """The text from `start` on, in sentence-sized pieces as it becomes speakable (see the module)."""
+    async def pieces(self, start: Position = Position(), *, continuations: bool = False) -> AsyncIterator[Piece]:
+        """The text from `start` on, as it becomes speakable: a run's first piece ends at a sentence end;
+        after it, for an engine that continues a run's prosody across pieces (`continuations`), whole
+        words as they arrive (MIN_WORDS at least), otherwise sentence by sentence."""
         segment, offset = start.segment, start.offset
         opened = False  # a piece of this run has been given (so its end must be given too)
         while True:
@@ -133,7 +144,7 @@ class LiveText:
                     yield Piece(segment, offset, rest, run.voice, closes=True)
                 segment, offset, opened = segment + 1, 0, False
                 continue
-            cut = sentence_end(rest) or hold_point(rest)
+            cut = sentence_end(rest) or hold_point(rest) or (continuations and opened and words_end(rest))
             if cut:
                 yield Piece(segment, offset, rest[:cut], run.voice, closes=False)
                 offset, opened = offset + cut, True
@@ -167,8 +178,8 @@ class Script:
             return ()
         return (first.model_copy(update={"text": first.text[self.start.offset :]}), *others)
 
-    async def pieces(self) -> AsyncIterator[Piece]:
-        async for piece in self.text.pieces(self.start):
+    async def pieces(self, *, continuations: bool = False) -> AsyncIterator[Piece]:
+        async for piece in self.text.pieces(self.start, continuations=continuations):
             if self.meter is not None:
                 self.meter(piece)
             yield piece

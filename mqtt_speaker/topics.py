@@ -1,6 +1,7 @@
 """The topic layout. No other module builds a topic string.
 
 <base>/<site>/say            in   say request (QoS 1)
+<base>/<site>/say/stream     in   one chunk of a streamed say (QoS 1; docs/streaming.md)
 <base>/<site>/stop, skip     in   end what is playing now (any payload)
 <base>/<site>/clear          in   drop queued requests (any payload, or {"below": "high", "stop": true})
 <base>/<site>/set/volume     in   runtime defaults: set/volume 0-100, set/emotion, set/voice, set/quiet ON/OFF
@@ -28,6 +29,7 @@ class Command(StrEnum):
     """What an inbound topic asks for (the topic's last levels)."""
 
     SAY = "say"
+    SAY_STREAM = "say/stream"
     STOP = "stop"
     SKIP = "skip"
     CLEAR = "clear"

@@ -292,7 +292,7 @@ class CartesiaEngine:
             output_format={"container": "raw", "encoding": "pcm_s16le", "sample_rate": rate},
             language=voicing.language,
             generation_config=config,  # on the context: every input of it, the closing one too, carries it
-            max_buffer_delay_ms=0,  # we push whole sentences (text.py): Cartesia speaks each at once
+            max_buffer_delay_ms=0,  # we push whole sentences, then whole words (text.py): spoken at once
             add_timestamps=True,  # word ends: where a fallback engine goes on if the socket is lost
         )
         record = _Context(ctx, piece.segment, piece.offset)
@@ -316,7 +316,7 @@ class CartesiaEngine:
         async def feed() -> None:
             current: _Context | None = None
             try:
-                async for piece in script.pieces():
+                async for piece in script.pieces(continuations=True):
                     if current is not None and (current.segment != piece.segment or current.closing):
                         current = None
                     if current is None:
@@ -369,6 +369,7 @@ class CartesiaEngine:
         audio the context is closed, well before the service would let it expire."""
         events = record.ctx.receive()
         pcm = PcmAssembler()
+        step: asyncio.Future[Any] | None = None  # kept across waits: a cancelled anext() ends the SDK's generator
         try:
             while True:
                 waiting_for_text = record.idle
@@ -376,19 +377,13 @@ class CartesiaEngine:
                     timeout = max(0.0, record.last_audio + CLOSE_IDLE - time.monotonic())
                 else:
                     timeout = self._settings.chunk_timeout if record.heard else self._settings.first_chunk_timeout
-                step = asyncio.ensure_future(anext(events))
-                try:
-                    finished, _ = await asyncio.wait(
-                        {step, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if step not in finished and closed in finished:
-                        # The SDK's reader has stopped: whatever it queued for this context is there already.
-                        finished, _ = await asyncio.wait({step}, timeout=0.05)
-                finally:
-                    if not step.done():  # timed out, or we were cancelled (the request was interrupted)
-                        step.cancel()
-                        await asyncio.gather(step, return_exceptions=True)
-                if step.cancelled():
+                if step is None:
+                    step = asyncio.ensure_future(anext(events))
+                finished, _ = await asyncio.wait({step, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if step not in finished and closed in finished:
+                    # The SDK's reader has stopped: whatever it queued for this context is there already.
+                    await asyncio.wait({step}, timeout=0.05)
+                if not step.done():
                     if closed.done():
                         raise record.lost(record.heard, "closed the socket", rate)
                     if waiting_for_text or record.idle:
@@ -398,8 +393,9 @@ class CartesiaEngine:
                     if record.heard:
                         raise record.lost(True, f"sent no audio for {timeout:.0f} s", rate)
                     raise SynthesisError(ErrorCode.SYNTHESIS_TIMEOUT, f"Cartesia sent no audio within {timeout:.0f} s")
+                finished_step, step = step, None
                 try:
-                    event = step.result()
+                    event = finished_step.result()
                 except StopAsyncIteration:
                     # The SDK drops every context's queue when a push finds the socket closed.
                     await asyncio.wait({closed}, timeout=0.1)
@@ -431,6 +427,10 @@ class CartesiaEngine:
             record.out.put_nowait(record.lost(record.heard, f"closed the socket ({exc})", rate))
         except (_Lost, SynthesisError) as exc:
             record.out.put_nowait(exc)
+        finally:
+            if step is not None and not step.done():  # we were cancelled (the request was interrupted)
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
 
 
 async def _next(

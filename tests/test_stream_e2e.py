@@ -1,0 +1,234 @@
+"""End to end, streamed text: chunks on say/stream through mosquitto -> daemon -> Cartesia emulator (official
+SDK, input streaming) -> PortAudio -> PulseAudio capture."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.cartesia_emulator import CartesiaEmulator, frequency_for
+from tests.conftest import Daemon, spoken_ok
+from tests.sound import RATE, PulseAudio, dominant_frequency, longest_gap, sound_regions, wait_until
+
+pytestmark = pytest.mark.e2e
+
+REPLY = (
+    "Good morning. The washing machine finished its cycle twenty minutes ago, and the laundry is ready to hang. "
+    "Rain is expected after lunch, so the garden can wait until tomorrow. Your first meeting starts at nine."
+)
+
+
+def chunk(daemon: Daemon, stream_id: str, **fields: Any) -> None:
+    daemon.observer.publish(daemon.topic("say/stream"), json.dumps({"id": stream_id, **fields}))
+
+
+def write(daemon: Daemon, stream_id: str, pieces: list[str], interval: float, **opening: Any) -> None:
+    """Publish `pieces` one chunk each, `interval` seconds apart, with seq; the last one ends the stream."""
+    for seq, text in enumerate(pieces):
+        fields = {**(opening if seq == 0 else {}), "seq": seq, "text": text}
+        if seq == len(pieces) - 1:
+            fields["end"] = True
+        chunk(daemon, stream_id, **fields)
+        if seq < len(pieces) - 1:
+            time.sleep(interval)
+
+
+def words(text: str) -> list[str]:
+    """The text as a language model streams it: each word with the space before it."""
+    first, *rest = text.split(" ")
+    return [first, *(f" {word}" for word in rest)]
+
+
+def terminal_events(daemon: Daemon, stream_id: str) -> list[str]:
+    ends = {"finished", "interrupted", "dropped", "failed"}
+    return [e["event_type"] for e in daemon.events(stream_id) if e["event_type"] in ends]
+
+
+def assert_clean_contexts(emulator: CartesiaEmulator) -> None:
+    """Every context was closed by the daemon (done), none expired or was sent anything after."""
+    for context in emulator.contexts.values():
+        assert context.late_inputs == [], context
+        assert context.done and not context.expired, context
+
+
+def test_streamed_seed_neutral_then_angry_mid_stream_without_a_gap(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, pulse: PulseAudio
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    with pulse.capture() as capture:
+        chunk(daemon, "seed", seq=0, text="Well maybe if you just ")
+        chunk(daemon, "seed", seq=1, text="loosen up a little!", emotion="angry", end=True)
+        finished = spoken_ok(daemon, "seed")
+        x = capture.wait_for_sound_then_silence()
+
+    assert [e["event_type"] for e in daemon.events("seed")] == ["queued", "started", "finished"]
+    (first,) = emulator.contexts_for("Well maybe")
+    (second,) = emulator.contexts_for("loosen up")
+    assert (first.emotion, second.emotion) == ("neutral", "angry")
+    assert first.transcript + second.transcript == "Well maybe if you just loosen up a little!"
+    assert_clean_contexts(emulator)
+    regions = sound_regions(x)
+    assert len(regions) == 1, regions
+    sound = x[regions[0].start : regions[0].end]
+    split = first.samples_sent
+    assert dominant_frequency(sound[: split - 441]) == pytest.approx(frequency_for("neutral"), abs=5)
+    assert dominant_frequency(sound[split + 441 :]) == pytest.approx(frequency_for("angry"), abs=5)
+    assert longest_gap(sound) < 0.03
+    assert abs(finished["duration_ms"] / 1000 - (first.samples_sent + second.samples_sent) / RATE) < 0.015
+
+
+def test_a_reply_written_at_ten_words_a_second_is_heard_long_before_its_end_on_one_context(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, pulse: PulseAudio
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    with pulse.capture() as capture:
+        write(daemon, "reply", words(REPLY), 0.1)
+        heard_when_written = capture.signal()
+        spoken_ok(daemon, "reply")
+        x = capture.wait_for_sound_then_silence()
+
+    # Audible long before the last word was published: seconds of it had played by then.
+    before = sound_regions(heard_when_written)
+    assert before and (heard_when_written.size - before[0].start) / RATE > 1.5, before
+    # One context, fed with continuations, closed at the end; the text whole and in order.
+    (context,) = emulator.contexts.values()
+    assert context.transcript == REPLY
+    assert context.inputs > 3
+    assert_clean_contexts(emulator)
+    frames = [f for f in emulator.frames if f.get("context_id") == context.context_id and "transcript" in f]
+    assert all(f["continue"] for f in frames[:-1]) and frames[-1]["continue"] is False
+    # Heard whole, without gaps: one sound as long as the audio sent.
+    regions = sound_regions(x)
+    assert len(regions) == 1, regions
+    assert abs(regions[0].seconds - context.samples_sent / RATE) < 0.03
+    assert longest_gap(x[regions[0].start : regions[0].end]) < 0.03
+    assert terminal_events(daemon, "reply") == ["finished"]
+
+
+def test_a_writer_that_stalls_mid_sentence_goes_on_in_a_new_context(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, pulse: PulseAudio
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    with pulse.capture() as capture:
+        chunk(daemon, "stall", seq=0, text="Let me check the weather. The forecast")
+        daemon.wait_for_event("stall", "started")
+        time.sleep(3)  # the writer stalls (a tool call): the first context's audio ends and it would expire
+        chunk(daemon, "stall", seq=1, text=" says sunshine all day.", end=True)
+        spoken_ok(daemon, "stall")
+        x = capture.wait_for_sound_then_silence()
+
+    first, second = sorted(emulator.contexts.values(), key=lambda c: c.first_chunk_at or 0)
+    assert first.transcript == "Let me check the weather. "
+    assert second.transcript == "The forecast says sunshine all day."
+    assert_clean_contexts(emulator)  # the first was closed before it could expire; nothing was lost
+    heard = [r.seconds for r in sound_regions(x)]
+    assert len(heard) == 2, heard
+    assert heard[0] == pytest.approx(first.samples_sent / RATE, abs=0.02)
+    assert heard[1] == pytest.approx(second.samples_sent / RATE, abs=0.02)
+    assert terminal_events(daemon, "stall") == ["finished"]
+
+
+def test_chunks_out_of_order_and_twice_are_spoken_once_in_order(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    parts = ["One, ", "two, ", "three, ", "four."]
+    for seq in (2, 0, 1, 1, 0, 2):
+        chunk(daemon, "order", seq=seq, text=parts[seq])
+    chunk(daemon, "order", seq=3, text=parts[3], end=True)
+    spoken_ok(daemon, "order")
+    assert "".join(c.transcript for c in emulator.contexts.values()) == "One, two, three, four."
+    assert daemon.errors() == []
+    assert [e["event_type"] for e in daemon.events("order")] == ["queued", "started", "finished"]
+
+
+def test_a_missing_chunk_is_waited_for_then_skipped_with_a_warning(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env, stream__gap_wait="0.5")
+    chunk(daemon, "gap", seq=0, text="Before the gap. ")
+    chunk(daemon, "gap", seq=2, text="After the gap.", end=True)
+    spoken_ok(daemon, "gap")
+    warning = daemon.wait_for_error(lambda e: e["code"] == "stream_gap")
+    assert (warning["id"], warning["severity"], warning["field"]) == ("gap", "warning", "seq")
+    assert "seq 1 " in warning["message"]
+    assert "".join(c.transcript for c in emulator.contexts.values()) == "Before the gap. After the gap."
+
+
+def test_a_stream_never_ended_times_out_and_finishes(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env, stream__timeout="1")
+    chunk(daemon, "forever", seq=0, text="Nobody will end this")
+    finished = spoken_ok(daemon, "forever")
+    warning = daemon.wait_for_error(lambda e: e["code"] == "stream_timeout")
+    assert warning["id"] == "forever" and "forever" in warning["message"]
+    assert finished["duration_ms"] > 0
+    assert "".join(c.transcript for c in emulator.contexts.values()) == "Nobody will end this"
+    assert terminal_events(daemon, "forever") == ["finished"]
+
+
+def test_stop_in_the_middle_of_a_stream_and_a_chunk_after_it(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    chunk(daemon, "halt", seq=0, text="This reply goes on and on. " * 3)
+    daemon.wait_for_event("halt", "started")
+    daemon.observer.publish(daemon.topic("stop"), "")
+    interrupted = daemon.wait_terminal("halt")
+    assert (interrupted["event_type"], interrupted["reason"]) == ("interrupted", "stop")
+    chunk(daemon, "halt", seq=1, text="Too late.")
+    error = daemon.wait_for_error(lambda e: e["code"] == "stream_ended")
+    assert error["id"] == "halt" and "halt" in error["message"] and "interrupted" in error["message"]
+    time.sleep(0.5)  # anything else it would wrongly publish
+    assert terminal_events(daemon, "halt") == ["interrupted"]
+
+
+def test_bad_chunks_get_clear_errors_and_nothing_else(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env, stream__max_length="30")
+    daemon.observer.publish(daemon.topic("say/stream"), json.dumps({"seq": 0, "text": "no id"}))
+    daemon.observer.publish(daemon.topic("say/stream"), "just some words")
+    daemon.observer.publish(daemon.topic("say/stream"), json.dumps([1, 2]))
+    chunk(daemon, "neg", seq=-1, text="x")
+    wait_until(lambda: len(daemon.errors()) >= 4, 10, "four errors")
+    errors = daemon.errors()
+    assert [(e["code"], e["field"]) for e in errors[:4]] == [
+        ("invalid_request", "id"),
+        ("invalid_request", "payload"),
+        ("invalid_request", "payload"),
+        ("invalid_request", "seq"),
+    ]
+    assert errors[3]["id"] == "neg"
+    assert daemon.events() == []
+
+    chunk(daemon, "far", seq=0, text="Hello. ")
+    chunk(daemon, "far", seq=5000, text="Lost in the future.")
+    far = daemon.wait_for_error(lambda e: e["id"] == "far")
+    assert (far["code"], far["field"]) == ("invalid_request", "seq") and "5000" in far["message"]
+
+    chunk(daemon, "long", seq=0, text="A sentence that is far too long for the cap.", end=True)
+    long = daemon.wait_for_error(lambda e: e["id"] == "long")
+    assert (long["code"], long["field"]) == ("text_too_long", "text")
+    assert "first 30" in long["message"]
+    spoken_ok(daemon, "long")
+    assert "".join(c.transcript for c in emulator.contexts_for("A sentence")) == "A sentence that is far too lon"
+    chunk(daemon, "far", seq=1, text="Bye.", end=True)
+    spoken_ok(daemon, "far")
+    assert terminal_events(daemon, "far") == ["finished"]
+
+
+def test_retained_chunks_are_ignored(make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]) -> None:
+    daemon = make_daemon(cartesia_env)
+    daemon.observer.publish(
+        daemon.topic("say/stream"), json.dumps({"id": "kept", "text": "Retained.", "end": True}), retain=True
+    )
+    error = daemon.wait_for_error(lambda e: e["code"] == "retained_command_ignored")
+    assert error["field"] == "retain"
+    daemon.observer.publish(daemon.topic("say/stream"), b"", retain=True)
+    assert daemon.events("kept") == []
