@@ -1,15 +1,17 @@
-"""The command line: `mqtt-speaker run | say | devices | check | discovery`."""
+"""The command line: `mqtt-speaker run | say [--stream] | devices | check | discovery`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import json
 import logging
 import os
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +76,16 @@ def connected(client: Any, settings: Settings) -> bool:
 
 
 def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
+    """Publish a say request (or, with --stream, standard input as it arrives, chunk by chunk)."""
     from mqtt_speaker.mqtt import new_client
 
+    if args.stream == (args.text is not None):
+        print("say: give the text, or --stream to read it from standard input (not both)", file=sys.stderr)
+        return EXIT_CONFIG
     site = args.site or settings.site
     topics = Topics(settings.base_topic, settings.site)
-    request: dict[str, Any] = {"id": args.id or uuid.uuid4().hex, "text": args.text}
-    if args.emotion:
-        request["emotion"] = args.emotion
+    request_id = args.id or uuid.uuid4().hex
+    wait = args.wait or args.stream  # a stream's command ends when its speech does
     client = new_client(settings.mqtt, f"mqtt-speaker-cli-{uuid.uuid4().hex[:8]}")
     subscribed = threading.Event()
     ended = threading.Event()
@@ -91,7 +96,7 @@ def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
         if reason.is_failure:
             outcome["refused"] = str(reason)
             ended.set()
-        elif args.wait:
+        elif wait:
             client.subscribe(event_topic, qos=1)
         else:
             subscribed.set()
@@ -101,7 +106,7 @@ def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
             event = json.loads(message.payload)
         except ValueError:
             return
-        if isinstance(event, dict) and event.get("id") == request["id"] and event.get("event_type") in TERMINAL_EVENTS:
+        if isinstance(event, dict) and event.get("id") == request_id and event.get("event_type") in TERMINAL_EVENTS:
             outcome["event"] = event
             ended.set()
 
@@ -114,19 +119,44 @@ def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
         if not subscribed.wait(10) or "refused" in outcome:
             print(f"the broker did not accept us: {outcome.get('refused', 'no answer')}", file=sys.stderr)
             return EXIT_BROKER
-        info = client.publish(topics.command(Command.SAY, site), json.dumps(request), qos=1)
-        info.wait_for_publish(10)
-        if not args.wait:
-            print(request["id"])
+        opening: dict[str, Any] = {"id": request_id}
+        if args.emotion:
+            opening["emotion"] = args.emotion
+        if args.stream:
+            stream_stdin(lambda chunk: client.publish(topics.command(Command.SAY_STREAM, site), chunk, qos=1), opening)
+        else:
+            payload = json.dumps({**opening, "text": args.text})
+            client.publish(topics.command(Command.SAY, site), payload, qos=1).wait_for_publish(10)
+        if not wait:
+            print(request_id)
             return EXIT_OK
         if not ended.wait(args.timeout):
-            print(f"no terminal event for {request['id']} within {args.timeout:.0f} s", file=sys.stderr)
+            print(f"no terminal event for {request_id} within {args.timeout:.0f} s", file=sys.stderr)
             return EXIT_TIMEOUT
         print(json.dumps(outcome["event"]))
         return EXIT_OK if outcome["event"]["event_type"] == EventType.FINISHED else EXIT_NOT_FINISHED
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def stream_stdin(publish: Callable[[str], Any], opening: dict[str, Any]) -> None:
+    """Publish standard input as say/stream chunks as it arrives: whatever one read returns (mid-line
+    too: a language model writes no newline for a long while), with seq; `end` at end of input."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    fd = sys.stdin.fileno()
+    seq = 0
+    while True:
+        data = os.read(fd, 4096)  # returns what is there, without waiting for a full buffer or a line
+        text = decoder.decode(data, final=not data)
+        if text or not data:
+            chunk = {**(opening if seq == 0 else {"id": opening["id"]}), "seq": seq, "text": text}
+            if not data:
+                chunk["end"] = True
+            publish(json.dumps(chunk)).wait_for_publish(10)
+            seq += 1
+        if not data:
+            return
 
 
 def cmd_discovery(settings: Settings, args: argparse.Namespace) -> int:
@@ -191,7 +221,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
     say = sub.add_parser("say", help="publish a say request")
-    say.add_argument("text")
+    say.add_argument("text", nargs="?", help="the text (or --stream)")
+    say.add_argument(
+        "--stream", action="store_true", help="speak standard input as it arrives (say/stream); waits like --wait"
+    )
     say.add_argument("--emotion")
     say.add_argument("--site", help=f"speaker to address (default: this one's site; '{BROADCAST_SITE}' for every one)")
     say.add_argument("--id", help="request id (default: generated)")

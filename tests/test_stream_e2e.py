@@ -4,6 +4,9 @@ SDK, input streaming) -> PortAudio -> PulseAudio capture."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +14,9 @@ from typing import Any
 import pytest
 
 from tests.cartesia_emulator import CartesiaEmulator, frequency_for
-from tests.conftest import Daemon, spoken_ok
+from tests.conftest import Broker, Daemon, spoken_ok
 from tests.sound import RATE, PulseAudio, dominant_frequency, longest_gap, sound_regions, wait_until
+from tests.test_cli import broker_env
 
 pytestmark = pytest.mark.e2e
 
@@ -232,3 +236,31 @@ def test_retained_chunks_are_ignored(make_daemon: Callable[..., Daemon], cartesi
     assert error["field"] == "retain"
     daemon.observer.publish(daemon.topic("say/stream"), b"", retain=True)
     assert daemon.events("kept") == []
+
+
+def test_say_stream_speaks_a_pipe_as_it_is_written_mid_line(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, broker: Broker
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_SPEAKER_", "CARTESIA_"))}
+    env.update(broker_env(broker, daemon))
+    command = [sys.executable, "-m", "mqtt_speaker", "say", "--stream", "--id", "piped", "--emotion", "calm"]
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"The kettle has boiled. Your tea")  # no newline: a model mid-reply
+        proc.stdin.flush()
+        started = daemon.wait_for_event("piped", "started")  # speaking while the pipe is still open
+        assert started["emotion"] == "calm"
+        assert proc.poll() is None
+        out, err = proc.communicate(b" is ready, with a biscuit.", timeout=60)  # then end of input
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    event = json.loads(out)
+    assert (event["id"], event["event_type"]) == ("piped", "finished")
+    spoken = "".join(c.transcript for c in sorted(emulator.contexts.values(), key=lambda c: c.first_chunk_at or 0))
+    assert spoken == "The kettle has boiled. Your tea is ready, with a biscuit."
+    assert terminal_events(daemon, "piped") == ["finished"]
