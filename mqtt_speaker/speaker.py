@@ -277,9 +277,11 @@ class Speaker:
 
         def charge(piece: Piece) -> None:
             refused = self._charge(engine, request, "", len(piece.text))
-            if refused is not None:
+            if refused is not None:  # everything before this piece was pushed: the rest goes on from here
                 self._report_error(refused)
-                raise SynthesisError(ErrorCode.RATE_LIMITED, refused.message)
+                raise SynthesisError(
+                    ErrorCode.RATE_LIMITED, refused.message, spoken_chars=piece.offset, segment=piece.segment
+                )
 
         return charge
 
@@ -478,11 +480,13 @@ class Speaker:
                 remaining = None
                 break
             last_error = attempt.error
-            self._engine_failed(name, attempt.error, request.id)
+            if attempt.error.code is not ErrorCode.RATE_LIMITED:  # the cost guard said so already; not a fault
+                self._engine_failed(name, attempt.error, request.id)
             fallback_reason = f"{name}: {attempt.error.code}"
             remaining = replace(remaining, meter=None)
             if attempt.heard:  # the rest, from the first word not spoken whole, by the next engine
-                remaining = remaining.rest(attempt.segment, attempt.error.spoken_chars)
+                segment = attempt.segment if attempt.error.segment is None else attempt.error.segment
+                remaining = remaining.rest(segment, attempt.error.spoken_chars)
                 if remaining is None:  # every word had been spoken: nothing is missing
                     break
         if remaining is not None:

@@ -37,14 +37,24 @@ class Voicing:
 class SynthesisError(Exception):
     """Speech could not be produced. `retryable`: a fresh attempt may succeed at once. `spoken_chars`:
     after audio, how many characters of the segment it stopped in were spoken whole (the next engine
-    goes on from there; 0 when not known)."""
+    goes on from there; 0 when not known). `segment`: the segment spoken_chars counts in, when it is not
+    the one last heard (a refusal before a new segment's first piece)."""
 
-    def __init__(self, code: ErrorCode, message: str, *, retryable: bool = False, spoken_chars: int = 0) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retryable: bool = False,
+        spoken_chars: int = 0,
+        segment: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
         self.spoken_chars = spoken_chars
+        self.segment = segment
 
 
 class Engine(Protocol):
