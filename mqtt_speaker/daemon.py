@@ -12,9 +12,7 @@ from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
 from mqtt_speaker.cache import AudioCache
 from mqtt_speaker.discovery import discovery_messages
 from mqtt_speaker.engines.base import Engine
-from mqtt_speaker.engines.cartesia import CartesiaEngine
-from mqtt_speaker.engines.espeak import EspeakEngine
-from mqtt_speaker.engines.piper import PiperEngine
+from mqtt_speaker.engines.registry import build_engines
 from mqtt_speaker.models import (
     ErrorCode,
     ErrorReport,
@@ -49,20 +47,6 @@ ONE_SHOT = frozenset(
         Command.CACHE_WARM,
     }
 )  # never acted on when retained
-
-
-def build_engines(settings: Settings) -> dict[str, Engine]:
-    """The primary engine and the installed fallbacks (Cartesia only with an API key or when chosen)."""
-    wanted = [settings.primary_engine, *settings.fallback]
-    engines: dict[str, Engine] = {}
-    for name in dict.fromkeys(wanted):
-        if name == "cartesia" and (settings.has_api_key or settings.primary_engine == "cartesia"):
-            engines[name] = CartesiaEngine(settings.cartesia)
-        elif name == "piper" and (settings.piper.installed or settings.primary_engine == "piper"):
-            engines[name] = PiperEngine(settings.piper)
-        elif name == "espeak":
-            engines[name] = EspeakEngine(settings.espeak)
-    return engines
 
 
 def build_output(settings: Settings) -> Output:

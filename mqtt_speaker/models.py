@@ -27,6 +27,7 @@ from pydantic import (
 
 from mqtt_speaker import __version__
 from mqtt_speaker.emotions import EMOTIONS
+from mqtt_speaker.engines.registry import EngineName
 
 LANGUAGES: tuple[str, ...] = tuple(get_args(get_args(SupportedLanguage)[0]))
 SPEED_RANGE = (0.6, 1.5)
@@ -171,7 +172,7 @@ class _SayPayload(BaseModel):
     ttl: Annotated[Number, AfterValidator(_positive)] | None = None
     ts: Annotated[Number | StrictStr, AfterValidator(_timestamp)] | None = None
     chime: Annotated[bool | StrictStr, AfterValidator(_sound_name)] | None = None
-    engine: Literal["cartesia", "piper", "espeak"] | None = None
+    engine: EngineName | None = None
     cache: StrictBool = True
 
     @field_validator("id")

@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from mqtt_speaker.emotions import EMOTIONS
+from mqtt_speaker.engines.registry import EngineName
 
 DEFAULT_CONFIG_PATH = Path("/etc/mqtt-speaker/config.toml")
 DEFAULT_VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
@@ -28,9 +29,6 @@ TOPIC_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 
 class ConfigError(Exception):
     """The configuration file or the environment holds something that cannot be used."""
-
-
-EngineName = Literal["cartesia", "piper", "espeak"]
 
 
 class EngineChoice(StrEnum):

@@ -160,7 +160,8 @@ def test_topic_layout() -> None:
     assert "mqtt-speaker/kitchen/say" in subscriptions and "mqtt-speaker/all/say" in subscriptions
     assert "mqtt-speaker/kitchen/set/volume" in subscriptions and "mqtt-speaker/all/clear" in subscriptions
     assert "homeassistant/status" in subscriptions and "mqtt-speaker/kitchen/cache/warm" in subscriptions
-    assert len(subscriptions) == 21
+    assert "mqtt-speaker/kitchen/say/stream" in subscriptions and "mqtt-speaker/all/say/stream" in subscriptions
+    assert len(subscriptions) == 23
     assert (topics.availability, topics.state, topics.event, topics.error) == (
         "mqtt-speaker/kitchen/availability",
         "mqtt-speaker/kitchen/state",
@@ -168,6 +169,7 @@ def test_topic_layout() -> None:
         "mqtt-speaker/kitchen/error",
     )
     assert topics.parse_command("mqtt-speaker/all/say") is Command.SAY
+    assert topics.parse_command("mqtt-speaker/kitchen/say/stream") is Command.SAY_STREAM
     assert topics.parse_command("mqtt-speaker/hall/say") is None
     assert topics.parse_command("mqtt-speaker/kitchen/state") is None
     assert topics.parse_command("mqtt-speaker/kitchen/set/quiet") is Command.SET_QUIET
