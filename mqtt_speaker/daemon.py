@@ -1,4 +1,5 @@
-"""The daemon: wires the MQTT core, the speaker and the engine together and answers inbound messages."""
+"""The daemon: wires the MQTT link, the speaker, the engines and the protocol adapters (the native topics,
+Home Assistant discovery) together, and runs them until it is stopped."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Coroutine
+from typing import Any
 
+from mqtt_speaker.adapters.native import NativeTopics
 from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
 from mqtt_speaker.cache import AudioCache
 from mqtt_speaker.discovery import discovery_messages
@@ -17,36 +21,15 @@ from mqtt_speaker.models import (
     ErrorCode,
     ErrorReport,
     Event,
-    RequestRejected,
-    parse_chunk,
-    parse_clear,
-    parse_emotion,
-    parse_quiet,
-    parse_say,
-    parse_voice,
-    parse_volume,
-    parse_warm,
 )
 from mqtt_speaker.mqtt import Inbound, MqttLink, Will
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speaker import Speaker
-from mqtt_speaker.streams import Streams
 from mqtt_speaker.systemd import Notifier
 from mqtt_speaker.topics import Command, Topics
 
 LOG = logging.getLogger(__name__)
 ONLINE, OFFLINE = "online", "offline"
-ONE_SHOT = frozenset(
-    {
-        Command.SAY,
-        Command.SAY_STREAM,
-        Command.STOP,
-        Command.SKIP,
-        Command.CLEAR,
-        Command.CACHE_CLEAR,
-        Command.CACHE_WARM,
-    }
-)  # never acted on when retained
 
 
 def build_output(settings: Settings) -> Output:
@@ -77,7 +60,9 @@ class Daemon:
             report_error=self.report,
             on_change=self._publish_state,
         )
-        self._streams = Streams(settings.stream, self.speaker.submit, self.report)
+        self._native = NativeTopics(
+            settings, self._topics, self.speaker, publish=self._link_publish, report=self.report, spawn=self._spawn
+        )
         self._link = MqttLink(
             settings.mqtt,
             settings.client_id,
@@ -119,8 +104,10 @@ class Daemon:
         self._link.publish(self._topics.error, summary.to_payload())
 
     def _publish_event(self, event: Event) -> None:
-        self._streams.on_event(event)
-        self._link.publish(self._topics.event, event.to_payload())
+        self._native.on_event(event)
+
+    def _link_publish(self, topic: str, payload: str) -> None:
+        self._link.publish(topic, payload)
 
     def _publish_state(self, force: bool = False) -> None:
         payload = self.speaker.state().to_payload()
@@ -154,89 +141,12 @@ class Daemon:
         if message.topic == self._topics.homeassistant_status:
             self._on_homeassistant_status(message.payload)
             return
-        command = self._topics.parse_command(message.topic)
-        if command is None:
-            return
-        if message.retain and command in ONE_SHOT:
-            self.report(
-                ErrorReport(
-                    code=ErrorCode.RETAINED_COMMAND_IGNORED,
-                    message=f"a retained message on {message.topic} is ignored (it would act again on every "
-                    "reconnect); publish it without the retain flag, and clear this one with an empty retained one",
-                    field="retain",
-                )
-            )
-            return
-        if command is Command.SAY:
-            self._on_say(message)
-            return
-        if command is Command.SAY_STREAM:
-            self._on_chunk(message)
-            return
-        try:
-            self._on_control(command, message.payload)
-        except RequestRejected as exc:
-            self.report(ErrorReport(code=ErrorCode.INVALID_COMMAND, message=exc.message, field=exc.field))
+        self._native.on_message(message)
 
-    def _on_control(self, command: Command, payload: bytes) -> None:
-        speaker = self.speaker
-        match command:
-            case Command.STOP:
-                speaker.stop("stop")
-            case Command.SKIP:
-                speaker.stop("skip")
-            case Command.CLEAR:
-                speaker.clear(parse_clear(payload))
-            case Command.SET_VOLUME:
-                speaker.update_defaults(volume=parse_volume(payload))
-            case Command.SET_EMOTION:
-                speaker.update_defaults(emotion=parse_emotion(payload))
-            case Command.SET_VOICE:
-                speaker.update_defaults(voice=parse_voice(payload))
-            case Command.SET_QUIET:
-                speaker.update_defaults(quiet=parse_quiet(payload))
-            case Command.CACHE_CLEAR:
-                speaker.clear_cache()
-            case Command.CACHE_WARM:
-                requests = parse_warm(payload, max_text_length=self._settings.max_text_length)
-                self._background.add(task := asyncio.create_task(speaker.warm(requests)))
-                task.add_done_callback(self._background.discard)
-
-    def _on_say(self, message: Inbound) -> None:
-        try:
-            parsed = parse_say(message.payload, max_text_length=self._settings.max_text_length)
-        except RequestRejected as exc:
-            self.report(
-                ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
-            )
-            return
-        for warning in parsed.warnings:
-            self.report(
-                ErrorReport(
-                    code=warning.code,
-                    message=warning.message,
-                    id=parsed.request.id,
-                    field=warning.field,
-                    severity="warning",
-                )
-            )
-        self.speaker.submit(parsed.request)
-
-    def _on_chunk(self, message: Inbound) -> None:
-        try:
-            chunk = parse_chunk(message.payload, max_text_length=self._settings.stream.max_length)
-        except RequestRejected as exc:
-            self.report(
-                ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
-            )
-            return
-        for warning in chunk.warnings:
-            self.report(
-                ErrorReport(
-                    code=warning.code, message=warning.message, id=chunk.id, field=warning.field, severity="warning"
-                )
-            )
-        self._streams.receive(chunk)
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Background work (cache warming): cancelled at shutdown."""
+        self._background.add(task := asyncio.create_task(work))
+        task.add_done_callback(self._background.discard)
 
     # ----------------------------------------------------------------------------------------- run
 
@@ -259,7 +169,7 @@ class Daemon:
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         self._notifier.stopping()
-        self._streams.close()
+        self._native.close()
         await self.speaker.shutdown(grace=1.5)
         for task in self._background:  # cache warming: it must not reopen a socket being closed
             task.cancel()
