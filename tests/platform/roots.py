@@ -29,7 +29,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.homeassistant.harness import cache_dir
+
+def cache_dir() -> Path:
+    """The tests' cache in the user's cache directory (never the real state or config directories)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mqtt-speaker-tests"
+
 
 MIRROR = "http://deb.debian.org/debian"
 ROOTS = cache_dir() / "roots"
@@ -38,6 +43,17 @@ ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
 # The archive here may be a fixed snapshot whose Release files have expired.
 APT_CONF = 'Acquire::Check-Valid-Until "false";\n'
 _copies = itertools.count()
+
+
+def require() -> None:
+    """Skip, saying why, where roots cannot be built (script/setup test installs the tools; root only)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("the platform tests build Debian roots and boot them: run as root")
+    missing = [tool for tool in ("debootstrap", "systemd-nspawn", "nsenter") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)} (script/setup test installs them)")
 
 
 def host_arch() -> str:
@@ -401,6 +417,7 @@ def prepare(root: Path) -> None:
 def ensure(spec: RootSpec) -> Path:
     """The finished root for `spec`: from the cache, or built now (debootstrap, or a copy of its base).
     One build at a time per root (a lock file), so that two runs never share a partial root."""
+    require()
     final = spec.path
     if (final / ".complete").exists():
         return final
