@@ -1,5 +1,9 @@
 """A real Home Assistant Core for the discovery tests: its own Python, a cached virtualenv, onboarded
-and given the MQTT broker entirely over its HTTP API (no `default_config`, nothing from the internet)."""
+and given the MQTT broker entirely over its HTTP API (no `default_config`, nothing from the internet).
+
+Two releases: the oldest the README supports, on a Python of the machine image (pyenv), and the newest,
+whose Python (3.14) only Debian sid has: it runs inside a cached debootstrap sid root (systemd-nspawn,
+the host's network), with its configuration directory bound in at the same path."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.sound import terminate, wait_until
+from tests.platform import roots
+from tests.sound import wait_until
 
 HERE = Path(__file__).resolve().parent
 CONFIGURATION = """\
@@ -39,12 +45,47 @@ logger:
 @dataclass(frozen=True)
 class Release:
     version: str
-    python: str  # a pyenv version that can run it
+    python: str  # a pyenv version that can run it, or the python3.X of a Debian root
     uv_args: tuple[str, ...] = ()
+    root: roots.RootSpec | None = None  # where it runs: on the host (None) or in this root
 
 
-# The newest Home Assistant that installs on each Python the machine image ships (see the research notes).
-RELEASES = (Release("2025.4.4", "3.13.0"), Release("2025.1.4", "3.12.1", ("--prerelease=allow",)))
+# Debian sid: the only Debian with Python 3.14 (and a compiler, for the requirements without wheels).
+SID = roots.RootSpec(
+    "sid-amd64-python3.14",
+    "sid",
+    "amd64",
+    include=("python3.14", "python3.14-venv", "python3.14-dev", "gcc", "g++"),
+)
+UV = "uv==0.13.6"  # the one Home Assistant 2026.11 pins
+
+
+def in_sid(version: str) -> Release:
+    """A release in its own layer on top of the sid root: its virtualenv in /opt, with what it would
+    install itself at its first start (read from its own manifests by requirements.py)."""
+    venv = f"/opt/homeassistant-{version}"
+    uv = f"{venv}/bin/uv pip install -q --compile-bytecode -p {venv}/bin/python"
+    script = (HERE / "requirements.py").read_text()
+    spec = roots.RootSpec(
+        f"sid-amd64-homeassistant-{version}",
+        "sid",
+        "amd64",
+        base=SID,
+        env=(("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),),  # uv does not read pip.conf
+        steps=(
+            f"python3.14 -m venv {venv} && {venv}/bin/pip install -q --disable-pip-version-check {UV}",
+            f"{uv} homeassistant=={version}",
+            f"cat > /root/requirements.py <<'EOF'\n{script}EOF\n",
+            f"{venv}/bin/python /root/requirements.py > {venv}/requirements.txt && {uv} -r {venv}/requirements.txt",
+        ),
+    )
+    return Release(version, "3.14", root=spec)
+
+
+# The oldest release the README supports, on the newest Python of the machine image that runs it (the
+# newest Home Assistant that installs on each, see the research notes), with a fallback.
+OLDEST = (Release("2025.4.4", "3.13.0"), Release("2025.1.4", "3.12.1", ("--prerelease=allow",)))
+NEWEST = in_sid("2026.11.0")
 
 
 def pyenv_root() -> Path:
@@ -56,7 +97,8 @@ def pyenv_root() -> Path:
 
 
 def find_release() -> tuple[Release, Path] | None:
-    for release in RELEASES:
+    """The oldest supported release and the host's Python for it, if the machine has one."""
+    for release in OLDEST:
         python = pyenv_root() / "versions" / release.python / "bin" / "python"
         if python.exists():
             return release, python
@@ -64,12 +106,11 @@ def find_release() -> tuple[Release, Path] | None:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mqtt-speaker-tests"
+    return roots.cache_dir()
 
 
 def ensure_venv(release: Release, python: Path) -> Path:
-    """Home Assistant's virtualenv, built once per machine and kept in the cache between runs."""
+    """Home Assistant's virtualenv on the host, built once per machine and kept in the cache between runs."""
     venv = cache_dir() / f"homeassistant-{release.version}"
     marker = venv / ".complete"
     if marker.exists():
@@ -99,38 +140,51 @@ def ensure_venv(release: Release, python: Path) -> Path:
     return venv
 
 
+@dataclass(frozen=True)
+class Installed:
+    """Where a release's `hass` is: a virtualenv on the host, or one inside a Debian root."""
+
+    release: Release
+    venv: Path  # inside the root, when there is one
+    root: Path | None = None
+
+
+def install(release: Release) -> Installed:
+    if release.root is not None:
+        return Installed(release, Path(f"/opt/homeassistant-{release.version}"), roots.ensure(release.root))
+    found = find_release()
+    assert found is not None and found[0] == release
+    return Installed(release, ensure_venv(*found))
+
+
 class HomeAssistant:
     """One Home Assistant process on a free loopback port, with its own config directory."""
 
-    def __init__(self, venv: Path, port: int, mqtt_port: int) -> None:
-        self.venv = venv
+    def __init__(self, installed: Installed, port: int, mqtt_port: int) -> None:
+        self.installed = installed
+        self.version = installed.release.version
         self.port = port
         self.mqtt_port = mqtt_port
         self.dir = Path(tempfile.mkdtemp(prefix="mqtt-speaker-ha-"))
         (self.dir / "configuration.yaml").write_text(CONFIGURATION.format(port=port))
         self.base = f"http://127.0.0.1:{port}"
         self.token = ""
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: roots.Contained | None = None
 
     def start(self) -> None:
-        log = (self.dir / "ha.out").open("ab")
-        self._proc = subprocess.Popen(
-            [
-                str(self.venv / "bin" / "hass"),
-                "-c",
-                str(self.dir),
-                "--skip-pip",
-                "--log-file",
-                str(self.dir / "ha.log"),
-            ],
-            stdout=log,
-            stderr=log,
-        )
-        wait_until(self._answers, 120, "Home Assistant to answer on HTTP", interval=0.25)
+        hass = [str(self.installed.venv / "bin/hass"), "-c", str(self.dir), "--skip-pip"]
+        hass += ["--log-file", str(self.dir / "ha.log")]
+        if self.installed.root is not None:  # the configuration directory bound in at the same path
+            hass = [*roots.nspawn_args(self.installed.root, [(self.dir, str(self.dir))]), "--console=pipe", *hass]
+        self._proc = roots.Contained(hass, self.dir / "ha.out")
+        began = time.monotonic()
+        wait_until(self._answers, 180, "Home Assistant to answer on HTTP", interval=0.25)
+        print(f"Home Assistant {self.version} answered {time.monotonic() - began:.1f} s after its start")
 
     def _answers(self) -> bool:
-        if self._proc is not None and self._proc.poll() is not None:
-            raise RuntimeError(f"Home Assistant exited:\n{self.log()[-3000:]}")
+        if self._proc is not None and not self._proc.running():
+            out = (self.dir / "ha.out").read_text(errors="replace")
+            raise RuntimeError(f"Home Assistant exited:\n{out[-2000:]}\n{self.log()[-3000:]}")
         try:
             with urllib.request.urlopen(f"{self.base}/api/onboarding", timeout=2) as response:
                 return bool(response.status == 200)
@@ -139,8 +193,10 @@ class HomeAssistant:
 
     def stop(self) -> None:
         if self._proc is not None:
-            terminate(self._proc, 30)
+            self._proc.stop(30)
             self._proc = None
+            if self.installed.root is not None:
+                roots.forget_machine(self.installed.root)
 
     def remove(self) -> None:
         self.stop()
@@ -178,12 +234,14 @@ class HomeAssistant:
         self.request("POST", "/api/onboarding/analytics", {})
         self.request("POST", "/api/onboarding/integration", {"client_id": client_id, "redirect_uri": client_id})
         flow = self.request("POST", "/api/config/config_entries/flow", {"handler": "mqtt"})
-        result = self.request(
-            "POST",
-            f"/api/config/config_entries/flow/{flow['flow_id']}",
-            {"broker": "127.0.0.1", "port": self.mqtt_port},
-        )
-        assert result["type"] == "create_entry", result
+        answer: dict[str, Any] = {"broker": "127.0.0.1", "port": self.mqtt_port}
+        fields = {field["name"]: field for field in flow.get("data_schema", [])}
+        if "other_settings" in fields:
+            # 2026.x: a required section of the form (client certificate, CA, transport), here as its defaults.
+            section = fields["other_settings"].get("schema", [])
+            answer["other_settings"] = {f["name"]: f["default"] for f in section if "default" in f}
+        result = self.request("POST", f"/api/config/config_entries/flow/{flow['flow_id']}", answer)
+        assert result["type"] == "create_entry", (flow, result)
 
     def state(self, entity_id: str) -> dict[str, Any] | None:
         try:

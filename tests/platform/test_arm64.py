@@ -1,0 +1,114 @@
+"""A Raspberry Pi's system under emulation: arm64 Debian bookworm through qemu-user-static, with the
+CPU set to a Pi 4's core. script/install installed the product there as on Raspberry Pi OS Lite (the
+system packages, a virtualenv with aarch64 wheels, the unit, the service user); the installed daemon,
+started the way its unit starts it, comes online on the test broker and speaks with espeak-ng.
+
+The root is minimal, without systemd (like a container image being built): script/install finishes
+there too and says what it skipped. The timings printed are qemu's, not a Pi's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import Broker, Observer
+from tests.platform import roots
+from tests.platform.conftest import ARM64_INSTALLED, QEMU_CPU
+from tests.sound import wait_until
+
+pytestmark = [pytest.mark.platform]
+
+SITE = "pi4"
+UNIT = Path("etc/systemd/system/mqtt-speaker.service")
+
+
+@pytest.fixture(scope="module")
+def arm64_root() -> Path:
+    return roots.ensure(ARM64_INSTALLED)
+
+
+def unit_settings(root: Path) -> dict[str, list[str]]:
+    """The [Service] lines of the installed unit, by key."""
+    found: dict[str, list[str]] = {}
+    for line in (root / UNIT).read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def test_script_install_finished_without_systemctl_and_said_so(arm64_root: Path) -> None:
+    log = (arm64_root / "root/build.log").read_text()
+    assert "skipped systemctl (not installed here)" in log, log[-3000:]
+    assert (arm64_root / "etc/systemd/system/multi-user.target.wants/mqtt-speaker.service").is_symlink()
+    assert not (arm64_root / "usr/bin/systemctl").exists()
+
+
+def test_the_virtualenv_holds_aarch64_code(arm64_root: Path) -> None:
+    machine = roots.run_in(
+        arm64_root, "/opt/mqtt-speaker/venv/bin/python -c 'import platform; print(platform.machine())'"
+    )
+    assert machine.stdout.strip() == "aarch64"
+    wheels = list((arm64_root / "opt/mqtt-speaker/venv/lib").glob("python3*/site-packages/numpy-*.dist-info/WHEEL"))
+    assert wheels and "aarch64" in wheels[0].read_text()
+
+
+@pytest.fixture
+def started(arm64_root: Path, broker: Broker, observer: Observer, tmp_path: Path) -> Iterator[tuple[Path, float]]:
+    """The installed daemon in a copy of the root, as its unit starts it: the unit's ExecStart, User,
+    Environment and state directory (which systemd would create)."""
+    with roots.working_copy(arm64_root) as root:
+        unit = unit_settings(root)
+        (root / "etc/mqtt-speaker/config.toml").write_text(
+            f'site = "{SITE}"\nengine = "espeak"\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+            '[audio]\noutput_dir = "/var/lib/mqtt-speaker/out"\n'
+        )
+        user = unit["User"][0]
+        roots.run_in(root, f"install -d -o {user} -g {user} -m 0750 /var/lib/{unit['StateDirectory'][0]}")
+        env = dict(item.split("=", 1) for value in unit.get("Environment", []) for item in shlex.split(value))
+        args = roots.nspawn_args(root) + [f"--setenv={k}={v}" for k, v in {**env, "QEMU_CPU": QEMU_CPU}.items()]
+        args += ["--user", user, "--chdir", "/", "--console=pipe", *shlex.split(unit["ExecStart"][0])]
+        began = time.monotonic()
+        daemon = roots.Contained(args, tmp_path / "daemon.log")
+        try:
+            yield root, began
+            assert daemon.stop() == 0, daemon.log.read_text()[-3000:]  # it exits 0 on SIGTERM
+        finally:
+            daemon.stop()
+            roots.forget_machine(root)
+
+
+def test_the_installed_daemon_comes_online_and_speaks(started: tuple[Path, float], observer: Observer) -> None:
+    root, began = started
+    availability = f"mqtt-speaker/{SITE}/availability"
+    wait_until(lambda: [m.payload for m in observer.on(availability)][-1:] == [b"online"], 300, "online", interval=0.5)
+    online = time.monotonic() - began
+    asked = time.monotonic()
+    observer.publish(f"mqtt-speaker/{SITE}/say", json.dumps({"id": "pi-1", "text": "Hello from an arm64 Pi"}))
+
+    def events() -> list[dict[str, object]]:
+        return [m.json() for m in observer.on(f"mqtt-speaker/{SITE}/event") if m.json().get("id") == "pi-1"]
+
+    wait_until(lambda: any(e["event_type"] == "finished" for e in events()), 300, f"finished; {events()}", interval=0.5)
+    spoken = time.monotonic() - asked
+    started_event = next(e for e in events() if e["event_type"] == "started")
+    assert started_event["engine"] == "espeak"
+    [path] = (root / "var/lib/mqtt-speaker/out").glob("*-pi-1.wav")
+    with wave.open(str(path)) as wav:
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+        seconds = wav.getnframes() / wav.getframerate()
+    assert seconds > 1.0 and np.abs(samples).max() > 3000  # speech, not silence
+    build = re.findall(r"bookworm-arm64-installed-\S+ (\d+) s", (roots.ROOTS / "build-times.log").read_text())
+    print(
+        f"\narm64 under qemu ({QEMU_CPU}): install {build[-1] if build else '?'} s (cached since), "
+        f"start to online {online:.1f} s, first request to finished {spoken:.1f} s ({seconds:.1f} s of speech)"
+    )
