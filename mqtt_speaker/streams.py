@@ -106,6 +106,16 @@ class Streams:
                 "seq",
             )
             return
+        waiting = sum(len(early.text) for early in stream.waiting.values())
+        if chunk.seq > stream.next_seq and stream.text.length + waiting + len(chunk.text) > self._settings.max_length:
+            self._error(
+                ErrorCode.TEXT_TOO_LONG,
+                f"text: stream {chunk.id!r}: the chunks waiting for seq {stream.next_seq} would pass the limit of "
+                f"{self._settings.max_length} characters; seq {chunk.seq} is not kept",
+                chunk.id,
+                "text",
+            )
+            return
         stream.waiting[chunk.seq] = chunk
         self._drain(stream)
 

@@ -153,11 +153,12 @@ class Voice:
         self, engine: Engine, script: Script, voicing: Voicing
     ) -> tuple[AsyncGenerator[AudioChunk, None], bool]:
         """The script's audio from the cache (True) or from the engine, kept in the cache when complete.
-        Only a text complete before it is spoken is cached (its key is known); a stream is not.
+        Only a text complete before it is spoken is cached (its key is known); a stream still being
+        written is not.
         The cache is read in a worker thread: a long entry on an SD card must not stall the loop."""
         rate = self._output.sample_rate
         cache = self._cache
-        if cache is None or not cache.enabled or not script.request.cache or script.meter is not None:
+        if cache is None or not cache.enabled or not script.request.cache or not script.text.ended:
             return engine.synthesize(script, voicing, rate), False
         key = cache_key(engine.identity, script.request.model_copy(update={"segments": script.segments}), voicing, rate)
         hit = await asyncio.to_thread(cache.get, key)
