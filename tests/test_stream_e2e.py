@@ -291,3 +291,31 @@ def test_chunks_waiting_for_a_missing_seq_are_bounded_by_the_length_cap(
     chunk(daemon, "early", seq=1, text="Bye.", end=True)
     spoken_ok(daemon, "early")
     assert "".join(c.transcript for c in emulator.contexts.values()) == "Hi. Bye."
+
+
+def test_streams_open_at_once_are_capped(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env, stream__max_open="1")
+    chunk(daemon, "first", seq=0, text="The first stream. ")
+    chunk(daemon, "second", seq=0, text="The second stream.", end=True)
+    error = daemon.wait_for_error(lambda e: e["id"] == "second")
+    assert error["code"] == "too_many_streams" and "second" in error["message"]
+    assert daemon.events("second") == []
+    chunk(daemon, "first", seq=1, text="Ends here.", end=True)
+    spoken_ok(daemon, "first")
+
+
+def test_a_stream_dropped_in_quiet_mode_answers_its_next_chunk_with_an_error(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    daemon.observer.publish(daemon.topic("set/quiet"), "ON")
+    wait_until(lambda: daemon.states()[-1]["quiet"], 10, "quiet mode")
+    chunk(daemon, "hush", seq=0, text="Not now. ")
+    dropped = daemon.wait_terminal("hush")
+    assert (dropped["event_type"], dropped["reason"]) == ("dropped", "quiet")
+    chunk(daemon, "hush", seq=1, text="Still not.", end=True)
+    error = daemon.wait_for_error(lambda e: e["code"] == "stream_ended")
+    assert error["id"] == "hush" and "dropped" in error["message"]
+    assert emulator.contexts == {}
