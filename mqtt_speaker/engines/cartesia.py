@@ -315,8 +315,10 @@ class CartesiaEngine:
 
         async def feed() -> None:
             current: _Context | None = None
+            at = script.start  # where the piece being sent starts
             try:
                 async for piece in script.pieces(continuations=True):
+                    at = Position(piece.segment, piece.offset)
                     if current is not None and (current.segment != piece.segment or current.closing):
                         current = None
                     if current is None:
@@ -329,8 +331,8 @@ class CartesiaEngine:
                 await ahead.put(None)
             except asyncio.CancelledError:  # the reader is done with this attempt and cleans up
                 raise
-            except WebSocketException:
-                await ahead.put(None)  # the reader finds the socket closed
+            except WebSocketException as exc:  # after what is in flight, the rest goes on from this piece
+                await ahead.put(_Lost(at.segment, False, f"closed the socket ({exc})", at.offset))
             except Exception as exc:  # the cost guard refused the next piece, say: what was pushed plays first
                 if current is not None and not current.closing and not closed.done():
                     with contextlib.suppress(WebSocketException):
