@@ -51,7 +51,7 @@ class Writer:
     def write(self, stream_id: str, pieces: list[str], pause_after: int | None = None) -> list[float]:
         published = []
         for seq, text in enumerate(pieces):
-            chunk: dict[str, Any] = {"id": stream_id, "seq": seq, "text": text, "cache": False}
+            chunk: dict[str, Any] = {"id": stream_id, "seq": seq, "text": text}
             if seq == len(pieces) - 1:
                 chunk["end"] = True
             self._observer.publish(self._topic, json.dumps(chunk))

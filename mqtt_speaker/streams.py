@@ -74,6 +74,17 @@ class Streams:
             stream = self._open_stream(chunk)
             if stream is None or chunk.id not in self._open:  # not opened, or dropped at once (quiet, ...)
                 return
+        elif chunk.say_fields:
+            names = ", ".join(chunk.say_fields)
+            self._report(
+                ErrorReport(
+                    code=ErrorCode.UNKNOWN_FIELD,
+                    message=f"{names}: only the chunk that opens stream {chunk.id!r} sets these; ignored",
+                    id=chunk.id,
+                    field=names,
+                    severity="warning",
+                )
+            )
         self._arrive(stream, chunk)
 
     def _open_stream(self, chunk: StreamChunk) -> _Stream | None:

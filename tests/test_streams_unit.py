@@ -73,3 +73,18 @@ def test_a_chunk_after_the_request_ended_gets_an_error_naming_the_stream() -> No
     (error,) = h.errors
     assert error.code.value == "stream_ended" and error.id == "s" and "finished" in error.message
     assert "".join(s.text for s in h.text.segments()) == "Hello."
+
+
+def test_say_fields_on_a_later_chunk_are_ignored_with_a_warning() -> None:
+    async def run() -> Harness:
+        h = Harness()
+        h.streams.receive(chunk(seq=0, text="Hello. ", priority="high", voice="v1"))
+        h.streams.receive(chunk(seq=1, text="Again.", priority="low", end=True))
+        return h
+
+    h = asyncio.run(run())
+    request, text = h.submitted[0]
+    assert (request.priority.value, request.voice) == ("high", "v1")  # the opening chunk's
+    (warning,) = h.errors
+    assert (warning.code.value, warning.field, warning.severity) == ("unknown_field", "priority", "warning")
+    assert "".join(s.text for s in text.segments()) == "Hello. Again."
