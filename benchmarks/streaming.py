@@ -51,7 +51,7 @@ class Writer:
     def write(self, stream_id: str, pieces: list[str], pause_after: int | None = None) -> list[float]:
         published = []
         for seq, text in enumerate(pieces):
-            chunk: dict[str, Any] = {"id": stream_id, "seq": seq, "text": text, "cache": False}
+            chunk: dict[str, Any] = {"id": stream_id, "seq": seq, "text": text}
             if seq == len(pieces) - 1:
                 chunk["end"] = True
             self._observer.publish(self._topic, json.dumps(chunk))
@@ -90,6 +90,7 @@ def run(count: int) -> dict[str, Any]:
     first_ms: list[float] = []
     usual_ms: list[float] = []
     gaps_ms: list[float] = []
+    usual_gaps_ms: list[float] = []  # the same reply as one say: what the machine's audio path does alone
     seams_ms: list[float] = []
     contexts: list[int] = []
     try:
@@ -113,6 +114,7 @@ def run(count: int) -> dict[str, Any]:
 
             # The usual approach: the same reply written at the same pace, said when it is complete.
             capture.quiet_for(0.3)
+            start = capture.samples()
             began = time.monotonic()
             written = began + end_of_first * WORD_INTERVAL
             time.sleep(len(pieces) * WORD_INTERVAL)
@@ -120,6 +122,9 @@ def run(count: int) -> dict[str, Any]:
             usual_ms.append((capture.onset_after(written) - written - FIRST_CHUNK) * 1000)
             daemon.wait_terminal(f"usual{n}", timeout=120)
             capture.quiet_for(0.3, timeout=120)
+            x = capture.signal(start)
+            region = sound_regions(x)
+            usual_gaps_ms.append(longest_gap(x[region[0].start : region[-1].end]) * 1000)
 
             # A writer that stalls for 3 s in the middle of the second sentence (after "... washing machine").
             stall_at = end_of_first + 3
@@ -143,9 +148,10 @@ def run(count: int) -> dict[str, Any]:
         "first_sentence_to_audio_ms": summary(first_ms),
         "usual_first_sentence_to_audio_ms": summary(usual_ms),
         "largest_gap_in_stream_ms": summary(gaps_ms),
+        "usual_largest_gap_ms": summary(usual_gaps_ms),
         "seam_after_stall_ms": summary(seams_ms),
         "contexts_per_reply": contexts,
-        "raw": {"first": first_ms, "usual": usual_ms, "gaps": gaps_ms, "seams": seams_ms},
+        "raw": {"first": first_ms, "usual": usual_ms, "gaps": gaps_ms, "usual_gaps": usual_gaps_ms, "seams": seams_ms},
     }
 
 
@@ -155,10 +161,10 @@ def _met(flag: bool) -> str:
 
 def table(r: dict[str, Any]) -> str:
     first, usual = r["first_sentence_to_audio_ms"], r["usual_first_sentence_to_audio_ms"]
-    gap, seam = r["largest_gap_in_stream_ms"], r["seam_after_stall_ms"]
+    gap, seam, usual_gap = r["largest_gap_in_stream_ms"], r["seam_after_stall_ms"], r["usual_largest_gap_ms"]
     rows = [
         ("first sentence published -> first audio (ms)", usual, first, f"within 50 ms: {_met(first['median'] <= 50)}"),
-        ("largest gap inside a stream (ms)", None, gap, f"under 10 ms: {_met(gap['median'] < 10)}"),
+        ("largest gap inside the reply (ms)", usual_gap, gap, f"under 10 ms: {_met(gap['median'] < 10)}"),
         ("seam after a 3 s stall (ms)", None, seam, f"within 20 ms: {_met(seam['median'] <= 20)}"),
     ]
     lines = [

@@ -142,12 +142,16 @@ def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
 
 def stream_stdin(publish: Callable[[str], Any], opening: dict[str, Any]) -> None:
     """Publish standard input as say/stream chunks as it arrives: whatever one read returns (mid-line
-    too: a language model writes no newline for a long while), with seq; `end` at end of input."""
+    too: a language model writes no newline for a long while), with seq; `end` at end of input (or at
+    Ctrl-C)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     fd = sys.stdin.fileno()
     seq = 0
     while True:
-        data = os.read(fd, 4096)  # returns what is there, without waiting for a full buffer or a line
+        try:
+            data = os.read(fd, 4096)  # returns what is there, without waiting for a full buffer or a line
+        except KeyboardInterrupt:  # Ctrl-C: the stream ends here; what was sent is still spoken
+            data = b""
         text = decoder.decode(data, final=not data)
         if text or not data:
             chunk = {**(opening if seq == 0 else {"id": opening["id"]}), "seq": seq, "text": text}

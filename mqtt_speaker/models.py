@@ -429,6 +429,7 @@ class StreamChunk(BaseModel):
     emotion: str | None
     end: bool
     request: SayRequest = Field(description="The say fields (used when the chunk opens the stream)")
+    say_fields: list[str] = Field(description="The say fields the chunk gave (beyond id, seq, text, emotion, end)")
     warnings: list[Warning_]
 
 
@@ -463,6 +464,7 @@ def parse_chunk(payload: bytes, *, max_text_length: int) -> StreamChunk:
         volume=_clamped(body.generation_volume, GENERATION_VOLUME_RANGE, "generation_volume", warnings),
     )
     request = _request(body, request_id, (segment,), warnings)
+    say_fields = sorted(set(obj) & set(_SayPayload.model_fields) - {"id", "text", "emotion"})
     return StreamChunk(
         id=request_id,
         seq=body.seq,
@@ -470,6 +472,7 @@ def parse_chunk(payload: bytes, *, max_text_length: int) -> StreamChunk:
         emotion=emotion,
         end=body.end,
         request=request,
+        say_fields=say_fields,
         warnings=warnings,
     )
 

@@ -7,7 +7,6 @@ import os
 import re
 import socket
 import tomllib
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,7 +19,7 @@ from pydantic_settings import (
 )
 
 from mqtt_speaker.emotions import EMOTIONS
-from mqtt_speaker.engines.registry import EngineName
+from mqtt_speaker.engines.registry import EngineChoice, EngineName
 
 DEFAULT_CONFIG_PATH = Path("/etc/mqtt-speaker/config.toml")
 DEFAULT_VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
@@ -29,13 +28,6 @@ TOPIC_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 
 class ConfigError(Exception):
     """The configuration file or the environment holds something that cannot be used."""
-
-
-class EngineChoice(StrEnum):
-    AUTO = "auto"
-    CARTESIA = "cartesia"
-    PIPER = "piper"
-    ESPEAK = "espeak"
 
 
 def topic_levels(value: str) -> str:

@@ -4,7 +4,8 @@ The first chunk of an id opens the stream: a request is queued whose text is the
 Chunks are applied in `seq` order: a repeated seq is ignored (QoS 1 may deliver twice), a missing one
 is waited for `gap_wait` seconds and then skipped with a warning; without seq, arrival order. `end`
 (or `timeout` seconds without a chunk, with a `stream_timeout` warning) ends the text. Once the
-request has ended (finished, interrupted, dropped, failed) further chunks get a `stream_ended` error.
+request has ended (finished, interrupted, dropped, failed) further chunks get a `stream_ended` error,
+for as long as a request id is remembered (`dedupe_window`).
 Event loop only; every map here is bounded (max_open, and the ended ids are kept for a while).
 """
 
@@ -21,7 +22,6 @@ from mqtt_speaker.settings import StreamSettings
 from mqtt_speaker.text import LiveText
 
 LOG = logging.getLogger(__name__)
-ENDED_KEPT = 600.0  # seconds an ended stream's id is remembered (to answer late chunks)
 ENDED_MAX = 1000
 
 
@@ -44,8 +44,11 @@ class Streams:
         settings: StreamSettings,
         submit: Callable[[SayRequest, LiveText], None],
         report_error: Callable[[ErrorReport], None],
+        *,
+        remember_for: float,
     ) -> None:
         self._settings = settings
+        self._remember_for = remember_for  # an ended stream's id, like any request id (the dedupe window)
         self._submit = submit
         self._report = report_error
         self._open: dict[str, _Stream] = {}
@@ -71,6 +74,17 @@ class Streams:
             stream = self._open_stream(chunk)
             if stream is None or chunk.id not in self._open:  # not opened, or dropped at once (quiet, ...)
                 return
+        elif chunk.say_fields:
+            names = ", ".join(chunk.say_fields)
+            self._report(
+                ErrorReport(
+                    code=ErrorCode.UNKNOWN_FIELD,
+                    message=f"{names}: only the chunk that opens stream {chunk.id!r} sets these; ignored",
+                    id=chunk.id,
+                    field=names,
+                    severity="warning",
+                )
+            )
         self._arrive(stream, chunk)
 
     def _open_stream(self, chunk: StreamChunk) -> _Stream | None:
@@ -104,6 +118,16 @@ class Streams:
                 f"at most {self._settings.max_seq_ahead} ahead); chunk ignored",
                 chunk.id,
                 "seq",
+            )
+            return
+        waiting = sum(len(early.text) for early in stream.waiting.values())
+        if chunk.seq > stream.next_seq and stream.text.length + waiting + len(chunk.text) > self._settings.max_length:
+            self._error(
+                ErrorCode.TEXT_TOO_LONG,
+                f"text: stream {chunk.id!r}: the chunks waiting for seq {stream.next_seq} would pass the limit of "
+                f"{self._settings.max_length} characters; seq {chunk.seq} is not kept",
+                chunk.id,
+                "text",
             )
             return
         stream.waiting[chunk.seq] = chunk
@@ -188,7 +212,7 @@ class Streams:
 
     def _remember(self, stream_id: str, how: str) -> None:
         now = time.monotonic()
-        self._ended = {k: v for k, v in self._ended.items() if now - v[0] < ENDED_KEPT}
+        self._ended = {k: v for k, v in self._ended.items() if now - v[0] < self._remember_for}
         while len(self._ended) >= ENDED_MAX:
             self._ended.pop(next(iter(self._ended)))
         self._ended[stream_id] = (now, how)
@@ -197,10 +221,11 @@ class Streams:
 
     def on_event(self, event: Event) -> None:
         """A stream's request ended (finished, interrupted, dropped, failed): the stream ends with it."""
-        if event.event_type in TERMINAL_EVENTS and event.id in self._open:
+        if event.event_type not in TERMINAL_EVENTS:
+            return
+        if event.id in self._open:
             self._finish(event.id, event.event_type.value)
-            self._remember(event.id, event.event_type.value)
-        elif event.event_type in TERMINAL_EVENTS and event.id in self._ended:
+        elif event.id in self._ended:  # ended by `end` or the timeout; now its request has ended too
             self._remember(event.id, event.event_type.value)
 
     def close(self) -> None:

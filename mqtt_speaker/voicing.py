@@ -81,10 +81,13 @@ class Voice:
         whole = job.request.model_copy(update={"segments": job.text.segments()})
         return self._charge(engine, whole, "", job.text.length)
 
-    def _charge(self, engine: Engine, request: SayRequest, what: str, chars: int) -> ErrorReport | None:
+    def _charge(
+        self, engine: Engine, request: SayRequest, what: str, chars: int, *, whole: bool = True
+    ) -> ErrorReport | None:
         """Count the `chars` `engine` is about to be paid for; the error instead, if that would pass a
-        limit. Free: an engine that does not bill, one known to be down (a fallback speaks), a cache hit."""
-        if not engine.billed or engine.problem() is not None or self._in_cache(engine, request):
+        limit. Free: an engine that does not bill, one known to be down (a fallback speaks), a cache hit
+        (when `whole`: the chars are the request's whole text, so its cache key is known)."""
+        if not engine.billed or engine.problem() is not None or (whole and self._in_cache(engine, request)):
             return None
         now = time.monotonic()
         while self._billed and now - self._billed[0][0] > 3600:
@@ -106,7 +109,7 @@ class Voice:
         """The cost guard for a text still arriving: each piece is charged as it is pushed."""
 
         def charge(piece: Piece) -> None:
-            refused = self._charge(engine, request, "", len(piece.text))
+            refused = self._charge(engine, request, "", len(piece.text), whole=False)
             if refused is not None:  # everything before this piece was pushed: the rest goes on from here
                 self._report_error(refused)
                 raise SynthesisError(
@@ -117,7 +120,7 @@ class Voice:
 
     def _in_cache(self, engine: Engine, request: SayRequest) -> bool:
         cache = self._cache
-        if cache is None or not cache.enabled or not request.cache or not request.segments:
+        if cache is None or not cache.enabled or not request.cache:
             return False
         return cache.has(cache_key(engine.identity, request, self._voicing(request), self._output.sample_rate))
 
@@ -153,11 +156,12 @@ class Voice:
         self, engine: Engine, script: Script, voicing: Voicing
     ) -> tuple[AsyncGenerator[AudioChunk, None], bool]:
         """The script's audio from the cache (True) or from the engine, kept in the cache when complete.
-        Only a text complete before it is spoken is cached (its key is known); a stream is not.
+        Only a text complete before it is spoken is cached (its key is known); a stream still being
+        written is not.
         The cache is read in a worker thread: a long entry on an SD card must not stall the loop."""
         rate = self._output.sample_rate
         cache = self._cache
-        if cache is None or not cache.enabled or not script.request.cache or script.meter is not None:
+        if cache is None or not cache.enabled or not script.request.cache or not script.text.ended:
             return engine.synthesize(script, voicing, rate), False
         key = cache_key(engine.identity, script.request.model_copy(update={"segments": script.segments}), voicing, rate)
         hit = await asyncio.to_thread(cache.get, key)

@@ -264,3 +264,58 @@ def test_say_stream_speaks_a_pipe_as_it_is_written_mid_line(
     spoken = "".join(c.transcript for c in sorted(emulator.contexts.values(), key=lambda c: c.first_chunk_at or 0))
     assert spoken == "The kettle has boiled. Your tea is ready, with a biscuit."
     assert terminal_events(daemon, "piped") == ["finished"]
+
+
+def test_a_stream_still_being_written_is_not_cached(make_daemon: Callable[..., Daemon], pulse: PulseAudio) -> None:
+    daemon = make_daemon({"MQTT_SPEAKER_CACHE__ENABLED": "true"})  # espeak-ng: free, so no cost guard either
+    chunk(daemon, "live", seq=0, text="Hello there. ")
+    daemon.wait_for_event("live", "started")
+    chunk(daemon, "live", seq=1, text="And some more words after it.", end=True)
+    spoken_ok(daemon, "live")
+    # The same first sentence as a say: not the stream's audio from the cache (its text was not known).
+    daemon.say(json.dumps({"id": "plain", "text": "Hello there. "}))
+    assert daemon.wait_for_event("plain", "started")["cached"] is False
+    spoken_ok(daemon, "plain")
+    daemon.say(json.dumps({"id": "again", "text": "Hello there. "}))
+    assert daemon.wait_for_event("again", "started")["cached"] is True  # a complete text is cached
+
+
+def test_chunks_waiting_for_a_missing_seq_are_bounded_by_the_length_cap(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env, stream__max_length="30", stream__gap_wait="5")
+    chunk(daemon, "early", seq=0, text="Hi. ")
+    chunk(daemon, "early", seq=2, text="x" * 28)
+    error = daemon.wait_for_error(lambda e: e["id"] == "early")
+    assert (error["code"], error["field"]) == ("text_too_long", "text") and "seq 2 is not kept" in error["message"]
+    chunk(daemon, "early", seq=1, text="Bye.", end=True)
+    spoken_ok(daemon, "early")
+    assert "".join(c.transcript for c in emulator.contexts.values()) == "Hi. Bye."
+
+
+def test_streams_open_at_once_are_capped(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env, stream__max_open="1")
+    chunk(daemon, "first", seq=0, text="The first stream. ")
+    chunk(daemon, "second", seq=0, text="The second stream.", end=True)
+    error = daemon.wait_for_error(lambda e: e["id"] == "second")
+    assert error["code"] == "too_many_streams" and "second" in error["message"]
+    assert daemon.events("second") == []
+    chunk(daemon, "first", seq=1, text="Ends here.", end=True)
+    spoken_ok(daemon, "first")
+
+
+def test_a_stream_dropped_in_quiet_mode_answers_its_next_chunk_with_an_error(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    daemon.observer.publish(daemon.topic("set/quiet"), "ON")
+    wait_until(lambda: daemon.states()[-1]["quiet"], 10, "quiet mode")
+    chunk(daemon, "hush", seq=0, text="Not now. ")
+    dropped = daemon.wait_terminal("hush")
+    assert (dropped["event_type"], dropped["reason"]) == ("dropped", "quiet")
+    chunk(daemon, "hush", seq=1, text="Still not.", end=True)
+    error = daemon.wait_for_error(lambda e: e["code"] == "stream_ended")
+    assert error["id"] == "hush" and "dropped" in error["message"]
+    assert emulator.contexts == {}

@@ -61,7 +61,7 @@ class NativeTopics:
         self._publish = publish
         self.report = report
         self._spawn = spawn
-        self.streams = Streams(settings.stream, speaker.submit, report)
+        self.streams = Streams(settings.stream, speaker.submit, report, remember_for=settings.dedupe_window)
 
     def on_event(self, event: Event) -> None:
         """A request's event: out on the event topic (and a stream ends with its request)."""

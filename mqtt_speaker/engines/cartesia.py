@@ -315,8 +315,10 @@ class CartesiaEngine:
 
         async def feed() -> None:
             current: _Context | None = None
+            at = script.start  # where the piece being sent starts
             try:
                 async for piece in script.pieces(continuations=True):
+                    at = Position(piece.segment, piece.offset)
                     if current is not None and (current.segment != piece.segment or current.closing):
                         current = None
                     if current is None:
@@ -327,15 +329,15 @@ class CartesiaEngine:
                         await ahead.put(current)
                     await current.push(piece.text, closes=piece.closes)
                 await ahead.put(None)
-            except WebSocketException:
-                await ahead.put(None)  # the reader finds the socket closed
-            except BaseException as exc:
+            except asyncio.CancelledError:  # the reader is done with this attempt and cleans up
+                raise
+            except WebSocketException as exc:  # after what is in flight, the rest goes on from this piece
+                await ahead.put(_Lost(at.segment, False, f"closed the socket ({exc})", at.offset))
+            except Exception as exc:  # the cost guard refused the next piece, say: what was pushed plays first
                 if current is not None and not current.closing and not closed.done():
                     with contextlib.suppress(WebSocketException):
                         await current.close()
                 await ahead.put(exc)
-                if not isinstance(exc, Exception):
-                    raise
 
         feeder = asyncio.create_task(feed(), name="cartesia-feed")
         record: _Context | None = None
@@ -372,18 +374,30 @@ class CartesiaEngine:
         step: asyncio.Future[Any] | None = None  # kept across waits: a cancelled anext() ends the SDK's generator
         try:
             while True:
-                waiting_for_text = record.idle
-                if waiting_for_text:
+                waiting_for_text = record.idle or not record.asked
+                timeout: float | None
+                if not record.asked:  # opened ahead, its first input not sent yet: nothing is due
+                    timeout = None
+                elif record.idle:
                     timeout = max(0.0, record.last_audio + CLOSE_IDLE - time.monotonic())
                 else:
                     timeout = self._settings.chunk_timeout if record.heard else self._settings.first_chunk_timeout
                 if step is None:
                     step = asyncio.ensure_future(anext(events))
-                finished, _ = await asyncio.wait({step, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                waits: set[asyncio.Future[Any]] = {step, closed}
+                if not record.asked:
+                    waits.add(asyncio.ensure_future(record.asking.wait()))
+                try:
+                    finished, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in waits - {step, closed}:
+                        waiter.cancel()
                 if step not in finished and closed in finished:
                     # The SDK's reader has stopped: whatever it queued for this context is there already.
                     await asyncio.wait({step}, timeout=0.05)
                 if not step.done():
+                    if finished - {step, closed}:  # its first input has just been sent: audio is due from now on
+                        continue
                     if closed.done():
                         raise record.lost(record.heard, "closed the socket", rate)
                     if waiting_for_text or record.idle:
@@ -467,6 +481,7 @@ class _Context:
         self.received = 0  # samples
         self.words: list[tuple[str, float]] = []  # (word, end in seconds), from the timestamps events
         self.last_audio = time.monotonic()
+        self.asking = asyncio.Event()  # set when its first input is sent
         self.out: asyncio.Queue[Pcm | BaseException | None] = asyncio.Queue()  # bounded by the stream's length cap
         self.pump: asyncio.Task[None]
 
@@ -475,9 +490,14 @@ class _Context:
         """Open, and everything pushed has been spoken: it waits for the writer."""
         return not self.closing and self.flushes > 0 and self.flushed >= self.flushes
 
+    @property
+    def asked(self) -> bool:
+        return self.asking.is_set()
+
     async def push(self, text: str, *, closes: bool) -> None:
         # The bookkeeping first: the reader must not find the context idle while the push is on its way.
         self.transcript += text
+        self.asking.set()
         if closes:
             self.closing = True
             await self.ctx.push(text, continue_=False)
@@ -488,6 +508,7 @@ class _Context:
 
     async def close(self) -> None:
         self.closing = True
+        self.asking.set()
         await self.ctx.push("", continue_=False)
 
     def lost(self, partial: bool, reason: str, rate: int) -> _Lost:

@@ -5,14 +5,23 @@ The engine modules are imported only when an engine is built (Cartesia's SDK and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, get_args
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from mqtt_speaker.engines.base import Engine
     from mqtt_speaker.settings import Settings
 
 EngineName = Literal["cartesia", "piper", "espeak"]
-ENGINE_NAMES: tuple[EngineName, ...] = get_args(EngineName)
+
+
+class EngineChoice(StrEnum):
+    """The `engine` setting: one of the engines, or auto (Cartesia with a key, else Piper, else espeak-ng)."""
+
+    AUTO = "auto"
+    CARTESIA = "cartesia"
+    PIPER = "piper"
+    ESPEAK = "espeak"
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
