@@ -91,6 +91,7 @@ class Daemon:
             on_message=self._on_message,
             on_connected=self._on_connected,
             on_problem=self._notifier.status,
+            on_dropped=lambda message: self.report(ErrorReport(code=ErrorCode.MESSAGES_DROPPED, message=message)),
         )
 
     # ---------------------------------------------------------------------------------- publishing

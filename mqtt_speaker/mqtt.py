@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from mqtt_speaker.settings import ConfigError, MqttSettings
 
 LOG = logging.getLogger(__name__)
+INBOUND_LIMIT = 2000  # messages handed over by paho's thread and not yet handled on the loop
+OUTBOUND_LIMIT = 1000  # messages paho holds for the broker (in flight, or waiting for a reconnect)
+QUEUED = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)  # NO_CONN at QoS 1: kept, sent after the reconnect
 
 
 @dataclass(frozen=True)
@@ -110,16 +114,28 @@ class MqttLink:
         on_message: Callable[[Inbound], None],
         on_connected: Callable[[], None],
         on_problem: Callable[[str], None],
+        on_dropped: Callable[[str], None] = lambda _message: None,
+        inbound_limit: int = INBOUND_LIMIT,
+        outbound_limit: int = OUTBOUND_LIMIT,
     ) -> None:
         self._settings = settings
         self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connected = on_connected
         self._on_problem = on_problem
+        self._on_dropped = on_dropped
+        self._inbound_limit = inbound_limit
+        self._inbound_lock = threading.Lock()
+        self._inbound_pending = 0  # handed over, not yet handled (paho's thread adds, the loop subtracts)
+        self._inbound_dropped = 0  # since the last report
+        self.dropped_inbound = 0
+        self.dropped_outbound = 0
+        self._outbound_dropped = 0  # since the last report
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_problem: str | None = None
         self.connected = False
         self._client = new_client(settings, client_id)
+        self._client.max_queued_messages_set(outbound_limit)
         self._client.will_set(will.topic, will.payload, qos=1, retain=True)
         self._client.on_connect = self._paho_connect
         self._client.on_disconnect = self._paho_disconnect
@@ -155,9 +171,25 @@ class MqttLink:
         self._hand_over(self._problem, f"cannot reach the broker at {s.host}:{s.port}{why}; {retry}")
 
     def _paho_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
-        self._hand_over(self._on_message, Inbound(message.topic, bytes(message.payload), bool(message.retain)))
+        with self._inbound_lock:  # bounded: a flood, or a stalled loop, must not grow memory without limit
+            if self._inbound_pending >= self._inbound_limit:
+                self._inbound_dropped += 1
+                self.dropped_inbound += 1
+                return
+            self._inbound_pending += 1
+        self._hand_over(self._deliver, Inbound(message.topic, bytes(message.payload), bool(message.retain)))
 
     # the event loop --------------------------------------------------------------------------------
+
+    def _deliver(self, message: Inbound) -> None:
+        with self._inbound_lock:
+            self._inbound_pending -= 1
+            dropped, self._inbound_dropped = self._inbound_dropped, 0
+        if dropped:
+            self._on_dropped(
+                f"{dropped} inbound messages were dropped: more than {self._inbound_limit} waited to be handled"
+            )
+        self._on_message(message)
 
     def _connected(self) -> None:
         self.connected = True
@@ -190,8 +222,18 @@ class MqttLink:
         self._client.loop_start()
 
     def publish(self, topic: str, payload: str, *, retain: bool = False, qos: int = 1) -> None:
-        """Queue a message; paho sends it now, or after the reconnect when the broker is away (QoS 1)."""
-        self._client.publish(topic, payload, qos=qos, retain=retain)
+        """Queue a message; paho sends it now, or after the reconnect when the broker is away (QoS 1).
+        Past OUTBOUND_LIMIT waiting messages it is dropped, counted and logged (once per run of drops)."""
+        rc = self._client.publish(topic, payload, qos=qos, retain=retain).rc
+        if rc in QUEUED:
+            if self._outbound_dropped:
+                LOG.warning("%d outgoing messages were dropped while paho's queue was full", self._outbound_dropped)
+                self._outbound_dropped = 0
+            return
+        self.dropped_outbound += 1
+        self._outbound_dropped += 1
+        if self._outbound_dropped == 1:
+            LOG.warning("dropping outgoing messages (%s), the first on %s", paho.error_string(rc), topic)
 
     async def stop(self, last_words: tuple[str, str] | None = None) -> None:
         """Publish `last_words` (topic, payload, retained) if connected, then disconnect cleanly."""
