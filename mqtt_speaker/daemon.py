@@ -73,6 +73,8 @@ class Daemon:
         self._errors_in_window = 0
         self._suppressed = 0
         self._background: set[asyncio.Task[None]] = set()
+        self._rediscovery: asyncio.TimerHandle | None = None  # discovery sent again after Home Assistant's birth
+        self._stopping = False  # from here on nothing says `online`: `offline` is, or is about to be, the last word
         self.speaker = Speaker(
             engines,
             output,
@@ -139,6 +141,8 @@ class Daemon:
 
     def _announce(self) -> None:
         """Availability, state and Home Assistant discovery, all retained."""
+        if self._stopping:
+            return
         self._link.publish(self._topics.availability, ONLINE, retain=True)
         self._publish_state(force=True)
         for topic, payload in discovery_messages(self._settings, self._topics):
@@ -147,10 +151,12 @@ class Daemon:
     def _on_homeassistant_status(self, payload: bytes) -> None:
         """Home Assistant (re)started: send discovery again, after a short random delay (as it advises,
         so that a house full of devices does not answer all at once)."""
-        if payload.strip().lower() == b"online":
+        if payload.strip().lower() == b"online" and not self._stopping:
             delay = random.uniform(0.5, 3.0)
             LOG.info("Home Assistant is online: sending discovery again in %.1f s", delay)
-            asyncio.get_running_loop().call_later(delay, self._announce)
+            if self._rediscovery is not None:
+                self._rediscovery.cancel()
+            self._rediscovery = asyncio.get_running_loop().call_later(delay, self._announce)
         self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self.speaker.engine_in_use()})")
 
     # ------------------------------------------------------------------------------------- inbound
@@ -244,6 +250,9 @@ class Daemon:
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        self._stopping = True
+        if self._rediscovery is not None:
+            self._rediscovery.cancel()
         self._notifier.stopping()
         await self.speaker.shutdown(grace=1.5)
         for task in self._background:  # cache warming: it must not reopen a socket being closed
