@@ -4,12 +4,12 @@ never publishes `online` after the shutdown began."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 
 import pytest
 
-from mqtt_speaker import daemon as daemon_module
 from tests.conftest import Broker, Observer
 from tests.inprocess import local_daemon, local_settings, until
 
@@ -19,7 +19,7 @@ def test_no_online_after_the_shutdown_began(
 ) -> None:
     settings = local_settings(broker, workdir)
     availability = f"mqtt-speaker/{settings.site}/availability"
-    monkeypatch.setattr(daemon_module.random, "uniform", lambda _low, _high: 0.3)
+    monkeypatch.setattr(random, "uniform", lambda _low, _high: 0.3)
     stop_requested: list[float] = []
 
     async def main() -> None:
