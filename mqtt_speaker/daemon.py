@@ -20,6 +20,7 @@ from mqtt_speaker.models import (
     ErrorReport,
     Event,
     RequestRejected,
+    SayRequest,
     parse_clear,
     parse_emotion,
     parse_quiet,
@@ -35,6 +36,7 @@ from mqtt_speaker.systemd import Notifier
 from mqtt_speaker.topics import Command, Topics
 
 LOG = logging.getLogger(__name__)
+WARM_QUEUE = 8  # cache/warm lists waiting for the one warmer (each holds at most 100 texts)
 ONLINE, OFFLINE = "online", "offline"
 ONE_SHOT = frozenset(
     {Command.SAY, Command.STOP, Command.SKIP, Command.CLEAR, Command.CACHE_CLEAR, Command.CACHE_WARM}
@@ -72,7 +74,7 @@ class Daemon:
         self._error_window = 0.0
         self._errors_in_window = 0
         self._suppressed = 0
-        self._background: set[asyncio.Task[None]] = set()
+        self._warm_queue: asyncio.Queue[list[SayRequest]] = asyncio.Queue(WARM_QUEUE)
         self._rediscovery: asyncio.TimerHandle | None = None  # discovery sent again after Home Assistant's birth
         self._stopping = False  # from here on nothing says `online`: `offline` is, or is about to be, the last word
         self.speaker = Speaker(
@@ -206,9 +208,27 @@ class Daemon:
             case Command.CACHE_CLEAR:
                 speaker.clear_cache()
             case Command.CACHE_WARM:
-                requests = parse_warm(payload, max_text_length=self._settings.max_text_length)
-                self._background.add(task := asyncio.create_task(speaker.warm(requests)))
-                task.add_done_callback(self._background.discard)
+                self._queue_warm(parse_warm(payload, max_text_length=self._settings.max_text_length))
+
+    def _queue_warm(self, requests: list[SayRequest]) -> None:
+        """Hand a cache/warm list to the one warmer; refused at shutdown or when WARM_QUEUE lists wait."""
+        why = "the daemon is shutting down" if self._stopping else None
+        if why is None:
+            try:
+                self._warm_queue.put_nowait(requests)
+                return
+            except asyncio.QueueFull:
+                why = f"{WARM_QUEUE} cache/warm lists are already waiting"
+        self.report(ErrorReport(code=ErrorCode.QUEUE_FULL, message=f"cache warm: not done, {why}", field="warm"))
+
+    async def _warmer(self) -> None:
+        """The one task that warms the cache, a list at a time (cancelled at shutdown, before engines close)."""
+        while True:
+            requests = await self._warm_queue.get()
+            try:
+                await self.speaker.warm(requests)
+            except Exception:  # one bad list must not end warming for good
+                LOG.exception("cache warm failed unexpectedly")
 
     def _on_say(self, message: Inbound) -> None:
         try:
@@ -247,6 +267,7 @@ class Daemon:
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
         await asyncio.gather(*(engine.start() for engine in self._engines.values()))
         worker = asyncio.create_task(self.speaker.run(), name="speaker")
+        warmer = asyncio.create_task(self._warmer(), name="warmer")
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
@@ -255,9 +276,8 @@ class Daemon:
             self._rediscovery.cancel()
         self._notifier.stopping()
         await self.speaker.shutdown(grace=1.5)
-        for task in self._background:  # cache warming: it must not reopen a socket being closed
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        warmer.cancel()  # cache warming must not reopen a socket being closed
+        await asyncio.gather(warmer, return_exceptions=True)
         worker.cancel()
         crashed = None if worker.cancelled() or not worker.done() else worker.exception()
         await asyncio.gather(worker, return_exceptions=True)
