@@ -112,6 +112,9 @@ class Speaker:
         self._problems: dict[str, LastError] = {}
         self._last_error: LastError | None = None
         self._billed: collections.deque[tuple[float, int]] = collections.deque()  # (time, characters)
+        self._saving: asyncio.Future[None] | None = None  # the state file being written
+        self._save_again = False
+        self._clearing: asyncio.Future[int] | None = None  # cache/clear in a worker thread
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -147,10 +150,24 @@ class Speaker:
     def update_defaults(self, **changes: object) -> None:
         """set/volume, set/emotion, set/voice, set/quiet: applied, saved, and shown in the state."""
         self.defaults = self.defaults.model_copy(update=changes)
-        self.defaults.save(self._settings.state_file)
+        self._save_defaults()
         if self.defaults.quiet:
             self._drop_where(lambda job: job.request.priority is not Priority.CRITICAL, "quiet")
         self._on_change()
+
+    def _save_defaults(self) -> None:
+        """Write the state file in a worker thread, one write at a time, the latest defaults last."""
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.ensure_future(self._save_latest())
+        else:
+            self._save_again = True
+
+    async def _save_latest(self) -> None:
+        while True:
+            self._save_again = False
+            await asyncio.to_thread(self.defaults.save, self._settings.state_file)
+            if not self._save_again:
+                return
 
     # -------------------------------------------------------------------------------------- lifecycle
 
@@ -326,6 +343,8 @@ class Speaker:
         `interrupted` (within `grace` seconds)."""
         self._closing = True
         self._drop_where(lambda _job: True, "shutdown")
+        if self._saving is not None:
+            await asyncio.shield(self._saving)
         current = self._current
         if current is None:
             return
@@ -344,12 +363,13 @@ class Speaker:
             language=request.language or self._settings.cartesia.language,
         )
 
-    def _with_chime(self, job: Job, speech: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:
-        """The speech, after the chime when one is asked for (its synthesis starts at once, in parallel)."""
+    async def _with_chime(self, job: Job, speech: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:
+        """The speech, after the chime when one is asked for (its synthesis starts at once, in parallel).
+        A chime file is read in a worker thread."""
         request = job.request
         if request.chime is False:
             return speech
-        chime = self._sounds.chunks(request.chime, self._output.sample_rate)
+        chime = await asyncio.to_thread(self._sounds.chunks, request.chime, self._output.sample_rate)
         if chime is None:
             self._report_error(
                 ErrorReport(
@@ -438,7 +458,7 @@ class Speaker:
                 on_first_audio = functools.partial(
                     self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
                 )
-                stream = attempt.stream() if tried else self._with_chime(job, attempt.stream())
+                stream = attempt.stream() if tried else await self._with_chime(job, attempt.stream())
                 tried = True
                 async with contextlib.aclosing(stream) as chunks:
                     played = await self._output.play(chunks, Playback(request.id, on_first_audio, job.stop, gain))
@@ -508,8 +528,11 @@ class Speaker:
         LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, engine.name, latency)
 
     def clear_cache(self) -> None:
-        if self._cache is not None:
-            LOG.info("audio cache cleared: %d entries removed", self._cache.clear())
+        """cache/clear, in a worker thread (a thousand files on an SD card); one clear at a time."""
+        if self._cache is None or (self._clearing is not None and not self._clearing.done()):
+            return
+        self._clearing = asyncio.ensure_future(asyncio.to_thread(self._cache.clear))
+        self._clearing.add_done_callback(_log_cleared)
 
     async def warm(self, requests: list[SayRequest]) -> None:
         """Synthesize into the cache without playing (with the primary engine), one after the other."""
@@ -547,6 +570,15 @@ class Speaker:
                 stop_ms=round((time.monotonic() - interruption.at) * 1000),
             ),
         )
+
+
+def _log_cleared(done: asyncio.Future[int]) -> None:
+    if done.cancelled():
+        return
+    if (error := done.exception()) is not None:
+        LOG.warning("cannot clear the audio cache: %s", error)
+    else:
+        LOG.info("audio cache cleared: %d entries removed", done.result())
 
 
 @dataclass
