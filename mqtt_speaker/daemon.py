@@ -147,8 +147,15 @@ class Daemon:
             return
         self._link.publish(self._topics.availability, ONLINE, retain=True)
         self._publish_state(force=True)
-        for topic, payload in discovery_messages(self._settings, self._topics):
+        messages = discovery_messages(self._settings, self._topics)
+        remembered = self.speaker.defaults.discovery
+        for topic in sorted(set(remembered) - {topic for topic, _ in messages}):  # the other form's, say
+            self._link.publish(topic, "", retain=True)
+        for topic, payload in messages:
             self._link.publish(topic, payload, retain=True)
+        published = sorted(topic for topic, payload in messages if payload)
+        if published != remembered:
+            self.speaker.update_defaults(discovery=published)
 
     def _on_homeassistant_status(self, payload: bytes) -> None:
         """Home Assistant (re)started: send discovery again, after a short random delay (as it advises,

@@ -18,6 +18,9 @@ class RuntimeDefaults(BaseModel):
     emotion: str
     voice: str
     quiet: bool = False
+    discovery: list[str] = Field(
+        default_factory=list, description="Discovery topics last published with a config: cleared once not produced"
+    )
 
     @classmethod
     def load(cls, settings: Settings) -> RuntimeDefaults:
