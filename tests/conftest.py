@@ -240,6 +240,31 @@ class Daemon:
 # ------------------------------------------------------------------------------------------- fixtures
 
 
+def _snapshot(directory: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in directory.rglob("*")} if directory.is_dir() else {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def real_home_untouched() -> Iterator[None]:
+    """Fails the run (an error at the end) if anything wrote into the real ~/.local/state/mqtt-speaker."""
+    real = Path.home() / ".local" / "state" / "mqtt-speaker"
+    before = _snapshot(real)
+    yield
+    assert _snapshot(real) == before, f"a test wrote into {real}"
+
+
+@pytest.fixture(autouse=True)
+def own_state_and_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test, and every process it starts, has its own state directory and an empty config file:
+    nothing is written under ~/.local/state, nothing is read from /etc/mqtt-speaker."""
+    home = tmp_path_factory.mktemp("own")
+    empty = home / "empty.toml"
+    empty.write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    monkeypatch.setenv("MQTT_SPEAKER_CONFIG", str(empty))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def pulse() -> Iterator[PulseAudio]:
     server = PulseAudio().start()
