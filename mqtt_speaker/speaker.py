@@ -20,6 +20,8 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
+from cachetools import TTLCache
+
 from mqtt_speaker.audio import AudioDeviceError, Output, Playback
 from mqtt_speaker.cache import AudioCache, cache_key, recording, replay
 from mqtt_speaker.engines.base import AudioChunk, Engine, SynthesisError, Voicing
@@ -48,6 +50,8 @@ from mqtt_speaker.sounds import Sounds
 
 LOG = logging.getLogger(__name__)
 PREFETCH_CHUNKS = 256
+DEDUPE_MAX_IDS = 10_000  # ids remembered for the dedupe window at most; the oldest are forgotten first
+QUIET_HOURS_CHECK = 15.0  # seconds between looks at the clock for quiet hours beginning or ending
 
 
 @dataclass
@@ -108,7 +112,7 @@ class Speaker:
         self._wakeup = asyncio.Event()
         self._current: Job | None = None
         self._closing = False  # shutting down: nothing new is accepted or started
-        self._recent_ids: dict[str, float] = {}
+        self._recent_ids: TTLCache[str, bool] = TTLCache(DEDUPE_MAX_IDS, ttl=settings.dedupe_window)
         self._problems: dict[str, LastError] = {}
         self._last_error: LastError | None = None
         self._billed: collections.deque[tuple[float, int]] = collections.deque()  # (time, characters)
@@ -200,14 +204,7 @@ class Speaker:
         return ttl
 
     def _is_duplicate(self, request: SayRequest) -> bool:
-        if not request.id_given:
-            return False
-        now = time.monotonic()
-        window = self._settings.dedupe_window
-        self._recent_ids = {k: t for k, t in self._recent_ids.items() if now - t < window}
-        seen = request.id in self._recent_ids
-        self._recent_ids[request.id] = now
-        return seen
+        return request.id_given and request.id in self._recent_ids
 
     def submit(self, request: SayRequest) -> None:
         job = Job(request, next(self._seq))
@@ -239,6 +236,8 @@ class Speaker:
                 return self._drop(job, "queue_full")
             self._queue.remove(lowest)
             self._drop(lowest, "queue_full")
+        if request.id_given:  # remembered only once accepted: a retry after queue_full or quiet is spoken
+            self._recent_ids[request.id] = True
         job.deadline = time.monotonic() + remaining
         job.expiry = asyncio.get_running_loop().call_later(remaining, self._expire, job)
         self._queue.append(job)
@@ -314,6 +313,34 @@ class Speaker:
 
     async def run(self) -> None:
         """Speak queued requests one at a time until cancelled."""
+        watch = asyncio.create_task(self._watch_quiet_hours()) if self._settings.quiet_hours else None
+        try:
+            await self._work()
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+    async def _watch_quiet_hours(self) -> None:
+        """Quiet hours beginning or ending show in the state at once (and drop what waits, when they begin)."""
+        was = self.quiet_now()
+        while True:
+            await asyncio.sleep(QUIET_HOURS_CHECK)
+            if (now := self.quiet_now()) != was:
+                was = now
+                if now:
+                    self._drop_where(lambda job: job.request.priority is not Priority.CRITICAL, "quiet")
+                self._on_change()
+
+    def _dropped_at_dequeue(self, job: Job) -> bool:
+        if time.monotonic() >= job.deadline:
+            self._drop(job, "expired")
+            return True
+        if self.quiet_now() and job.request.priority is not Priority.CRITICAL:  # quiet hours began
+            self._drop(job, "quiet")
+            return True
+        return self._over_budget(job)
+
+    async def _work(self) -> None:
         while True:
             while not self._queue:
                 self._wakeup.clear()
@@ -321,13 +348,8 @@ class Speaker:
             job = self._queue.pop(0)
             if job.expiry is not None:
                 job.expiry.cancel()
-            if time.monotonic() >= job.deadline:
-                self._drop(job, "expired")
-                continue
-            if self.quiet_now() and job.request.priority is not Priority.CRITICAL:  # quiet hours began
-                self._drop(job, "quiet")
-                continue
-            if self._over_budget(job):
+            if self._dropped_at_dequeue(job):
+                self._on_change()  # queue_length changed
                 continue
             self._current = job
             self._on_change()
@@ -603,6 +625,9 @@ class _Attempt:
                 yield chunk
         except SynthesisError as exc:
             self.error = exc  # the audio so far plays out; the caller decides what comes next
+        except Exception as exc:  # a bug, or a library's own exception: the fallbacks are tried all the same
+            LOG.exception("the engine failed unexpectedly")
+            self.error = SynthesisError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         finally:
             await self._source.aclose()
 
