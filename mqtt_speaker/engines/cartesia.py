@@ -103,8 +103,16 @@ class _Lost(Exception):
     """The socket closed, went silent, or a context ended without `done`; `spoken_chars` of the
     segment's text had been delivered whole by then."""
 
-    def __init__(self, segment: int, partial: bool, reason: str, spoken_chars: int = 0) -> None:
+    def __init__(
+        self,
+        segment: int,
+        partial: bool,
+        reason: str,
+        spoken_chars: int = 0,
+        code: ErrorCode = ErrorCode.CARTESIA_UNREACHABLE,  # if the retry on a fresh socket is lost too
+    ) -> None:
         super().__init__(reason)
+        self.code = code
         self.segment = segment
         self.partial = partial
         self.reason = reason
@@ -270,7 +278,7 @@ class CartesiaEngine:
                     ) from lost
                 if attempt > 1:  # twice before any audio of the segment: the service, not this request
                     raise SynthesisError(
-                        ErrorCode.CARTESIA_UNREACHABLE,
+                        lost.code,
                         f"Cartesia {lost.reason} before segment {lost.segment} spoke, on a fresh socket too",
                     ) from lost
                 resume = lost.segment
@@ -364,7 +372,8 @@ class CartesiaEngine:
                     raise lost("closed the socket")
                 if heard:
                     raise lost(f"sent no audio for {timeout:.0f} s")
-                raise SynthesisError(ErrorCode.SYNTHESIS_TIMEOUT, f"Cartesia sent no audio within {timeout:.0f} s")
+                # Silent before any audio: retried once on a fresh socket, like a socket lost then.
+                raise _Lost(segment, False, f"sent no audio within {timeout:.0f} s", code=ErrorCode.SYNTHESIS_TIMEOUT)
             try:
                 event = step.result()
             except StopAsyncIteration:

@@ -1,0 +1,26 @@
+"""A Cartesia socket that stays silent before any audio is retried once on a fresh socket (README)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.cartesia_emulator import CartesiaEmulator, Fault
+from tests.conftest import Daemon, spoken_ok
+from tests.sound import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.fault
+def test_a_socket_silent_before_any_audio_is_retried_once_and_speaks(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env, CARTESIA__FIRST_CHUNK_TIMEOUT="1")
+    wait_until(lambda: emulator.open_connections() == 1, 10, "the warm socket")
+    emulator.behaviour.faults.append(Fault("silent", after_chunks=0))  # this context gets nothing, ever
+    daemon.say(b'{"id": "hushed", "text": "Silence first"}')
+    spoken_ok(daemon, "hushed")
+    assert len(emulator.contexts_for("Silence first")) == 2  # the silent attempt, and the retry
+    assert [e["event_type"] for e in daemon.events("hushed")] == ["queued", "started", "finished"]
