@@ -240,19 +240,6 @@ class Daemon:
 # ------------------------------------------------------------------------------------------- fixtures
 
 
-def _snapshot(directory: Path) -> dict[str, float]:
-    return {str(p): p.stat().st_mtime for p in directory.rglob("*")} if directory.is_dir() else {}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def real_home_untouched() -> Iterator[None]:
-    """Fails the run (an error at the end) if anything wrote into the real ~/.local/state/mqtt-speaker."""
-    real = Path.home() / ".local" / "state" / "mqtt-speaker"
-    before = _snapshot(real)
-    yield
-    assert _snapshot(real) == before, f"a test wrote into {real}"
-
-
 @pytest.fixture(autouse=True)
 def own_state_and_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test, and every process it starts, has its own state directory and an empty config file:
