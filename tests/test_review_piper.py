@@ -16,7 +16,7 @@ from mqtt_speaker.engines.piper import PiperEngine
 from mqtt_speaker.models import SayRequest, Segment
 from mqtt_speaker.settings import PiperSettings
 
-LONG_SENTENCE = " ".join(["The quick brown fox jumps over the lazy dog while the band plays on"] * 6) + "."
+LONG_SENTENCE = " ".join(["The quick brown fox jumps over the lazy dog while the band plays on"] * 3) + "."
 
 
 class Watched:
