@@ -509,7 +509,8 @@ class Speaker:
             error = last_error or SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, "no engine could speak it")
             if progress.started and error.code is not ErrorCode.SYNTHESIS_INTERRUPTED:
                 error = SynthesisError(ErrorCode.SYNTHESIS_INTERRUPTED, f"cut short: {error.message}")
-            return self._fail(job, ErrorReport(code=error.code, message=error.message, id=request.id), report=False)
+            failure = ErrorReport(code=error.code, message=error.message, id=request.id)
+            return self._fail(job, failure, report=False, played=played_total)
         if played_total == 0:
             return self._fail(job, ErrorReport(code=ErrorCode.SYNTHESIS_FAILED, message="no audio", id=request.id))
         self._set_problem("audio", None)
@@ -574,10 +575,11 @@ class Speaker:
                 continue
             LOG.info("cache warm %s: %s", request.id, "already there" if cached else "stored")
 
-    def _fail(self, job: Job, failure: ErrorReport, report: bool = True) -> None:
+    def _fail(self, job: Job, failure: ErrorReport, report: bool = True, played: float = 0.0) -> None:
         if report:
             self._report_error(failure)
-        self._end(job, FailedEvent(id=job.request.id, code=failure.code, message=failure.message))
+        duration = round(played * 1000)
+        self._end(job, FailedEvent(id=job.request.id, code=failure.code, message=failure.message, duration_ms=duration))
 
     def _interrupted(self, job: Job, played: float) -> None:
         interruption = job.interruption
