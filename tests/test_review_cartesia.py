@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cartesia_emulator import CartesiaEmulator, Fault
+from tests.cartesia_emulator import CartesiaEmulator, Fault, FaultKind
 from tests.conftest import Daemon, spoken_ok
 from tests.sound import wait_until
 
@@ -24,3 +24,16 @@ def test_a_socket_silent_before_any_audio_is_retried_once_and_speaks(
     spoken_ok(daemon, "hushed")
     assert len(emulator.contexts_for("Silence first")) == 2  # the silent attempt, and the retry
     assert [e["event_type"] for e in daemon.events("hushed")] == ["queued", "started", "finished"]
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("kind", ["abort", "close_1000"])
+def test_a_socket_dropped_before_any_audio_is_retried_once_and_speaks(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, kind: FaultKind
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    wait_until(lambda: emulator.open_connections() == 1, 10, "the warm socket")
+    emulator.behaviour.faults.append(Fault(kind, after_chunks=0))
+    daemon.say(b'{"id": "dropped-first", "text": "Dropped before a word"}')
+    spoken_ok(daemon, "dropped-first")
+    assert len(emulator.contexts_for("Dropped before a word")) == 2
