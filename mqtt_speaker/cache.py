@@ -27,6 +27,7 @@ LOG = logging.getLogger(__name__)
 MAGIC = b"mqtt-speaker-audio-1\n"
 SUFFIX = ".pcm"
 TMP_PREFIX = ".tmp-"
+STALE_TMP = 3600.0  # seconds: a temporary file older than this was left by a crash
 
 
 def cache_key(engine_identity: str, request: SayRequest, voicing: Voicing, sample_rate: int) -> str:
@@ -91,6 +92,10 @@ class AudioCache:
         return sorted(entries)
 
     def _evict(self) -> None:
+        for leftover in self._dir.glob(f"{TMP_PREFIX}*"):  # from a crash mid-write: no write takes an hour
+            with contextlib.suppress(OSError):
+                if time.time() - leftover.stat().st_mtime > STALE_TMP:
+                    leftover.unlink()
         entries = self._entries()
         total = sum(size for _, size, _ in entries)
         for _, size, path in entries:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -123,3 +125,13 @@ def test_cache_clear_state_writes_and_chime_files_run_off_the_event_loop(
     main_thread = threading.main_thread()
     assert all(thread is not main_thread for calls in threads.values() for thread in calls), threads
     assert RuntimeDefaults.model_validate_json((tmp_path / "state.json").read_bytes()).volume == 40
+
+
+def test_a_temporary_file_left_by_a_crash_long_ago_is_evicted_on_the_next_write(tmp_path: Path) -> None:
+    cache = AudioCache(CacheSettings(dir=tmp_path))
+    old, recent = tmp_path / ".tmp-old", tmp_path / ".tmp-being-written"
+    old.write_bytes(b"half")
+    recent.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    cache.put("k", [AudioChunk(np.ones(100, dtype=np.int16), 16000, 0)])
+    assert not old.exists() and recent.exists()  # another writer's file, in progress, is left alone
