@@ -365,16 +365,15 @@ class Speaker:
         `interrupted` (within `grace` seconds)."""
         self._closing = True
         self._drop_where(lambda _job: True, "shutdown")
-        if self._saving is not None:
-            await asyncio.shield(self._saving)
         current = self._current
-        if current is None:
-            return
-        self._interrupt(current, Interruption("shutdown", None))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(current.done.wait(), grace)
-        if not current.ended:
-            self._end(current, InterruptedEvent(id=current.request.id, reason="shutdown"))
+        if current is not None:
+            self._interrupt(current, Interruption("shutdown", None))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(current.done.wait(), grace)
+            if not current.ended:
+                self._end(current, InterruptedEvent(id=current.request.id, reason="shutdown"))
+        if self._saving is not None:  # the state file's last write
+            await asyncio.shield(self._saving)
 
     # --------------------------------------------------------------------------------------- speaking
 
