@@ -138,3 +138,16 @@ def test_sigterm_reports_the_audio_played_and_the_time_to_silence(
     interrupted = daemon.wait_terminal("long")
     assert (interrupted["event_type"], interrupted["reason"]) == ("interrupted", "shutdown")
     assert interrupted["duration_ms"] > 0 and 0 <= interrupted["stop_ms"] < 2000, interrupted
+
+
+def test_a_voice_set_by_its_alias_speaks_with_the_voice_id(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env, VOICES=json.dumps({"Narrator": "narrator-voice-id"}))
+    daemon.observer.publish(daemon.topic("set/voice"), "Narrator")
+    wait_until(lambda: daemon.states()[-1]["voice"] == "Narrator", 10, "the alias in state")
+    daemon.say(json.dumps({"id": "aliased", "text": "Told by the narrator"}))
+    spoken_ok(daemon, "aliased")
+    (context,) = emulator.contexts_for("Told by the narrator")
+    frame = next(f for f in emulator.frames if f.get("context_id") == context.context_id)
+    assert frame["voice"] == "narrator-voice-id"
