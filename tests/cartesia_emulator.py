@@ -48,6 +48,7 @@ def frequency_for(emotion: str | None) -> float:
 class Fault:
     kind: FaultKind
     after_chunks: int = 2
+    transcript: str | None = None  # only a context whose text contains this (any context when None)
 
 
 @dataclass
@@ -337,6 +338,8 @@ class CartesiaEmulator:
         if not faults:
             return
         fault = faults[0]
+        if fault.transcript is not None and fault.transcript not in log.transcript:
+            return
         chunks = log.samples_sent // max(1, int(self.behaviour.chunk_ms / 1000 * log.sample_rate))
         if chunks < fault.after_chunks:
             return
