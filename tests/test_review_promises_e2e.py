@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cartesia_emulator import CartesiaEmulator
+from tests.cartesia_emulator import CartesiaEmulator, frequency_for
 from tests.conftest import BASE, Broker, Daemon, Observer, spoken_ok
-from tests.sound import wait_until
+from tests.sound import RATE, PulseAudio, dominant_frequency, rms, wait_until
 
 pytestmark = pytest.mark.e2e
 LONG = "x" * 100  # four seconds of speech from the emulator
@@ -151,3 +151,22 @@ def test_a_voice_set_by_its_alias_speaks_with_the_voice_id(
     (context,) = emulator.contexts_for("Told by the narrator")
     frame = next(f for f in emulator.frames if f.get("context_id") == context.context_id)
     assert frame["voice"] == "narrator-voice-id"
+
+
+def test_no_audio_of_a_stopped_request_is_played_later(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, pulse: PulseAudio
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    daemon.say(json.dumps({"id": "angry", "text": LONG, "emotion": "angry"}))  # a 620 Hz tone from the emulator
+    daemon.wait_for_event("angry", "started")
+    daemon.observer.publish(daemon.topic("stop"), "")
+    daemon.wait_terminal("angry")
+    with pulse.capture() as capture:  # from the moment it ended: only the next request may be heard
+        daemon.say(json.dumps({"id": "calm", "text": "Only this one now"}))  # neutral: 200 Hz
+        spoken_ok(daemon, "calm")
+        x = capture.wait_for_sound_then_silence()
+    n = int(0.05 * RATE)
+    heard = [x[i : i + n] for i in range(0, x.size - n + 1, n) if rms(x[i : i + n]) > 0.02]
+    tones = [round(dominant_frequency(frame)) for frame in heard]
+    assert tones.count(round(frequency_for(None))) > len(tones) // 2, tones  # the calm request was heard
+    assert not [t for t in tones if abs(t - frequency_for("angry")) < 30], tones  # the stopped one never again
