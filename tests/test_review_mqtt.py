@@ -12,6 +12,7 @@ import pytest
 from mqtt_speaker.mqtt import Inbound, MqttLink, Will
 from mqtt_speaker.settings import MqttSettings
 from tests.conftest import Broker, Observer, free_port
+from tests.inprocess import until
 
 
 def link(port: int, on_message: object, dropped: list[str], **limits: int) -> MqttLink:
@@ -78,3 +79,23 @@ def test_a_long_outage_bounds_the_outgoing_queue_and_counts_the_drops(caplog: py
             the_link.publish("mqtt-speaker/bounds/event", f"{n}")
     assert the_link.dropped_outbound == 5
     assert [r.message for r in caplog.records if "dropping outgoing" in r.message]
+    for n in range(10):  # retained ones (availability, state) still get out after the outage
+        the_link.publish(f"mqtt-speaker/bounds/state{n}", "{}", retain=True)
+    assert the_link.dropped_outbound == 5
+
+
+def test_acknowledged_messages_free_their_room(broker: Broker) -> None:
+    async def main() -> MqttLink:
+        connected = asyncio.Event()
+        the_link = link(broker.port, lambda _m: None, [], outbound_limit=5)
+        the_link._on_connected = connected.set
+        the_link.start()
+        await asyncio.wait_for(connected.wait(), 10)
+        for n in range(4):  # 4 x 5 messages: each batch fits once the one before is acknowledged
+            for m in range(5):
+                the_link.publish("mqtt-speaker/bounds/event", f"{n}.{m}")
+            await until(lambda: the_link._outstanding == 0, "the broker's acknowledgements")
+        await the_link.stop()
+        return the_link
+
+    assert asyncio.run(main()).dropped_outbound == 0
