@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
@@ -20,12 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from mqtt_speaker.engines.base import AudioChunk, Voicing
+from mqtt_speaker.files import write_atomically
 from mqtt_speaker.models import SayRequest
 from mqtt_speaker.settings import CacheSettings
 
 LOG = logging.getLogger(__name__)
 MAGIC = b"mqtt-speaker-audio-1\n"
 SUFFIX = ".pcm"
+TMP_PREFIX = ".tmp-"
+STALE_TMP = 3600.0  # seconds: a temporary file older than this was left by a crash
 
 
 def cache_key(engine_identity: str, request: SayRequest, voicing: Voicing, sample_rate: int) -> str:
@@ -73,10 +75,7 @@ class AudioCache:
             return
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as out:
-                out.write(_encode(chunks))
-            os.replace(tmp, self._path(key))
+            write_atomically(self._path(key), _encode(chunks), prefix=TMP_PREFIX)
         except OSError as exc:
             LOG.warning("cannot write to the audio cache %s: %s", self._dir, exc)
             return
@@ -93,6 +92,10 @@ class AudioCache:
         return sorted(entries)
 
     def _evict(self) -> None:
+        for leftover in self._dir.glob(f"{TMP_PREFIX}*"):  # from a crash mid-write: no write takes an hour
+            with contextlib.suppress(OSError):
+                if time.time() - leftover.stat().st_mtime > STALE_TMP:
+                    leftover.unlink()
         entries = self._entries()
         total = sum(size for _, size, _ in entries)
         for _, size, path in entries:
@@ -103,9 +106,13 @@ class AudioCache:
             LOG.debug("evicted %s from the audio cache", path.name)
 
     def clear(self) -> int:
+        """Remove every entry, and any temporary file a crash left behind (blocking: call it in a thread)."""
         entries = self._entries()
         for _, _, path in entries:
             path.unlink(missing_ok=True)
+        for leftover in self._dir.glob(f"{TMP_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         return len(entries)
 
 

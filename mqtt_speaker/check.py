@@ -13,6 +13,7 @@ from typing import Any
 from mqtt_speaker.audio import AudioDeviceError, SoundDevicePlayer
 from mqtt_speaker.engines.base import SynthesisError
 from mqtt_speaker.engines.cartesia import CartesiaEngine
+from mqtt_speaker.engines.piper import PiperEngine
 from mqtt_speaker.mqtt import new_client
 from mqtt_speaker.settings import ConfigError, Settings, config_path_from
 
@@ -72,11 +73,24 @@ def check_speech(settings: Settings) -> str:
         except SynthesisError as exc:
             raise CheckFailed(f"{exc.code}: {exc.message}") from exc
         return f"Cartesia socket opens at {settings.cartesia.url} (model {settings.cartesia.model})"
+    if settings.primary_engine == "piper":
+        return check_piper(settings)
     executable = shutil.which(settings.espeak.executable)
     if executable is None:
         raise CheckFailed(f"no Cartesia API key, and {settings.espeak.executable} is not installed")
     version = subprocess.run([executable, "--version"], capture_output=True, text=True, check=False, timeout=10)
     return f"no Cartesia API key: the local engine is used ({version.stdout.strip() or executable})"
+
+
+def check_piper(settings: Settings) -> str:
+    """Load the Piper voice, as the daemon does at start."""
+    engine = PiperEngine(settings.piper)
+    asyncio.run(engine.start())
+    problem = engine.problem()
+    if problem is not None:
+        raise CheckFailed(f"{problem.code}: {problem.message}")
+    model = settings.piper.model
+    return f"the Piper voice {model.name if model else None} loads (no Cartesia API key: the local engine is used)"
 
 
 def check_audio(settings: Settings) -> str:

@@ -8,8 +8,6 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Coroutine
-from typing import Any
 
 from mqtt_speaker.adapters.native import NativeTopics
 from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
@@ -21,6 +19,7 @@ from mqtt_speaker.models import (
     ErrorCode,
     ErrorReport,
     Event,
+    SayRequest,
 )
 from mqtt_speaker.mqtt import Inbound, MqttLink, Will
 from mqtt_speaker.settings import Settings
@@ -29,6 +28,7 @@ from mqtt_speaker.systemd import Notifier
 from mqtt_speaker.topics import Command, Topics
 
 LOG = logging.getLogger(__name__)
+WARM_QUEUE = 8  # cache/warm lists waiting for the one warmer (each holds at most 100 texts)
 ONLINE, OFFLINE = "online", "offline"
 
 
@@ -49,7 +49,9 @@ class Daemon:
         self._error_window = 0.0
         self._errors_in_window = 0
         self._suppressed = 0
-        self._background: set[asyncio.Task[None]] = set()
+        self._warm_queue: asyncio.Queue[list[SayRequest]] = asyncio.Queue(WARM_QUEUE)
+        self._rediscovery: asyncio.TimerHandle | None = None  # discovery sent again after Home Assistant's birth
+        self._stopping = False  # from here on nothing says `online`: `offline` is, or is about to be, the last word
         self.speaker = Speaker(
             engines,
             output,
@@ -61,7 +63,7 @@ class Daemon:
             on_change=self._publish_state,
         )
         self._native = NativeTopics(
-            settings, self._topics, self.speaker, publish=self._link_publish, report=self.report, spawn=self._spawn
+            settings, self._topics, self.speaker, publish=self._link_publish, report=self.report, warm=self._queue_warm
         )
         self._link = MqttLink(
             settings.mqtt,
@@ -71,6 +73,7 @@ class Daemon:
             on_message=self._on_message,
             on_connected=self._on_connected,
             on_problem=self._notifier.status,
+            on_dropped=lambda message: self.report(ErrorReport(code=ErrorCode.MESSAGES_DROPPED, message=message)),
         )
 
     # ---------------------------------------------------------------------------------- publishing
@@ -121,18 +124,29 @@ class Daemon:
 
     def _announce(self) -> None:
         """Availability, state and Home Assistant discovery, all retained."""
+        if self._stopping:
+            return
         self._link.publish(self._topics.availability, ONLINE, retain=True)
         self._publish_state(force=True)
-        for topic, payload in discovery_messages(self._settings, self._topics):
+        messages = discovery_messages(self._settings, self._topics)
+        remembered = self.speaker.defaults.discovery
+        for topic in sorted(set(remembered) - {topic for topic, _ in messages}):  # the other form's, say
+            self._link.publish(topic, "", retain=True)
+        for topic, payload in messages:
             self._link.publish(topic, payload, retain=True)
+        published = sorted(topic for topic, payload in messages if payload)
+        if published != remembered:
+            self.speaker.update_defaults(discovery=published)
 
     def _on_homeassistant_status(self, payload: bytes) -> None:
         """Home Assistant (re)started: send discovery again, after a short random delay (as it advises,
         so that a house full of devices does not answer all at once)."""
-        if payload.strip().lower() == b"online":
+        if payload.strip().lower() == b"online" and not self._stopping:
             delay = random.uniform(0.5, 3.0)
             LOG.info("Home Assistant is online: sending discovery again in %.1f s", delay)
-            asyncio.get_running_loop().call_later(delay, self._announce)
+            if self._rediscovery is not None:
+                self._rediscovery.cancel()
+            self._rediscovery = asyncio.get_running_loop().call_later(delay, self._announce)
         self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self.speaker.engine_in_use()})")
 
     # ------------------------------------------------------------------------------------- inbound
@@ -143,10 +157,25 @@ class Daemon:
             return
         self._native.on_message(message)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Background work (cache warming): cancelled at shutdown."""
-        self._background.add(task := asyncio.create_task(work))
-        task.add_done_callback(self._background.discard)
+    def _queue_warm(self, requests: list[SayRequest]) -> None:
+        """Hand a cache/warm list to the one warmer; refused at shutdown or when WARM_QUEUE lists wait."""
+        why = "the daemon is shutting down" if self._stopping else None
+        if why is None:
+            try:
+                self._warm_queue.put_nowait(requests)
+                return
+            except asyncio.QueueFull:
+                why = f"{WARM_QUEUE} cache/warm lists are already waiting"
+        self.report(ErrorReport(code=ErrorCode.QUEUE_FULL, message=f"cache warm: not done, {why}", field="warm"))
+
+    async def _warmer(self) -> None:
+        """The one task that warms the cache, a list at a time (cancelled at shutdown, before engines close)."""
+        while True:
+            requests = await self._warm_queue.get()
+            try:
+                await self.speaker.warm(requests)
+            except Exception:  # one bad list must not end warming for good
+                LOG.exception("cache warm failed unexpectedly")
 
     # ----------------------------------------------------------------------------------------- run
 
@@ -165,15 +194,18 @@ class Daemon:
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
         await asyncio.gather(*(engine.start() for engine in self._engines.values()))
         worker = asyncio.create_task(self.speaker.run(), name="speaker")
+        warmer = asyncio.create_task(self._warmer(), name="warmer")
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        self._stopping = True
+        if self._rediscovery is not None:
+            self._rediscovery.cancel()
         self._notifier.stopping()
         self._native.close()
         await self.speaker.shutdown(grace=1.5)
-        for task in self._background:  # cache warming: it must not reopen a socket being closed
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        warmer.cancel()  # cache warming must not reopen a socket being closed
+        await asyncio.gather(warmer, return_exceptions=True)
         worker.cancel()
         crashed = None if worker.cancelled() or not worker.done() else worker.exception()
         await asyncio.gather(worker, return_exceptions=True)

@@ -64,6 +64,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_SOUND = "unknown_sound"
     INVALID_COMMAND = "invalid_command"
     ERRORS_SUPPRESSED = "errors_suppressed"
+    MESSAGES_DROPPED = "messages_dropped"
     RATE_LIMITED = "rate_limited"
     RETAINED_COMMAND_IGNORED = "retained_command_ignored"
     QUEUE_FULL = "queue_full"
@@ -179,6 +180,8 @@ class _SayPayload(BaseModel):
     @classmethod
     def _usable_id(cls, value: str | int | None) -> str | int | None:
         if isinstance(value, str) and (not value.strip() or len(value) > MAX_ID_LENGTH or _CONTROL.search(value)):
+            raise ValueError(f"must be 1 to {MAX_ID_LENGTH} printable characters")
+        if isinstance(value, int) and len(str(value)) > MAX_ID_LENGTH:
             raise ValueError(f"must be 1 to {MAX_ID_LENGTH} printable characters")
         return value
 
@@ -316,8 +319,11 @@ def _load_object(text: str) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(stripped)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer of more than 4,300 digits
+        if isinstance(exc, json.JSONDecodeError):
+            reason = exc.msg
+        else:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise RequestRejected(f"payload: looks like JSON but is not valid JSON ({reason})", "payload") from exc
     if not isinstance(value, dict):
         raise RequestRejected(
@@ -330,7 +336,7 @@ def _id_of(obj: dict[str, Any]) -> str | None:
     raw = obj.get("id")
     if isinstance(raw, str) and 0 < len(raw) <= MAX_ID_LENGTH and not _CONTROL.search(raw):
         return raw
-    if isinstance(raw, int) and not isinstance(raw, bool):
+    if isinstance(raw, int) and not isinstance(raw, bool) and len(str(raw)) <= MAX_ID_LENGTH:
         return str(raw)
     return None
 

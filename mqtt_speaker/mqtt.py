@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from mqtt_speaker.settings import ConfigError, MqttSettings
 
 LOG = logging.getLogger(__name__)
+INBOUND_LIMIT = 2000  # messages handed over by paho's thread and not yet handled on the loop
+OUTBOUND_LIMIT = 1000  # messages paho holds for the broker (in flight, or waiting for a reconnect)
+RETAINED_RESERVE = 100  # room past it for retained ones: availability and state must get out after an outage
+QUEUED = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)  # NO_CONN at QoS 1: kept, sent after the reconnect
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ def without_tcp_delays(client: paho.Client) -> None:
     off. Measured on loopback before: a state sent just after a `queued` event reached the broker 85 ms
     late, and a say arriving just after the broker had acknowledged our announcements waited 40 ms."""
     client.on_socket_open = _no_delay
-    client.on_publish = _acknowledge_now
+    client.on_publish = acknowledge_now
 
 
 def _no_delay(_client: paho.Client, _userdata: Any, sock: Any) -> None:
@@ -82,7 +87,7 @@ def _no_delay(_client: paho.Client, _userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _acknowledge_now(client: paho.Client, *_: Any) -> None:
+def acknowledge_now(client: paho.Client, *_: Any) -> None:
     """On a PUBACK, ACK it at once instead of up to 40 ms later (Linux's delayed ACK). A broker with
     Nagle on (mosquitto's default, set_tcp_nodelay false) holds its next packet to us, say a new
     request, until that ACK arrives."""
@@ -110,16 +115,31 @@ class MqttLink:
         on_message: Callable[[Inbound], None],
         on_connected: Callable[[], None],
         on_problem: Callable[[str], None],
+        on_dropped: Callable[[str], None] = lambda _message: None,
+        inbound_limit: int = INBOUND_LIMIT,
+        outbound_limit: int = OUTBOUND_LIMIT,
     ) -> None:
         self._settings = settings
         self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connected = on_connected
         self._on_problem = on_problem
+        self._on_dropped = on_dropped
+        self._inbound_limit = inbound_limit
+        self._lock = threading.Lock()  # the counters shared with paho's thread
+        self._inbound_pending = 0  # handed over, not yet handled (paho's thread adds, the loop subtracts)
+        self._inbound_dropped = 0  # since the last report
+        self.dropped_inbound = 0
+        self.dropped_outbound = 0
+        self._outbound_dropped = 0  # since the last report
+        self._outbound_limit = outbound_limit
+        self._outstanding = 0  # published and not yet acknowledged (the loop adds, paho's thread subtracts)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_problem: str | None = None
         self.connected = False
         self._client = new_client(settings, client_id)
+        self._client.max_queued_messages_set(outbound_limit + RETAINED_RESERVE)
+        self._client.on_publish = self._paho_published
         self._client.will_set(will.topic, will.payload, qos=1, retain=True)
         self._client.on_connect = self._paho_connect
         self._client.on_disconnect = self._paho_disconnect
@@ -154,10 +174,31 @@ class MqttLink:
         retry = f"retrying every {s.reconnect_min_delay}-{s.reconnect_max_delay} s"
         self._hand_over(self._problem, f"cannot reach the broker at {s.host}:{s.port}{why}; {retry}")
 
+    def _paho_published(self, client: paho.Client, *args: Any) -> None:
+        with self._lock:
+            self._outstanding -= 1
+        acknowledge_now(client, *args)
+
     def _paho_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
-        self._hand_over(self._on_message, Inbound(message.topic, bytes(message.payload), bool(message.retain)))
+        with self._lock:  # bounded: a flood, or a stalled loop, must not grow memory without limit
+            if self._inbound_pending >= self._inbound_limit:
+                self._inbound_dropped += 1
+                self.dropped_inbound += 1
+                return
+            self._inbound_pending += 1
+        self._hand_over(self._deliver, Inbound(message.topic, bytes(message.payload), bool(message.retain)))
 
     # the event loop --------------------------------------------------------------------------------
+
+    def _deliver(self, message: Inbound) -> None:
+        with self._lock:
+            self._inbound_pending -= 1
+            dropped, self._inbound_dropped = self._inbound_dropped, 0
+        if dropped:
+            self._on_dropped(
+                f"{dropped} inbound messages were dropped: more than {self._inbound_limit} waited to be handled"
+            )
+        self._on_message(message)
 
     def _connected(self) -> None:
         self.connected = True
@@ -190,8 +231,23 @@ class MqttLink:
         self._client.loop_start()
 
     def publish(self, topic: str, payload: str, *, retain: bool = False, qos: int = 1) -> None:
-        """Queue a message; paho sends it now, or after the reconnect when the broker is away (QoS 1)."""
-        self._client.publish(topic, payload, qos=qos, retain=retain)
+        """Queue a message; paho sends it now, or after the reconnect when the broker is away (QoS 1).
+        Past OUTBOUND_LIMIT waiting messages it is dropped, counted and logged (once per run of drops)."""
+        if not retain and self._outstanding >= self._outbound_limit:
+            rc = paho.MQTT_ERR_QUEUE_SIZE  # the rest is kept for retained messages
+        else:
+            rc = self._client.publish(topic, payload, qos=qos, retain=retain).rc
+        if rc in QUEUED:
+            with self._lock:
+                self._outstanding += 1
+            if self._outbound_dropped:
+                LOG.warning("%d outgoing messages were dropped while paho's queue was full", self._outbound_dropped)
+                self._outbound_dropped = 0
+            return
+        self.dropped_outbound += 1
+        self._outbound_dropped += 1
+        if self._outbound_dropped == 1:
+            LOG.warning("dropping outgoing messages (%s), the first on %s", paho.error_string(rc), topic)
 
     async def stop(self, last_words: tuple[str, str] | None = None) -> None:
         """Publish `last_words` (topic, payload, retained) if connected, then disconnect cleanly."""

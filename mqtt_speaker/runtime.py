@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from mqtt_speaker.files import write_atomically
 from mqtt_speaker.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -19,6 +18,9 @@ class RuntimeDefaults(BaseModel):
     emotion: str
     voice: str
     quiet: bool = False
+    discovery: list[str] = Field(
+        default_factory=list, description="Discovery topics last published with a config: cleared once not produced"
+    )
 
     @classmethod
     def load(cls, settings: Settings) -> RuntimeDefaults:
@@ -39,9 +41,6 @@ class RuntimeDefaults(BaseModel):
         """Write atomically (a temporary file renamed over the old one); a failure is logged, not raised."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(self.model_dump_json())
-            os.replace(tmp, path)
+            write_atomically(path, self.model_dump_json().encode(), prefix=".state-")
         except OSError as exc:
             LOG.warning("cannot save the runtime defaults to %s: %s", path, exc)

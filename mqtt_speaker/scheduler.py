@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from cachetools import TTLCache
+
 from mqtt_speaker.models import (
     ClearCommand,
     DroppedEvent,
@@ -34,6 +36,8 @@ from mqtt_speaker.settings import Settings
 from mqtt_speaker.text import LiveText
 
 LOG = logging.getLogger(__name__)
+DEDUPE_MAX_IDS = 10_000  # ids remembered for the dedupe window at most; the oldest are forgotten first
+QUIET_HOURS_CHECK = 15.0  # seconds between looks at the clock for quiet hours beginning or ending
 
 
 @dataclass
@@ -87,7 +91,7 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._current: Job | None = None
         self._closing = False  # shutting down: nothing new is accepted or started
-        self._recent_ids: dict[str, float] = {}
+        self._recent_ids: TTLCache[str, bool] = TTLCache(DEDUPE_MAX_IDS, ttl=settings.dedupe_window)
 
     @property
     def current(self) -> Job | None:
@@ -126,14 +130,7 @@ class Scheduler:
         return ttl
 
     def _is_duplicate(self, request: SayRequest) -> bool:
-        if not request.id_given:
-            return False
-        now = time.monotonic()
-        window = self._settings.dedupe_window
-        self._recent_ids = {k: t for k, t in self._recent_ids.items() if now - t < window}
-        seen = request.id in self._recent_ids
-        self._recent_ids[request.id] = now
-        return seen
+        return request.id_given and request.id in self._recent_ids
 
     def submit(self, request: SayRequest, text: LiveText | None = None) -> None:
         """Queue a request; its text is `text` as it arrives (a stream), or else its complete segments."""
@@ -166,6 +163,8 @@ class Scheduler:
                 return self._drop(job, "queue_full")
             self._queue.remove(lowest)
             self._drop(lowest, "queue_full")
+        if request.id_given:  # remembered only once accepted: a retry after queue_full or quiet is spoken
+            self._recent_ids[request.id] = True
         job.deadline = time.monotonic() + remaining
         job.expiry = asyncio.get_running_loop().call_later(remaining, self._expire, job)
         self._queue.append(job)
@@ -203,6 +202,39 @@ class Scheduler:
 
     async def run(self) -> None:
         """Speak queued requests one at a time until cancelled."""
+        watch = asyncio.create_task(self._watch_quiet_hours()) if self._settings.quiet_hours else None
+        try:
+            await self._work()
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+    async def _watch_quiet_hours(self) -> None:
+        """Quiet hours beginning or ending show in the state at once (and drop what waits, when they begin)."""
+        was = self.quiet_now()
+        while True:
+            await asyncio.sleep(QUIET_HOURS_CHECK)
+            if (now := self.quiet_now()) != was:
+                was = now
+                if now:
+                    self.drop_where(lambda job: job.request.priority is not Priority.CRITICAL, "quiet")
+                self._on_change()
+
+    def _dropped_at_dequeue(self, job: Job) -> bool:
+        if time.monotonic() >= job.deadline:
+            self._drop(job, "expired")
+            return True
+        if self.quiet_now() and job.request.priority is not Priority.CRITICAL:  # quiet hours began
+            self._drop(job, "quiet")
+            return True
+        refused = self._refuse(job)  # the cost guard
+        if refused is not None:
+            self._report_error(refused)
+            self._drop(job, "rate_limited")
+            return True
+        return False
+
+    async def _work(self) -> None:
         while True:
             while not self._queue:
                 self._wakeup.clear()
@@ -210,16 +242,8 @@ class Scheduler:
             job = self._queue.pop(0)
             if job.expiry is not None:
                 job.expiry.cancel()
-            if time.monotonic() >= job.deadline:
-                self._drop(job, "expired")
-                continue
-            if self.quiet_now() and job.request.priority is not Priority.CRITICAL:  # quiet hours began
-                self._drop(job, "quiet")
-                continue
-            refused = self._refuse(job)  # the cost guard
-            if refused is not None:
-                self._report_error(refused)
-                self._drop(job, "rate_limited")
+            if self._dropped_at_dequeue(job):
+                self._on_change()  # queue_length changed
                 continue
             self._current = job
             self._on_change()

@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -104,6 +105,19 @@ class CartesiaSettings(BaseModel):
     prefetch_segments: int = Field(
         default=2, ge=1, le=8, description="Contexts in flight at once for a multi-segment request"
     )
+
+    @field_validator("url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        """ws:// or wss://, a host, and a port that exists (websockets would raise deep inside a connect)."""
+        parts = urllib.parse.urlsplit(value)
+        try:
+            parts.port  # noqa: B018 (raises ValueError when out of range or not a number)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} has an invalid port ({exc})") from exc
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"{value!r} is not a ws:// or wss:// URL with a host")
+        return value
 
 
 class EspeakSettings(BaseModel):

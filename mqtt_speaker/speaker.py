@@ -8,6 +8,7 @@ is a stream (text.py); a plain say is one that is complete when it arrives.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -77,7 +78,8 @@ class Speaker:
         self.stop = self.scheduler.stop
         self.clear = self.scheduler.clear
         self.run = self.scheduler.run
-        self.shutdown = self.scheduler.shutdown
+        self._saving: asyncio.Future[None] | None = None  # the state file being written
+        self._save_again = False
         self.candidates = self.voice.candidates
         self.engine_in_use = self.voice.engine_in_use
         self.warm = self.voice.warm
@@ -117,7 +119,27 @@ class Speaker:
     def update_defaults(self, **changes: object) -> None:
         """set/volume, set/emotion, set/voice, set/quiet: applied, saved, and shown in the state."""
         self.defaults = self.defaults.model_copy(update=changes)
-        self.defaults.save(self._settings.state_file)
+        self._save_defaults()
         if self.defaults.quiet:
             self.scheduler.drop_where(lambda job: job.request.priority is not Priority.CRITICAL, "quiet")
         self._on_change()
+
+    def _save_defaults(self) -> None:
+        """Write the state file in a worker thread, one write at a time, the latest defaults last."""
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.ensure_future(self._save_latest())
+        else:
+            self._save_again = True
+
+    async def _save_latest(self) -> None:
+        while True:
+            self._save_again = False
+            await asyncio.to_thread(self.defaults.save, self._settings.state_file)
+            if not self._save_again:
+                return
+
+    async def shutdown(self, grace: float) -> None:
+        """The scheduler's shutdown, then the state file's last write."""
+        await self.scheduler.shutdown(grace)
+        if self._saving is not None:
+            await asyncio.shield(self._saving)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from cachetools import TTLCache
 
 from mqtt_speaker.models import TERMINAL_EVENTS, ErrorCode, ErrorReport, Event, SayRequest, Segment, StreamChunk
 from mqtt_speaker.settings import StreamSettings
@@ -48,11 +49,11 @@ class Streams:
         remember_for: float,
     ) -> None:
         self._settings = settings
-        self._remember_for = remember_for  # an ended stream's id, like any request id (the dedupe window)
         self._submit = submit
         self._report = report_error
         self._open: dict[str, _Stream] = {}
-        self._ended: dict[str, tuple[float, str]] = {}  # id -> (when, how)
+        # id -> how it ended; an ended stream's id is kept like any request id (the dedupe window)
+        self._ended: TTLCache[str, str] = TTLCache(ENDED_MAX, ttl=remember_for)
 
     def _error(self, code: ErrorCode, message: str, stream_id: str, field: str | None = None) -> None:
         severity = "warning" if code in (ErrorCode.STREAM_TIMEOUT, ErrorCode.STREAM_GAP) else "error"
@@ -67,7 +68,7 @@ class Streams:
             if ended is not None:
                 self._error(
                     ErrorCode.STREAM_ENDED,
-                    f"stream {chunk.id!r} has already ended ({ended[1]}); this chunk is not spoken",
+                    f"stream {chunk.id!r} has already ended ({ended}); this chunk is not spoken",
                     chunk.id,
                 )
                 return
@@ -211,11 +212,7 @@ class Streams:
         self._remember(stream_id, how)
 
     def _remember(self, stream_id: str, how: str) -> None:
-        now = time.monotonic()
-        self._ended = {k: v for k, v in self._ended.items() if now - v[0] < self._remember_for}
-        while len(self._ended) >= ENDED_MAX:
-            self._ended.pop(next(iter(self._ended)))
-        self._ended[stream_id] = (now, how)
+        self._ended[stream_id] = how  # the oldest is forgotten first when ENDED_MAX are kept
 
     # ----------------------------------------------------------------------------------- outbound
 

@@ -59,6 +59,7 @@ class Voice:
         self._engines = engines
         self._primary = primary or next(iter(engines))
         self._cache = cache
+        self._clearing: asyncio.Future[int] | None = None  # cache/clear in a worker thread
         self._output = output
         self._settings = settings
         self._defaults = defaults
@@ -133,12 +134,13 @@ class Voice:
             language=request.language or self._settings.cartesia.language,
         )
 
-    def _with_chime(self, job: Job, speech: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:
-        """The speech, after the chime when one is asked for (its synthesis starts at once, in parallel)."""
+    async def _with_chime(self, job: Job, speech: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:
+        """The speech, after the chime when one is asked for (its synthesis starts at once, in parallel).
+        A chime file is read in a worker thread."""
         request = job.request
         if request.chime is False:
             return speech
-        chime = self._sounds.chunks(request.chime, self._output.sample_rate)
+        chime = await asyncio.to_thread(self._sounds.chunks, request.chime, self._output.sample_rate)
         if chime is None:
             self._report_error(
                 ErrorReport(
@@ -233,7 +235,7 @@ class Voice:
                 on_first_audio = functools.partial(
                     self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
                 )
-                stream = attempt.stream() if tried else self._with_chime(job, attempt.stream())
+                stream = attempt.stream() if tried else await self._with_chime(job, attempt.stream())
                 tried = True
                 async with contextlib.aclosing(stream) as chunks:
                     played = await self._output.play(chunks, Playback(request.id, on_first_audio, job.stop, gain))
@@ -265,7 +267,8 @@ class Voice:
             error = last_error or SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, "no engine could speak it")
             if progress.started and error.code is not ErrorCode.SYNTHESIS_INTERRUPTED:
                 error = SynthesisError(ErrorCode.SYNTHESIS_INTERRUPTED, f"cut short: {error.message}")
-            return self._fail(job, ErrorReport(code=error.code, message=error.message, id=request.id), report=False)
+            failure = ErrorReport(code=error.code, message=error.message, id=request.id)
+            return self._fail(job, failure, report=False, played=played_total)
         if played_total == 0:
             return self._fail(job, ErrorReport(code=ErrorCode.SYNTHESIS_FAILED, message="no audio", id=request.id))
         self._set_problem("audio", None)
@@ -305,8 +308,11 @@ class Voice:
         LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, engine.name, latency)
 
     def clear_cache(self) -> None:
-        if self._cache is not None:
-            LOG.info("audio cache cleared: %d entries removed", self._cache.clear())
+        """cache/clear, in a worker thread (a thousand files on an SD card); one clear at a time."""
+        if self._cache is None or (self._clearing is not None and not self._clearing.done()):
+            return
+        self._clearing = asyncio.ensure_future(asyncio.to_thread(self._cache.clear))
+        self._clearing.add_done_callback(_log_cleared)
 
     async def warm(self, requests: list[SayRequest]) -> None:
         """Synthesize into the cache without playing (with the primary engine), one after the other."""
@@ -326,10 +332,11 @@ class Voice:
                 continue
             LOG.info("cache warm %s: %s", request.id, "already there" if cached else "stored")
 
-    def _fail(self, job: Job, failure: ErrorReport, report: bool = True) -> Event:
+    def _fail(self, job: Job, failure: ErrorReport, report: bool = True, played: float = 0.0) -> Event:
         if report:
             self._report_error(failure)
-        return FailedEvent(id=job.request.id, code=failure.code, message=failure.message)
+        duration = round(played * 1000)
+        return FailedEvent(id=job.request.id, code=failure.code, message=failure.message, duration_ms=duration)
 
     @staticmethod
     def _interrupted(job: Job, played: float) -> Event:
@@ -342,6 +349,15 @@ class Voice:
             duration_ms=round(played * 1000),
             stop_ms=round((time.monotonic() - interruption.at) * 1000),
         )
+
+
+def _log_cleared(done: asyncio.Future[int]) -> None:
+    if done.cancelled():
+        return
+    if (error := done.exception()) is not None:
+        LOG.warning("cannot clear the audio cache: %s", error)
+    else:
+        LOG.info("audio cache cleared: %d entries removed", done.result())
 
 
 @dataclass
@@ -366,6 +382,9 @@ class _Attempt:
                 yield chunk
         except SynthesisError as exc:
             self.error = exc  # the audio so far plays out; the caller decides what comes next
+        except Exception as exc:  # a bug, or a library's own exception: the fallbacks are tried all the same
+            LOG.exception("the engine failed unexpectedly")
+            self.error = SynthesisError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         finally:
             await self._source.aclose()
 

@@ -55,6 +55,7 @@ def frequency_for(emotion: str | None) -> float:
 class Fault:
     kind: FaultKind
     after_chunks: int = 2
+    transcript: str | None = None  # only a context whose text contains this (any context when None)
 
 
 @dataclass
@@ -401,6 +402,12 @@ class CartesiaEmulator:
         if voice_id == "invalid-voice":
             return {"status_code": 404, "error_code": "voice_not_found", "title": "Voice not found",
                     "message": f"Voice '{voice_id}' was not found", "request_id": "emu"}  # fmt: skip
+        if voice_id == "over-quota":  # a frame, not the handshake: the plan's limit reached mid-session
+            return {"status_code": 429, "error_code": "rate_limited", "title": "Too many requests",
+                    "message": "Concurrency limit reached", "request_id": "emu"}  # fmt: skip
+        if voice_id == "key-revoked":
+            return {"status_code": 401, "error_code": "unauthorized", "title": "Unauthorized",
+                    "message": "The API key was revoked", "request_id": "emu"}  # fmt: skip
         if message.get("model_id") == "unknown-model":
             return {"status_code": 400, "error_code": "invalid_model", "title": "Invalid model",
                     "message": "Model 'unknown-model' does not exist", "request_id": "emu"}  # fmt: skip
@@ -411,6 +418,8 @@ class CartesiaEmulator:
         if not faults:
             return
         fault = faults[0]
+        if fault.transcript is not None and fault.transcript not in log.transcript:
+            return
         chunks = log.samples_sent // max(1, int(self.behaviour.chunk_ms / 1000 * log.sample_rate))
         if chunks < fault.after_chunks:
             return

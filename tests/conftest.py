@@ -240,6 +240,18 @@ class Daemon:
 # ------------------------------------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(autouse=True)
+def own_state_and_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test, and every process it starts, has its own state directory and an empty config file:
+    nothing is written under ~/.local/state, nothing is read from /etc/mqtt-speaker."""
+    home = tmp_path_factory.mktemp("own")
+    empty = home / "empty.toml"
+    empty.write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    monkeypatch.setenv("MQTT_SPEAKER_CONFIG", str(empty))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def pulse() -> Iterator[PulseAudio]:
     server = PulseAudio().start()

@@ -18,6 +18,7 @@ from tests.sound import PulseAudio, wait_until
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_SPEAKER_", "CARTESIA_"))}
+    clean["MQTT_SPEAKER_CONFIG"] = os.environ["MQTT_SPEAKER_CONFIG"]  # the test's empty one, never /etc's
     return subprocess.run(
         [sys.executable, "-m", "mqtt_speaker", *args],
         env={**clean, **(env or {})},

@@ -248,6 +248,9 @@ def test_quiet_mode_and_quiet_hours_drop_all_but_critical(
 
 def test_retained_stop_is_ignored(make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]) -> None:
     daemon = make_daemon(cartesia_env)
-    control(daemon, "stop", "PRESS", retain=True)
+    say(daemon, "long", LONG)
+    daemon.wait_for_event("long", "started")
+    control(daemon, "stop", "PRESS", retain=True)  # while something plays: a stop that acted would cut it
     daemon.wait_for_error(lambda e: e["code"] == "retained_command_ignored")
     control(daemon, "stop", "", retain=True)  # clear it again
+    assert terminal(daemon, "long")[0] == "finished"

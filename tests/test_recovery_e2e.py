@@ -57,9 +57,11 @@ def test_cartesia_socket_dropped_under_a_request_is_retried_on_a_fresh_socket(
 ) -> None:
     daemon = make_daemon(cartesia_env)
     wait_until(lambda: emulator.open_connections() == 1, 10, "the warm socket")
-    emulator.drop_connections(1000, "connection idle timeout")
-    daemon.say(b'{"id": "next", "text": "Right after the close"}')
+    emulator.behaviour.faults.append(Fault("close_1000", after_chunks=0))  # closed once the request is sent
+    daemon.say(b'{"id": "next", "text": "Dropped under me"}')
     spoken_ok(daemon, "next")
+    assert len(emulator.contexts_for("Dropped under me")) == 2  # the lost attempt, and the retry
+    assert len(emulator.handshakes) >= 2  # ... on a fresh socket
 
 
 def test_audio_device_failure_is_reported_and_retried_for_the_next_request(

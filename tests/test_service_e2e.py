@@ -24,7 +24,7 @@ PASSWORD = "s3cret-broker-password"
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_SPEAKER_", "CARTESIA_", "JOURNAL_"))}
-    return {**env, **extra}
+    return {**env, "MQTT_SPEAKER_CONFIG": os.environ["MQTT_SPEAKER_CONFIG"], **extra}
 
 
 @pytest.fixture

@@ -5,14 +5,14 @@ one more adapter like this one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from mqtt_speaker.models import (
     ErrorCode,
     ErrorReport,
     Event,
     RequestRejected,
+    SayRequest,
     parse_chunk,
     parse_clear,
     parse_emotion,
@@ -53,14 +53,14 @@ class NativeTopics:
         *,
         publish: Callable[[str, str], None],
         report: Callable[[ErrorReport], None],
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        warm: Callable[[list[SayRequest]], None],
     ) -> None:
         self._settings = settings
         self._topics = topics
         self.speaker = speaker
         self._publish = publish
         self.report = report
-        self._spawn = spawn
+        self._warm = warm
         self.streams = Streams(settings.stream, speaker.submit, report, remember_for=settings.dedupe_window)
 
     def on_event(self, event: Event) -> None:
@@ -117,7 +117,7 @@ class NativeTopics:
             case Command.CACHE_CLEAR:
                 speaker.clear_cache()
             case Command.CACHE_WARM:
-                self._spawn(speaker.warm(parse_warm(payload, max_text_length=self._settings.max_text_length)))
+                self._warm(parse_warm(payload, max_text_length=self._settings.max_text_length))
 
     def _on_say(self, message: Inbound) -> None:
         try:

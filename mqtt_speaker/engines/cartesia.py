@@ -105,8 +105,16 @@ class _Lost(Exception):
     """The socket closed, went silent, or a context ended without `done`; `spoken_chars` of the
     segment's text had been delivered whole by then."""
 
-    def __init__(self, segment: int, partial: bool, reason: str, spoken_chars: int = 0) -> None:
+    def __init__(
+        self,
+        segment: int,
+        partial: bool,
+        reason: str,
+        spoken_chars: int = 0,
+        code: ErrorCode = ErrorCode.CARTESIA_UNREACHABLE,  # if the retry on a fresh socket is lost too
+    ) -> None:
         super().__init__(reason)
+        self.code = code
         self.segment = segment
         self.partial = partial
         self.reason = reason
@@ -270,7 +278,7 @@ class CartesiaEngine:
                     ) from lost
                 if attempt > 1:  # twice before any audio of the segment: the service, not this request
                     raise SynthesisError(
-                        ErrorCode.CARTESIA_UNREACHABLE,
+                        lost.code,
                         f"Cartesia {lost.reason} before segment {lost.segment} spoke, on a fresh socket too",
                     ) from lost
                 script = replace(script, start=Position(lost.segment, lost.spoken_chars))
@@ -406,7 +414,10 @@ class CartesiaEngine:
                         continue
                     if record.heard:
                         raise record.lost(True, f"sent no audio for {timeout:.0f} s", rate)
-                    raise SynthesisError(ErrorCode.SYNTHESIS_TIMEOUT, f"Cartesia sent no audio within {timeout:.0f} s")
+                    # Silent before any audio: retried once on a fresh socket, like a socket lost then.
+                    raise record.lost(
+                        False, f"sent no audio within {timeout:.0f} s", rate, code=ErrorCode.SYNTHESIS_TIMEOUT
+                    )
                 finished_step, step = step, None
                 try:
                     event = finished_step.result()
@@ -511,6 +522,6 @@ class _Context:
         self.asking.set()
         await self.ctx.push("", continue_=False)
 
-    def lost(self, partial: bool, reason: str, rate: int) -> _Lost:
+    def lost(self, partial: bool, reason: str, rate: int, code: ErrorCode = ErrorCode.CARTESIA_UNREACHABLE) -> _Lost:
         whole = [word for word, end in self.words if end * rate <= self.received]
-        return _Lost(self.segment, partial, reason, self.offset + spoken_prefix(self.transcript, whole))
+        return _Lost(self.segment, partial, reason, self.offset + spoken_prefix(self.transcript, whole), code)

