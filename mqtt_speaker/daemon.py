@@ -31,6 +31,7 @@ from mqtt_speaker.models import (
 from mqtt_speaker.mqtt import Inbound, MqttLink, Will
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speaker import Speaker
+from mqtt_speaker.sync import check_at, start_instant
 from mqtt_speaker.systemd import Notifier
 from mqtt_speaker.topics import Command, Topics
 
@@ -64,7 +65,9 @@ def build_output(settings: Settings) -> Output:
 class Daemon:
     def __init__(self, settings: Settings, engines: dict[str, Engine], output: Output) -> None:
         self._settings = settings
-        self._topics = Topics(settings.base_topic, settings.site, settings.homeassistant.prefix)
+        self._topics = Topics(
+            settings.base_topic, settings.site, settings.homeassistant.prefix, tuple(settings.sync.groups)
+        )
         self._engines = engines
         self._output = output
         self._last_state: str | None = None
@@ -206,22 +209,31 @@ class Daemon:
     def _on_say(self, message: Inbound) -> None:
         try:
             parsed = parse_say(message.payload, max_text_length=self._settings.max_text_length)
+            request = parsed.request
+            passed = check_at(request, message.received, self._settings.sync.max_ahead)
         except RequestRejected as exc:
             self.report(
                 ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
             )
             return
-        for warning in parsed.warnings:
+        instant = start_instant(
+            at=request.at,
+            sync=request.sync,
+            broadcast=self._topics.is_broadcast(message.topic),
+            arrived=message.received,
+            lead=self._settings.sync.lead,
+        )
+        for warning in [*parsed.warnings, *([passed] if passed else [])]:
             self.report(
                 ErrorReport(
                     code=warning.code,
                     message=warning.message,
-                    id=parsed.request.id,
+                    id=request.id,
                     field=warning.field,
                     severity="warning",
                 )
             )
-        self.speaker.submit(parsed.request)
+        self.speaker.submit(request.model_copy(update={"at": instant}))
 
     # ----------------------------------------------------------------------------------------- run
 

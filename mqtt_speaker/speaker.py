@@ -45,6 +45,7 @@ from mqtt_speaker.models import (
 from mqtt_speaker.runtime import RuntimeDefaults
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.sounds import Sounds
+from mqtt_speaker.sync import StartGate, clock_synchronized
 
 LOG = logging.getLogger(__name__)
 PREFETCH_CHUNKS = 256
@@ -132,6 +133,7 @@ class Speaker:
             voice=self._settings.voice_name(self.defaults.voice),
             quiet=self.defaults.quiet,
             quiet_now=self.quiet_now(),
+            clock_synchronized=clock_synchronized(),
         )
 
     def _set_problem(self, area: str, error: ErrorReport | None) -> None:
@@ -178,8 +180,9 @@ class Speaker:
 
     def _remaining_ttl(self, request: SayRequest) -> float:
         ttl = request.ttl if request.ttl is not None else self._settings.default_ttl
-        if request.sent_at is not None:  # counted from when it was sent, not from when it reached us
-            return request.sent_at + ttl - time.time()
+        origin = request.at if request.at is not None else request.sent_at
+        if origin is not None:  # counted from when it is to start, or was sent, not from when it reached us
+            return origin + ttl - time.time()
         return ttl
 
     def _is_duplicate(self, request: SayRequest) -> bool:
@@ -420,7 +423,7 @@ class Speaker:
         remaining: SayRequest | None = request
         fallback_reason: str | None = None
         played_total = 0.0
-        progress = _Progress()
+        progress = _Progress(StartGate(request.at) if request.at is not None else None)
         tried = False
         last_error: SynthesisError | None = None
         for index, name in enumerate(names):
@@ -441,7 +444,8 @@ class Speaker:
                 stream = attempt.stream() if tried else self._with_chime(job, attempt.stream())
                 tried = True
                 async with contextlib.aclosing(stream) as chunks:
-                    played = await self._output.play(chunks, Playback(request.id, on_first_audio, job.stop, gain))
+                    playback = Playback(request.id, on_first_audio, job.stop, gain, progress.pending_start())
+                    played = await self._output.play(chunks, playback)
             except AudioDeviceError as exc:
                 failure = ErrorReport(code=ErrorCode.AUDIO_DEVICE_UNAVAILABLE, message=str(exc), id=request.id)
                 self._set_problem("audio", failure)
@@ -503,9 +507,12 @@ class Speaker:
                 cached=cached,
                 fallback=fallback_reason is not None,
                 fallback_reason=fallback_reason,
+                late_ms=progress.start.late_ms if progress.start else None,
             )
         )
         LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, engine.name, latency)
+        if progress.start is not None and progress.start.late is not None:
+            LOG.info("%s started %+.1f ms from its instant", request.id, progress.start.late * 1000)
 
     def clear_cache(self) -> None:
         if self._cache is not None:
@@ -551,7 +558,12 @@ class Speaker:
 
 @dataclass
 class _Progress:
+    start: StartGate | None = None  # a synchronized start (the same one for a fallback engine)
     started: bool = False
+
+    def pending_start(self) -> StartGate | None:
+        """The start instant, until the first sample has been placed (the rest after it follows at once)."""
+        return self.start if self.start is not None and self.start.late is None else None
 
 
 class _Attempt:
