@@ -220,9 +220,13 @@ class Daemon:
             at=request.at,
             sync=request.sync,
             broadcast=self._topics.is_broadcast(message.topic),
+            sent=request.sent_at,
             arrived=message.received,
             lead=self._settings.sync.lead,
         )
+        if instant is not None:
+            ahead = (instant - message.received) * 1000
+            LOG.debug("%s starts at %.6f, %.1f ms after it arrived", request.id, instant, ahead)
         for warning in [*parsed.warnings, *([passed] if passed else [])]:
             self.report(
                 ErrorReport(

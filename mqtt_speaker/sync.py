@@ -42,14 +42,19 @@ class StartGate:
         return None if self.late is None else max(0, round(self.late * 1000))
 
 
-def start_instant(*, at: float | None, sync: bool | None, broadcast: bool, arrived: float, lead: float) -> float | None:
-    """When a request starts: its own `at`; else, for a broadcast (all or a group) or `"sync": true`,
-    its arrival plus the lead; None (at once) for `"sync": false` and for a plain say to one room."""
+def start_instant(
+    *, at: float | None, sync: bool | None, broadcast: bool, sent: float | None, arrived: float, lead: float
+) -> float | None:
+    """When a request starts: its own `at`; else, for a broadcast (all or a group) or `"sync": true`, the
+    lead after it was sent (`ts`: the same on every speaker) or, without a `ts` within a lead of its
+    arrival (the sender's clock may be off), after it arrived here; None (at once) for `"sync": false`
+    and for a plain say to one room."""
     if at is not None:
         return at
     if sync is False or (sync is None and not broadcast):
         return None
-    return arrived + lead
+    origin = sent if sent is not None and abs(arrived - sent) < lead else arrived
+    return origin + lead
 
 
 def check_at(request: SayRequest, arrived: float, max_ahead: float) -> Warning_ | None:
