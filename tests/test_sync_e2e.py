@@ -133,7 +133,7 @@ def test_says_to_single_rooms_with_the_same_at_start_together(
     ats: list[float | str] = [at, iso, at]  # epoch seconds or ISO 8601, the same instant
 
     def publish() -> None:
-        for daemon, when, text in zip(daemons, ats, TEXTS, strict=True):
+        for daemon, when, text in zip(daemons, ats, TEXTS[:3], strict=True):
             daemon.say(json.dumps({"id": "same-at", "text": text, "at": when}))
             time.sleep(0.3)  # the scenario: separate messages, hundreds of milliseconds apart
 
