@@ -37,6 +37,7 @@ from mqtt_speaker.topics import Command, Topics
 
 LOG = logging.getLogger(__name__)
 ONLINE, OFFLINE = "online", "offline"
+CLOCK_CHECK_INTERVAL = 60.0  # seconds
 ONE_SHOT = frozenset(
     {Command.SAY, Command.STOP, Command.SKIP, Command.CLEAR, Command.CACHE_CLEAR, Command.CACHE_WARM}
 )  # never acted on when retained
@@ -237,7 +238,7 @@ class Daemon:
                     severity="warning",
                 )
             )
-        self.speaker.submit(request.model_copy(update={"at": instant}))
+        self.speaker.submit(request.model_copy(update={"start_at": instant}))
 
     # ----------------------------------------------------------------------------------------- run
 
@@ -254,6 +255,7 @@ class Daemon:
         # Ready at once, broker or not (a broker down at boot must not hold up the boot); STATUS says why.
         self._notifier.ready(f"waiting for the broker at {self._settings.mqtt.host}:{self._settings.mqtt.port}")
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        clock = asyncio.create_task(self._watch_clock(), name="clock")
         await asyncio.gather(*(engine.start() for engine in self._engines.values()))
         worker = asyncio.create_task(self.speaker.run(), name="speaker")
         stopping = asyncio.create_task(stop.wait())
@@ -271,10 +273,18 @@ class Daemon:
         await asyncio.gather(*(engine.close() for engine in self._engines.values()))
         await self._link.stop(last_words=(self._topics.availability, OFFLINE))
         watchdog.cancel()
+        clock.cancel()
         self._notifier.close()
         if crashed is not None:
             raise RuntimeError("the speaker stopped unexpectedly") from crashed
         LOG.info("stopped")
+
+    async def _watch_clock(self) -> None:
+        """The state shows whether the system clock is synchronized (docs/sync.md): read it every minute,
+        republished only when it changed."""
+        while True:
+            await asyncio.sleep(CLOCK_CHECK_INTERVAL)
+            self._publish_state()
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop itself: if the loop hangs, the pings stop and systemd restarts us."""

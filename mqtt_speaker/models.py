@@ -211,7 +211,8 @@ class SayRequest(BaseModel):
     priority: Priority = Priority.NORMAL
     ttl: float | None = Field(default=None, description="Seconds it may wait to start; None: the default")
     sent_at: float | None = Field(default=None, description="Epoch seconds it was sent, when it says")
-    at: float | None = Field(default=None, description="Epoch seconds to start at (sync.py); None: at once")
+    at: float | None = Field(default=None, description="Epoch seconds to start at, when it says")
+    start_at: float | None = Field(default=None, description="When it starts (sync.start_instant); None: at once")
     sync: bool | None = Field(default=None, description="false: never synchronized; None: synchronized if broadcast")
     volume: float | None = Field(default=None, description="Playback volume 0-1 for this message only")
     chime: bool | str = False

@@ -181,7 +181,7 @@ class Speaker:
     def _remaining_ttl(self, request: SayRequest) -> float:
         ttl = request.ttl if request.ttl is not None else self._settings.default_ttl
         origin = request.at if request.at is not None else request.sent_at
-        if origin is not None:  # counted from when it is to start, or was sent, not from when it reached us
+        if origin is not None:  # counted from its own start instant, or when it was sent, not from its arrival
             return origin + ttl - time.time()
         return ttl
 
@@ -423,7 +423,7 @@ class Speaker:
         remaining: SayRequest | None = request
         fallback_reason: str | None = None
         played_total = 0.0
-        progress = _Progress(StartGate(request.at) if request.at is not None else None)
+        progress = _Progress(StartGate(request.start_at) if request.start_at is not None else None)
         tried = False
         last_error: SynthesisError | None = None
         for index, name in enumerate(names):

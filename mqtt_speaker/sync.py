@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import struct
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from mqtt_speaker.models import ErrorCode, RequestRejected, SayRequest, Warning_
 
@@ -83,15 +85,22 @@ def frames_before_start(start: float, dac_time: float, rate: int) -> int:
     return round((start - dac_time) * rate)
 
 
+@functools.cache
+def _adjtimex() -> Any:
+    """libc's adjtimex, looked up once (find_library runs ldconfig); None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).adjtimex
+    except (OSError, AttributeError):
+        return None
+
+
 def clock_synchronized() -> bool | None:
     """True when the kernel's clock discipline says synchronized (chrony, systemd-timesyncd or ntpd
     clear STA_UNSYNC), False when it says not, None where it cannot tell (not Linux, no adjtimex)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    name = ctypes.util.find_library("c")
-    try:
-        adjtimex = ctypes.CDLL(name).adjtimex
-    except (OSError, AttributeError):
+    adjtimex = _adjtimex()
+    if adjtimex is None:
         return None
     buffer = ctypes.create_string_buffer(_TIMEX_SIZE)  # modes = 0: read only
     state = adjtimex(buffer)
