@@ -8,7 +8,6 @@ later chunk is jittered too: unsynchronized, the rooms start tens of millisecond
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,9 @@ from tests.sound import RATE, wait_until
 pytestmark = pytest.mark.e2e
 
 TARGET_MS = 10.0
+# This shared machine runs at a load of 5 to 15 on its 2 cores: the first request after a start took up
+# to 750 ms to reach the sound device here, so the tests give the lead (default 0.5 s) more room.
+LEAD = {"sync__lead": "1.0"}
 NODELAY_BROKER = "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
 TEXTS = [
     "The front door is open.",
@@ -71,9 +73,17 @@ def start_rooms(
 
     def start(*per_room: dict[str, str]) -> list[Daemon]:
         settings = per_room or ({}, {}, {})
-        return [make_daemon({**cartesia_env, **rooms.room_env(i)}, **s) for i, s in enumerate(settings)]
+        return [make_daemon({**cartesia_env, **rooms.room_env(i)}, **{**LEAD, **s}) for i, s in enumerate(settings)]
 
     return start
+
+
+def stamped(observer: Observer, payload: dict[str, Any], topic: str = f"{BASE}/all/say") -> Callable[[], None]:
+    """A publish of `payload` with its send time in `ts`, as docs/sync.md advises and its Home Assistant
+    example does: every room counts the lead from the same moment, whenever the message reaches it. (On
+    this shared machine a daemon sometimes reads a message 15 to 25 ms after the others; counted from
+    each arrival, that adds to the spread: `script/bench sync` measures both.)"""
+    return lambda: observer.publish(topic, json.dumps({**payload, "ts": time.time()}))
 
 
 def heard(
@@ -96,16 +106,15 @@ def test_five_broadcasts_start_together_in_every_room(
     record_property: Callable[[str, object], None],
 ) -> None:
     daemons = start_rooms()
-    spreads = []
+    spreads: list[float] = []
     for n, text in enumerate(TEXTS):
         request_id = f"all-{n}"
-        payload = json.dumps({"id": request_id, "text": text})
-        x, started = heard(rooms, daemons, request_id, functools.partial(observer.publish, f"{BASE}/all/say", payload))
+        x, started = heard(rooms, daemons, request_id, stamped(observer, {"id": request_id, "text": text}))
         spreads.append(spread_ms(x, [0, 1, 2]))
         late = [s["late_ms"] for s in started]
         assert all(ms <= TARGET_MS for ms in late), late  # on time, by each device's own clock
-        # It waited for the lead (0.5 s), less the time the message waited for the event loop on a busy machine.
-        assert all(s["latency_ms"] >= 400 for s in started), started
+        # It waited for the lead (1 s), less the time the message waited for the event loop on a busy machine.
+        assert all(s["latency_ms"] >= 800 for s in started), started
     record_property("spread_ms", spreads)
     print(f"synchronized all/say, spread between rooms (ms): {spreads}")
     assert max(spreads) <= TARGET_MS, spreads
@@ -129,8 +138,7 @@ def test_rooms_whose_devices_have_different_latencies_start_together(
     daemons = start_rooms({"audio__latency": "high"}, {"audio__latency": "low"}, {"audio__latency": "high"})
     for n, text in enumerate(TEXTS[:2]):
         request_id = f"latencies-{n}"
-        payload = json.dumps({"id": request_id, "text": text})
-        x, started = heard(rooms, daemons, request_id, functools.partial(observer.publish, f"{BASE}/all/say", payload))
+        x, started = heard(rooms, daemons, request_id, stamped(observer, {"id": request_id, "text": text}))
         assert all(s["late_ms"] <= TARGET_MS for s in started), started
         assert spread_ms(x, [0, 1, 2]) <= TARGET_MS
 
@@ -145,8 +153,8 @@ def test_unsynchronized_broadcasts_for_comparison(
     spreads = []
     for n, text in enumerate(TEXTS):
         request_id = f"nosync-{n}"
-        payload = json.dumps({"id": request_id, "text": text, "sync": False})
-        x, started = heard(rooms, daemons, request_id, functools.partial(observer.publish, f"{BASE}/all/say", payload))
+        payload = {"id": request_id, "text": text, "sync": False}
+        x, started = heard(rooms, daemons, request_id, stamped(observer, payload))
         spreads.append(spread_ms(x, [0, 1, 2]))
         assert [s["late_ms"] for s in started] == [None, None, None]  # not synchronized: no instant to be late for
     record_property("spread_ms", spreads)
@@ -157,7 +165,7 @@ def test_says_to_single_rooms_with_the_same_at_start_together(
     start_rooms: Callable[..., list[Daemon]], rooms: Rooms
 ) -> None:
     daemons = start_rooms()
-    at = time.time() + 1.5
+    at = time.time() + 2.0
     iso = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     ats: list[float | str] = [at, iso, at]  # epoch seconds or ISO 8601, the same instant
 
@@ -169,8 +177,8 @@ def test_says_to_single_rooms_with_the_same_at_start_together(
     x, started = heard(rooms, daemons, "same-at", publish)
     assert all(s["late_ms"] <= TARGET_MS for s in started), started
     assert spread_ms(x, [0, 1, 2]) <= TARGET_MS
-    # The last message arrived 0.6 s after the first, and the first sample still waited for the instant.
-    assert started[0]["latency_ms"] >= 1300 and started[2]["latency_ms"] >= 400, started
+    # The last message arrived 0.6 s after the first (at most a second), and the first sample still waited.
+    assert started[0]["latency_ms"] >= 1800 and started[2]["latency_ms"] >= 900, started
 
 
 def test_a_group_starts_together_and_takes_every_command(
@@ -179,8 +187,8 @@ def test_a_group_starts_together_and_takes_every_command(
     downstairs = {"sync__groups": '["downstairs"]'}
     daemons = start_rooms(downstairs, downstairs, {"sync__groups": '["upstairs"]'})
     members, other = daemons[:2], daemons[2]
-    payload = json.dumps({"id": "group-1", "text": "Lunch is on the table."})
-    x, started = heard(rooms, members, "group-1", lambda: observer.publish(f"{BASE}/group/downstairs/say", payload))
+    payload = {"id": "group-1", "text": "Lunch is on the table."}
+    x, started = heard(rooms, members, "group-1", stamped(observer, payload, f"{BASE}/group/downstairs/say"))
     assert all(s["late_ms"] <= TARGET_MS for s in started), started
     assert spread_ms(x, [0, 1]) <= TARGET_MS
     assert np.abs(x[:, 2]).max() < THRESHOLD and other.events("group-1") == []  # not a member: silent
@@ -194,8 +202,8 @@ def test_a_chime_starts_together_in_every_room(
     start_rooms: Callable[..., list[Daemon]], rooms: Rooms, observer: Observer
 ) -> None:
     daemons = start_rooms()
-    payload = json.dumps({"id": "chimed", "text": "Someone is at the door.", "chime": True})
-    x, started = heard(rooms, daemons, "chimed", lambda: observer.publish(f"{BASE}/all/say", payload))
+    payload = {"id": "chimed", "text": "Someone is at the door.", "chime": True}
+    x, started = heard(rooms, daemons, "chimed", stamped(observer, payload))
     assert all(s["late_ms"] <= TARGET_MS for s in started), started
     assert spread_ms(x, [0, 1, 2]) <= TARGET_MS
     # What starts together is the chime: the speech comes after it, not at the first sample.
@@ -211,8 +219,7 @@ def test_a_busy_room_starts_late_and_says_so_while_a_critical_one_interrupts_on_
     long_text = "This is a long story that keeps the first room busy for a few seconds more. " * 2
     busy.say(json.dumps({"id": "long-1", "text": long_text}))
     busy.wait_for_event("long-1", "started")
-    normal = json.dumps({"id": "late-1", "text": "The post has arrived."})
-    observer.publish(f"{BASE}/all/say", normal)
+    stamped(observer, {"id": "late-1", "text": "The post has arrived."})()
     for daemon in daemons:
         spoken_ok(daemon, "late-1")
     started = [daemon.wait_for_event("late-1", "started") for daemon in daemons]
@@ -220,9 +227,9 @@ def test_a_busy_room_starts_late_and_says_so_while_a_critical_one_interrupts_on_
 
     busy.say(json.dumps({"id": "long-2", "text": long_text}))
     busy.wait_for_event("long-2", "started")
-    critical = json.dumps({"id": "alarm", "text": "Smoke detected in the kitchen.", "priority": "critical"})
+    critical = {"id": "alarm", "text": "Smoke detected in the kitchen.", "priority": "critical"}
     with rooms.capture() as capture:
-        observer.publish(f"{BASE}/all/say", critical)
+        stamped(observer, critical)()
         for daemon in daemons:
             spoken_ok(daemon, "alarm")
         x = capture.wait_for_sound_then_silence(3)
