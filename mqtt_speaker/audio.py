@@ -51,7 +51,7 @@ class Playback:
     """How one utterance is to be played."""
 
     name: str
-    on_first_audio: Callable[[], None]  # called as the first speech (a chunk of segment >= 0, not the chime) plays
+    on_first_audio: Callable[[], None]  # called as the first speech (segment >= 0, not the chime) plays (and is placed)
     stop: asyncio.Event  # set it to fade out and return early
     gain: float = 1.0
     start: StartGate | None = None  # a synchronized start: the first sample reaches the DAC at start.at

@@ -20,7 +20,7 @@ import pytest
 
 from tests.cartesia_emulator import CartesiaEmulator
 from tests.conftest import BASE, Broker, Daemon, Observer, spoken_ok
-from tests.rooms import THRESHOLD, Rooms, spread_ms
+from tests.rooms import NODELAY_BROKER, THRESHOLD, Rooms, spread_ms
 from tests.sound import RATE, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +29,6 @@ TARGET_MS = 10.0
 # This shared machine runs at a load of 5 to 15 on its 2 cores: the first request after a start took up
 # to 750 ms to reach the sound device here, so the tests give the lead (default 0.5 s) more room.
 LEAD = {"sync__lead": "1.0"}
-NODELAY_BROKER = "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
 TEXTS = [
     "The front door is open.",
     "Dinner is ready, come to the kitchen.",
@@ -41,9 +40,7 @@ TEXTS = [
 
 @pytest.fixture
 def broker(workdir: Path) -> Iterator[Broker]:
-    """Like conftest's, with `set_tcp_nodelay true`, as docs/sync.md advises: by default mosquitto may hold
-    a message to one speaker for up to 40 ms (Nagle), and without a `ts` each counts the lead from its own
-    arrival (measured here: one room 47 ms after the others)."""
+    """Like conftest's, with `set_tcp_nodelay true` (NODELAY_BROKER)."""
     server = Broker(workdir, NODELAY_BROKER)
     server.start()
     yield server
