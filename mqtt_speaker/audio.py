@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import logging
 import re
+import statistics
 import threading
 import time
 import wave
@@ -27,10 +28,12 @@ import numpy.typing as npt
 
 from mqtt_speaker.engines.base import AudioChunk, Pcm
 from mqtt_speaker.settings import AudioSettings
+from mqtt_speaker.sync import StartGate, frames_before_start
 
 LOG = logging.getLogger(__name__)
 Samples = npt.NDArray[np.float32]
 DEFAULT_RATE = 44100
+AHEAD_HISTORY = 15  # callbacks whose DAC distance is smoothed (a median), for synchronized starts
 
 
 class AudioDeviceError(Exception):
@@ -48,9 +51,10 @@ class Playback:
     """How one utterance is to be played."""
 
     name: str
-    on_first_audio: Callable[[], None]  # called as the first speech (a chunk of segment >= 0, not the chime) plays
+    on_first_audio: Callable[[], None]  # called as the first speech (segment >= 0, not the chime) plays (and is placed)
     stop: asyncio.Event  # set it to fade out and return early
     gain: float = 1.0
+    start: StartGate | None = None  # a synchronized start: the first sample reaches the DAC at start.at
 
 
 class Output(Protocol):
@@ -121,6 +125,7 @@ class _Fifo:
         self.on_drained: Callable[[], None] | None = None
         self.on_room: Callable[[], None] | None = None
         self.room_below = 0
+        self._start: tuple[float, int, Callable[[float], None]] | None = None  # (wall clock, rate, on_placed)
 
     def begin(self, on_drained: Callable[[], None]) -> None:
         with self._lock:
@@ -130,6 +135,18 @@ class _Fifo:
             self.played = 0
             self.ended = False
             self.on_drained = on_drained
+            self._start = None
+
+    def hold_until(self, start: float, rate: int, on_placed: Callable[[float], None]) -> None:
+        """Keep what is written silent until the wall-clock instant `start` reaches the DAC; then tell
+        `on_placed` (on the audio thread) how late the first sample was, in seconds."""
+        with self._lock:
+            self._start = (start, rate, on_placed)
+
+    def holding(self) -> float | None:
+        """The instant the first sample waits for (wall clock), while it waits."""
+        with self._lock:
+            return self._start[0] if self._start else None
 
     def write(self, samples: Samples) -> None:
         with self._lock:
@@ -143,8 +160,10 @@ class _Fifo:
                 self._fire_drained()
 
     def fade_out(self, samples: int, on_drained: Callable[[], None]) -> None:
-        """Keep only the next `samples`, ramped down to silence; drop the rest."""
+        """Keep only the next `samples`, ramped down to silence; drop the rest (all of it, if still held)."""
         with self._lock:
+            if self._start is not None:
+                self._start, samples = None, 0
             kept: list[Samples] = []
             need, head = samples, self._head
             for block in self._blocks:
@@ -177,10 +196,21 @@ class _Fifo:
         if callback is not None:
             callback()
 
-    def read_into(self, out: Samples) -> None:
-        """Fill `out` (audio thread): queued samples first, silence after."""
-        filled = 0
+    def read_into(self, out: Samples, dac_time: float | None = None) -> None:
+        """Fill `out` (audio thread), whose first frame reaches the DAC at `dac_time` (wall clock; None:
+        now): queued samples first, silence after; while held, silence before them up to the instant."""
         with self._lock:
+            if self._start is not None and self._blocks:
+                start, rate, on_placed = self._start
+                dac_time = time.time() if dac_time is None else dac_time
+                pad = max(0, frames_before_start(start, dac_time, rate))
+                out[: min(pad, out.size)] = 0.0
+                if pad >= out.size:
+                    return
+                self._start = None
+                on_placed(dac_time + pad / rate - start)
+                out = out[pad:]
+            filled = 0
             while filled < out.size and self._blocks:
                 block = self._blocks[0]
                 take = min(out.size - filled, block.size - self._head)
@@ -237,6 +267,8 @@ class SoundDevicePlayer:
         self._fifo = _Fifo()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._rate = settings.sample_rate or self._device_rate()
+        self._latency = 0.0  # the open stream's, for hosts that report no DAC times
+        self._ahead: collections.deque[float] = collections.deque(maxlen=AHEAD_HISTORY)  # audio thread only
         _release_alsa_probes()
 
     def _device_rate(self) -> int:
@@ -290,10 +322,17 @@ class SoundDevicePlayer:
             raise AudioDeviceError(f"cannot open the output device {device}: {exc}") from exc
         LOG.debug("output stream open: %d Hz, latency %.1f ms", self._rate, stream.latency * 1000)
         self._stream = stream
+        self._latency = stream.latency
+        self._ahead.clear()
         return stream
 
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
-        self._fifo.read_into(outdata[:, 0])
+        # How far ahead of now this buffer reaches the DAC, on PortAudio's clock, put on the wall clock.
+        # The median of the last callbacks': through ALSA's pulse plugin one in twenty or so reports a
+        # few milliseconds less (measured: 2 ms instead of 8.7), which would place a start that early.
+        reported = time_info.outputBufferDacTime - time_info.currentTime if time_info.currentTime else self._latency
+        self._ahead.append(reported)
+        self._fifo.read_into(outdata[:, 0], time.time() + statistics.median(self._ahead))
 
     def _close_stream(self) -> None:
         stream, self._stream = self._stream, None
@@ -311,7 +350,7 @@ class SoundDevicePlayer:
         drained = loop.create_future()
         resampler: Resampler | None = None
         source_rate = 0
-        announced = False
+        announcer = _Announcer(playback, loop)
         limit = int(self._settings.max_buffer_seconds * self._rate)
         try:
             while (chunk := await _next_chunk(chunks, stopping)) is not None:
@@ -321,14 +360,15 @@ class SoundDevicePlayer:
                 if first:
                     stream = self._open()
                     fifo.begin(lambda: _resolve_threadsafe(loop, drained))
+                    if playback.start is not None:
+                        fifo.hold_until(playback.start.at, self._rate, announcer.placed_threadsafe)
                 if chunk.sample_rate != source_rate:
                     resampler, source_rate = Resampler(chunk.sample_rate, self._rate), chunk.sample_rate
                 assert resampler is not None
                 samples = resampler(to_float(chunk.samples))
                 fifo.write(samples * np.float32(playback.gain) if playback.gain != 1.0 else samples)
-                if chunk.segment >= 0 and not announced:
-                    announced = True
-                    playback.on_first_audio()
+                if chunk.segment >= 0:
+                    announcer.speech()
                 if fifo.buffered > limit:
                     await self._wait_for_room(loop, limit // 2, stream, stopping)
             if stream is None:
@@ -372,8 +412,10 @@ class SoundDevicePlayer:
     async def _wait_playing(
         self, future: asyncio.Future[None], stream: Any, expected: float, stopping: asyncio.Future[Any]
     ) -> None:
-        """Wait for the callback to signal; _Stopped on stop; a stream that stopped calling back is a failure."""
-        deadline = time.monotonic() + expected + 2.0 + stream.latency
+        """Wait for the callback to signal; _Stopped on stop; a stream that stopped calling back is a failure.
+        Audio held for a synchronized start is expected that much later."""
+        held = self._fifo.holding()
+        deadline = time.monotonic() + expected + 2.0 + stream.latency + (max(0.0, held - time.time()) if held else 0.0)
         while not future.done():
             if stopping.done():
                 raise _Stopped
@@ -387,6 +429,36 @@ class SoundDevicePlayer:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._close_stream()
+
+
+class _Announcer:
+    """Calls the playback's on_first_audio once the first speech has been handed over and, for a
+    synchronized start, the first sample has been placed on the device's clock (its lateness known)."""
+
+    def __init__(self, playback: Playback, loop: asyncio.AbstractEventLoop) -> None:
+        self._playback = playback
+        self._loop = loop
+        self._speech = False
+        self._done = False
+
+    def speech(self) -> None:
+        self._speech = True
+        self._announce()
+
+    def placed_threadsafe(self, late: float) -> None:
+        """Called on the audio thread."""
+        self._loop.call_soon_threadsafe(self.placed, late)
+
+    def placed(self, late: float) -> None:
+        assert self._playback.start is not None
+        self._playback.start.late = late
+        self._announce()
+
+    def _announce(self) -> None:
+        start = self._playback.start
+        if self._speech and not self._done and (start is None or start.late is not None):
+            self._done = True
+            self._playback.on_first_audio()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -30,6 +30,7 @@ from mqtt_speaker.topics import Command, Topics
 LOG = logging.getLogger(__name__)
 WARM_QUEUE = 8  # cache/warm lists waiting for the one warmer (each holds at most 100 texts)
 ONLINE, OFFLINE = "online", "offline"
+CLOCK_CHECK_INTERVAL = 60.0  # seconds
 
 
 def build_output(settings: Settings) -> Output:
@@ -41,7 +42,9 @@ def build_output(settings: Settings) -> Output:
 class Daemon:
     def __init__(self, settings: Settings, engines: dict[str, Engine], output: Output) -> None:
         self._settings = settings
-        self._topics = Topics(settings.base_topic, settings.site, settings.homeassistant.prefix)
+        self._topics = Topics(
+            settings.base_topic, settings.site, settings.homeassistant.prefix, tuple(settings.sync.groups)
+        )
         self._engines = engines
         self._output = output
         self._last_state: str | None = None
@@ -192,6 +195,7 @@ class Daemon:
         # Ready at once, broker or not (a broker down at boot must not hold up the boot); STATUS says why.
         self._notifier.ready(f"waiting for the broker at {self._settings.mqtt.host}:{self._settings.mqtt.port}")
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        clock = asyncio.create_task(self._watch_clock(), name="clock")
         await asyncio.gather(*(engine.start() for engine in self._engines.values()))
         worker = asyncio.create_task(self.speaker.run(), name="speaker")
         warmer = asyncio.create_task(self._warmer(), name="warmer")
@@ -213,10 +217,18 @@ class Daemon:
         await asyncio.gather(*(engine.close() for engine in self._engines.values()))
         await self._link.stop(last_words=(self._topics.availability, OFFLINE))
         watchdog.cancel()
+        clock.cancel()
         self._notifier.close()
         if crashed is not None:
             raise RuntimeError("the speaker stopped unexpectedly") from crashed
         LOG.info("stopped")
+
+    async def _watch_clock(self) -> None:
+        """The state shows whether the system clock is synchronized (docs/sync.md): read it every minute,
+        republished only when it changed."""
+        while True:
+            await asyncio.sleep(CLOCK_CHECK_INTERVAL)
+            self._publish_state()
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop itself: if the loop hangs, the pings stop and systemd restarts us."""

@@ -62,6 +62,7 @@ class ErrorCode(StrEnum):
     VALUE_CLAMPED = "value_clamped"
     UNKNOWN_FIELD = "unknown_field"
     UNKNOWN_SOUND = "unknown_sound"
+    START_PASSED = "start_passed"
     INVALID_COMMAND = "invalid_command"
     ERRORS_SUPPRESSED = "errors_suppressed"
     MESSAGES_DROPPED = "messages_dropped"
@@ -172,6 +173,8 @@ class _SayPayload(BaseModel):
     priority: Priority | None = None
     ttl: Annotated[Number, AfterValidator(_positive)] | None = None
     ts: Annotated[Number | StrictStr, AfterValidator(_timestamp)] | None = None
+    at: Annotated[Number | StrictStr, AfterValidator(_timestamp)] | None = None
+    sync: StrictBool | None = None
     chime: Annotated[bool | StrictStr, AfterValidator(_sound_name)] | None = None
     engine: EngineName | None = None
     cache: StrictBool = True
@@ -217,6 +220,9 @@ class SayRequest(BaseModel):
     priority: Priority = Priority.NORMAL
     ttl: float | None = Field(default=None, description="Seconds it may wait to start; None: the default")
     sent_at: float | None = Field(default=None, description="Epoch seconds it was sent, when it says")
+    at: float | None = Field(default=None, description="Epoch seconds to start at, when it says")
+    start_at: float | None = Field(default=None, description="When it starts (sync.start_instant); None: at once")
+    sync: bool | None = Field(default=None, description="false: never synchronized; None: synchronized if broadcast")
     volume: float | None = Field(default=None, description="Playback volume 0-1 for this message only")
     chime: bool | str = False
     engine: str | None = Field(default=None, description="The engine asked for; None: the configured one")
@@ -358,6 +364,8 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
         raise RequestRejected(f"{field}: {_reason(first['msg'])}", field, request_id) from exc
     request_id = str(body.id) if body.id is not None else None
     warnings: list[Warning_] = []
+    if body.at is not None and body.sync is False:
+        raise RequestRejected('at: a start instant cannot be given with "sync": false', "at", request_id)
 
     if body.text is not None and body.segments is not None:
         raise RequestRejected("text: give either 'text' or 'segments', not both", "text", request_id)
@@ -412,6 +420,8 @@ def _request(
         priority=body.priority or Priority.NORMAL,
         ttl=min(float(body.ttl), MAX_TTL) if body.ttl is not None else None,
         sent_at=float(body.ts) if body.ts is not None else None,
+        at=float(body.at) if body.at is not None else None,
+        sync=body.sync,
         volume=_clamped(body.volume, PLAYBACK_VOLUME_RANGE, "volume", warnings),
         chime=body.chime if body.chime is not None else False,
         engine=body.engine,
@@ -549,6 +559,9 @@ class StartedEvent(Event):
     cached: bool = Field(default=False, description="Played from the audio cache")
     fallback: bool = Field(default=False, description="Spoken by a fallback engine")
     fallback_reason: str | None = Field(default=None, description="Why the primary engine did not speak it")
+    late_ms: int | None = Field(
+        default=None, description="A synchronized start: how late its first sample was, 0 when on time; else None"
+    )
 
 
 class FinishedEvent(Event):
@@ -607,6 +620,9 @@ class StateReport(Outbound):
     voice: str = Field(description="Default voice")
     quiet: bool = Field(description="Quiet mode switched on")
     quiet_now: bool = Field(description="Requests below critical are dropped now (quiet mode or quiet hours)")
+    clock_synchronized: bool | None = Field(
+        default=None, description="The system clock is synchronized (NTP); None where the system cannot tell"
+    )
     version: str = __version__
 
 

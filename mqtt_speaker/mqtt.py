@@ -13,8 +13,9 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -37,6 +38,7 @@ class Inbound:
     topic: str
     payload: bytes
     retain: bool
+    received: float = field(default_factory=time.time)  # wall clock, stamped on paho's thread (sync.py)
 
 
 @dataclass(frozen=True)

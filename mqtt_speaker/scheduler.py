@@ -125,8 +125,9 @@ class Scheduler:
 
     def _remaining_ttl(self, request: SayRequest) -> float:
         ttl = request.ttl if request.ttl is not None else self._settings.default_ttl
-        if request.sent_at is not None:  # counted from when it was sent, not from when it reached us
-            return request.sent_at + ttl - time.time()
+        origin = request.at if request.at is not None else request.sent_at
+        if origin is not None:  # counted from its own start instant, or when it was sent, not from its arrival
+            return origin + ttl - time.time()
         return ttl
 
     def _is_duplicate(self, request: SayRequest) -> bool:

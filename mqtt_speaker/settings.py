@@ -186,6 +186,31 @@ class AudioSettings(BaseModel):
         return value or None
 
 
+def topic_name(value: str) -> str:
+    """A site or group name: one topic level, not one of the levels the layout reserves."""
+    if not re.fullmatch(r"[a-z0-9_-]+", value) or value in ("all", "group"):
+        raise ValueError("must be lower-case letters, digits, '_' or '-' (and not 'all' or 'group')")
+    return value
+
+
+class SyncSettings(BaseModel):
+    """Synchronized starts (docs/sync.md)."""
+
+    lead: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=10.0,
+        description="Seconds from a broadcast's arrival to its shared start: time for every speaker's "
+        "synthesis to be ready (Cartesia's first audio, or a local engine's), so that they start together",
+    )
+    max_ahead: float = Field(
+        default=60.0, gt=0, le=3600.0, description="An 'at' further ahead than this is refused (invalid_request)"
+    )
+    groups: list[Annotated[str, AfterValidator(topic_name)]] = Field(
+        default_factory=list, description="Speaker groups this speaker belongs to: <base>/group/<name>/say"
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of mqtt-speaker. See config/config.example.toml for the documented file."""
 
@@ -224,6 +249,7 @@ class Settings(BaseSettings):
     )
     audio: AudioSettings = Field(default_factory=AudioSettings)
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
     voices: dict[str, str] = Field(
         default_factory=dict, description="Friendly voice names for Cartesia voice ids, e.g. {Narrator = '6ccb...'}"
     )
@@ -266,9 +292,7 @@ class Settings(BaseSettings):
     @field_validator("site")
     @classmethod
     def _site_is_topic_safe(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z0-9_-]+", value) or value == "all":
-            raise ValueError("must be lower-case letters, digits, '_' or '-' (and not 'all')")
-        return value
+        return topic_name(value)
 
     @field_validator("quiet_hours")
     @classmethod

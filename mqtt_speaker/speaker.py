@@ -27,6 +27,7 @@ from mqtt_speaker.models import (
 from mqtt_speaker.runtime import RuntimeDefaults
 from mqtt_speaker.scheduler import Scheduler
 from mqtt_speaker.settings import Settings
+from mqtt_speaker.sync import clock_synchronized
 from mqtt_speaker.voicing import Voice
 
 LOG = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class Speaker:
             voice=self._settings.voice_name(self.defaults.voice),
             quiet=self.defaults.quiet,
             quiet_now=self.quiet_now(),
+            clock_synchronized=clock_synchronized(),
         )
 
     def _set_problem(self, area: str, error: ErrorReport | None) -> None:

@@ -7,7 +7,8 @@
 <base>/<site>/set/volume     in   runtime defaults: set/volume 0-100, set/emotion, set/voice, set/quiet ON/OFF
 <base>/<site>/cache/clear    in   empty the audio cache (any payload)
 <base>/<site>/cache/warm     in   JSON list of texts or say requests: synthesize into the cache, not played
-<base>/all/...               in   every command above, for every speaker
+<base>/all/...               in   every command above, for every speaker (a say starts in sync, sync.py)
+<base>/group/<name>/...      in   every command above, for the members of a group ([sync] groups)
 <prefix>/device/<site>/config          out  Home Assistant discovery (retained); prefix "homeassistant"
 <prefix>/<platform>/<site>/<id>/config out  the same, one topic per entity (for Home Assistant < 2024.11)
 <prefix>/status                        in   Home Assistant's birth message: discovery is sent again
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 BROADCAST_SITE = "all"
+GROUP_LEVEL = "group"
 
 
 class Command(StrEnum):
@@ -46,6 +48,7 @@ class Topics:
     base: str
     site: str
     discovery_prefix: str = "homeassistant"
+    groups: tuple[str, ...] = ()
 
     def _own(self, leaf: str) -> str:
         return f"{self.base}/{self.site}/{leaf}"
@@ -70,6 +73,15 @@ class Topics:
         """The topic a command is published on, for this site or another one (or 'all')."""
         return f"{self.base}/{site or self.site}/{command.value}"
 
+    def group_command(self, command: Command, group: str) -> str:
+        """The topic a command is published on for every member of a group."""
+        return f"{self.base}/{GROUP_LEVEL}/{group}/{command.value}"
+
+    def _prefixes(self) -> list[str]:
+        """Where our commands live: this site's own, 'all', then each of our groups (broadcasts)."""
+        own = [f"{self.base}/{site}/" for site in (self.site, BROADCAST_SITE)]
+        return [*own, *(f"{self.base}/{GROUP_LEVEL}/{group}/" for group in self.groups)]
+
     @property
     def discovery(self) -> str:
         return f"{self.discovery_prefix}/device/{self.site}/config"
@@ -83,16 +95,19 @@ class Topics:
 
     def subscriptions(self) -> list[str]:
         """Every topic the daemon subscribes to (re-subscribed on each connect)."""
-        commands = [self.command(command, site) for command in Command for site in (self.site, BROADCAST_SITE)]
+        commands = [prefix + command.value for command in Command for prefix in self._prefixes()]
         return [*commands, self.homeassistant_status]
 
     def parse_command(self, topic: str) -> Command | None:
         """The command an inbound topic carries, or None when it is not one of ours."""
-        for site in (self.site, BROADCAST_SITE):
-            prefix = f"{self.base}/{site}/"
+        for prefix in self._prefixes():
             if topic.startswith(prefix):
                 try:
                     return Command(topic.removeprefix(prefix))
                 except ValueError:
                     return None
         return None
+
+    def is_broadcast(self, topic: str) -> bool:
+        """The topic reaches more than this speaker: 'all' or one of our groups."""
+        return not topic.startswith(f"{self.base}/{self.site}/") and self.parse_command(topic) is not None

@@ -34,6 +34,7 @@ from mqtt_speaker.runtime import RuntimeDefaults
 from mqtt_speaker.scheduler import Job
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.sounds import Sounds
+from mqtt_speaker.sync import StartGate
 from mqtt_speaker.text import Meter, Piece, Script
 
 LOG = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ class Voice:
         remaining: Script | None = Script(request, job.text)
         fallback_reason: str | None = None
         played_total = 0.0
-        progress = _Progress()
+        progress = _Progress(StartGate(request.start_at) if request.start_at is not None else None)
         tried = False
         last_error: SynthesisError | None = None
         for index, name in enumerate(names):
@@ -238,7 +239,8 @@ class Voice:
                 stream = attempt.stream() if tried else await self._with_chime(job, attempt.stream())
                 tried = True
                 async with contextlib.aclosing(stream) as chunks:
-                    played = await self._output.play(chunks, Playback(request.id, on_first_audio, job.stop, gain))
+                    playback = Playback(request.id, on_first_audio, job.stop, gain, progress.pending_start())
+                    played = await self._output.play(chunks, playback)
             except AudioDeviceError as exc:
                 failure = ErrorReport(code=ErrorCode.AUDIO_DEVICE_UNAVAILABLE, message=str(exc), id=request.id)
                 self._set_problem("audio", failure)
@@ -303,9 +305,12 @@ class Voice:
                 cached=cached,
                 fallback=fallback_reason is not None,
                 fallback_reason=fallback_reason,
+                late_ms=progress.start.late_ms if progress.start else None,
             )
         )
         LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, engine.name, latency)
+        if progress.start is not None and progress.start.late is not None:
+            LOG.info("%s started %+.1f ms from its instant", request.id, progress.start.late * 1000)
 
     def clear_cache(self) -> None:
         """cache/clear, in a worker thread (a thousand files on an SD card); one clear at a time."""
@@ -362,7 +367,12 @@ def _log_cleared(done: asyncio.Future[int]) -> None:
 
 @dataclass
 class _Progress:
+    start: StartGate | None = None  # a synchronized start (the same one for a fallback engine)
     started: bool = False
+
+    def pending_start(self) -> StartGate | None:
+        """The start instant, until the first sample has been placed (the rest after it follows at once)."""
+        return self.start if self.start is not None and self.start.late is None else None
 
 
 class _Attempt:

@@ -107,6 +107,7 @@ class Behaviour:
     first_chunk_delay: float = 0.0
     real_time_factor: float = 0.2  # seconds spent generating one second of audio
     jitter: float = 0.0  # seconds: each chunk's pacing varies by up to this much either way (mean unchanged)
+    first_chunk_jitter: float = 0.0  # seconds: each context's first chunk comes up to this much later (uniform)
     ms_per_char: float = 40.0
     chunk_ms: float = 20.0
     amplitude: float = 0.3
@@ -353,7 +354,7 @@ class CartesiaEmulator:
             if fresh:
                 if b.stall:
                     await asyncio.Event().wait()
-                await asyncio.sleep(b.first_chunk_delay)
+                await asyncio.sleep(b.first_chunk_delay + random.uniform(0.0, b.first_chunk_jitter))
             count = min(chunk, total)
             samples = _tone(frequency, rate, stream.position, count, min(1.0, b.amplitude * stream.volume))
             if not fresh:  # the first chunk comes right after first_chunk_delay

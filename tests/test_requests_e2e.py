@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from mqtt_speaker.sync import clock_synchronized
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator, frequency_for
 from tests.conftest import Daemon, Observer, spoken_ok
 from tests.sound import PulseAudio, dominant_frequency, sound_regions, wait_until
@@ -132,6 +133,7 @@ def test_state_is_retained_and_follows_speaking(
         "voice": "Default",  # the configured voice, which has no name in `voices`
         "quiet": False,
         "quiet_now": False,
+        "clock_synchronized": clock_synchronized(),  # this machine's, as the daemon reads it (docs/sync.md)
     }
     availability = daemon.observer.on(daemon.topic("availability"))
     assert availability[-1].payload == b"online"

@@ -13,6 +13,7 @@ from mqtt_speaker.models import (
     Event,
     RequestRejected,
     SayRequest,
+    Warning_,
     parse_chunk,
     parse_clear,
     parse_emotion,
@@ -26,6 +27,7 @@ from mqtt_speaker.mqtt import Inbound
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speaker import Speaker
 from mqtt_speaker.streams import Streams
+from mqtt_speaker.sync import check_at, start_instant
 from mqtt_speaker.topics import Command, Topics
 
 LOG = logging.getLogger(__name__)
@@ -119,35 +121,55 @@ class NativeTopics:
             case Command.CACHE_WARM:
                 self._warm(parse_warm(payload, max_text_length=self._settings.max_text_length))
 
+    def _timed(self, request: SayRequest, message: Inbound) -> tuple[SayRequest, Warning_ | None]:
+        """The request with its start instant (docs/sync.md): `at`, or a broadcast's (all, a group) arrival
+        or `ts` plus the lead; a warning when `at` has passed. RequestRejected when `at` is too far ahead."""
+        passed = check_at(request, message.received, self._settings.sync.max_ahead)
+        instant = start_instant(
+            at=request.at,
+            sync=request.sync,
+            broadcast=self._topics.is_broadcast(message.topic),
+            sent=request.sent_at,
+            arrived=message.received,
+            lead=self._settings.sync.lead,
+        )
+        if instant is not None:
+            ahead = (instant - message.received) * 1000
+            LOG.debug("%s starts at %.6f, %.1f ms after it arrived", request.id, instant, ahead)
+        return request.model_copy(update={"start_at": instant}), passed
+
     def _on_say(self, message: Inbound) -> None:
         try:
             parsed = parse_say(message.payload, max_text_length=self._settings.max_text_length)
+            request, passed = self._timed(parsed.request, message)
         except RequestRejected as exc:
             self.report(
                 ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
             )
             return
-        for warning in parsed.warnings:
+        for warning in [*parsed.warnings, *([passed] if passed else [])]:
             self.report(
                 ErrorReport(
                     code=warning.code,
                     message=warning.message,
-                    id=parsed.request.id,
+                    id=request.id,
                     field=warning.field,
                     severity="warning",
                 )
             )
-        self.speaker.submit(parsed.request)
+        self.speaker.submit(request)
 
     def _on_chunk(self, message: Inbound) -> None:
         try:
             chunk = parse_chunk(message.payload, max_text_length=self._settings.stream.max_length)
+            request, passed = self._timed(chunk.request, message)  # used when this chunk opens its stream
         except RequestRejected as exc:
             self.report(
                 ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
             )
             return
-        for warning in chunk.warnings:
+        chunk = chunk.model_copy(update={"request": request})
+        for warning in [*chunk.warnings, *([passed] if passed else [])]:
             self.report(
                 ErrorReport(
                     code=warning.code, message=warning.message, id=chunk.id, field=warning.field, severity="warning"

@@ -1,0 +1,275 @@
+"""End to end: three speakers on one machine start an announcement together (docs/sync.md).
+
+Three daemons, each in its own room: a PulseAudio sink that is one channel of one clocked pipe sink,
+all recorded by one parec (tests/rooms.py), so the rooms' first samples compare to the sample. The
+emulator's first chunk comes 50 to 130 ms after each request, differently for every room, and every
+later chunk is jittered too: unsynchronized, the rooms start tens of milliseconds apart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.cartesia_emulator import CartesiaEmulator
+from tests.conftest import BASE, Broker, Daemon, Observer, spoken_ok
+from tests.rooms import NODELAY_BROKER, THRESHOLD, Rooms, spread_ms
+from tests.sound import RATE, wait_until
+
+pytestmark = pytest.mark.e2e
+
+TARGET_MS = 10.0
+# This shared machine runs at a load of 5 to 15 on its 2 cores: the first request after a start took up
+# to 750 ms to reach the sound device here, so the tests give the lead (default 0.5 s) more room.
+LEAD = {"sync__lead": "1.0"}
+TEXTS = [
+    "The front door is open.",
+    "Dinner is ready, come to the kitchen.",
+    "The washing machine has finished.",
+    "It will rain in twenty minutes.",
+    "Someone is at the door.",
+]
+
+
+@pytest.fixture
+def broker(workdir: Path) -> Iterator[Broker]:
+    """Like conftest's, with `set_tcp_nodelay true` (NODELAY_BROKER)."""
+    server = Broker(workdir, NODELAY_BROKER)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def rooms() -> Iterator[Rooms]:
+    server = Rooms().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def jittery(emulator: CartesiaEmulator) -> CartesiaEmulator:
+    emulator.behaviour.first_chunk_delay = 0.05
+    emulator.behaviour.first_chunk_jitter = 0.08
+    emulator.behaviour.jitter = 0.005
+    return emulator
+
+
+@pytest.fixture
+def start_rooms(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], rooms: Rooms, jittery: CartesiaEmulator
+) -> Callable[..., list[Daemon]]:
+    """Start one daemon per room (settings per room: a dict of MQTT_SPEAKER_* names, lower-case)."""
+
+    def start(*per_room: dict[str, str]) -> list[Daemon]:
+        settings = per_room or ({}, {}, {})
+        return [make_daemon({**cartesia_env, **rooms.room_env(i)}, **{**LEAD, **s}) for i, s in enumerate(settings)]
+
+    return start
+
+
+def stamped(observer: Observer, payload: dict[str, Any], topic: str = f"{BASE}/all/say") -> Callable[[], None]:
+    """A publish of `payload` with its send time in `ts`, as docs/sync.md advises and its Home Assistant
+    example does: every room counts the lead from the same moment, whenever the message reaches it. (On
+    this shared machine a daemon sometimes reads a message 15 to 25 ms after the others; counted from
+    each arrival, that adds to the spread: `script/bench sync` measures both.)"""
+    return lambda: observer.publish(topic, json.dumps({**payload, "ts": time.time()}))
+
+
+def heard(
+    rooms: Rooms, daemons: list[Daemon], request_id: str, publish: Callable[[], None]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Capture every room while `publish` sends the request(s); the recording and each room's `started`."""
+    with rooms.capture() as capture:
+        publish()
+        for daemon in daemons:
+            spoken_ok(daemon, request_id)
+        x = capture.wait_for_sound_then_silence(len(daemons))
+    return x, [daemon.wait_for_event(request_id, "started") for daemon in daemons]
+
+
+def test_five_broadcasts_start_together_in_every_room(
+    start_rooms: Callable[..., list[Daemon]],
+    rooms: Rooms,
+    observer: Observer,
+    jittery: CartesiaEmulator,
+    record_property: Callable[[str, object], None],
+) -> None:
+    daemons = start_rooms()
+    spreads: list[float] = []
+    for n, text in enumerate(TEXTS):
+        request_id = f"all-{n}"
+        x, started = heard(rooms, daemons, request_id, stamped(observer, {"id": request_id, "text": text}))
+        spreads.append(spread_ms(x, [0, 1, 2]))
+        late = [s["late_ms"] for s in started]
+        assert all(ms <= TARGET_MS for ms in late), late  # on time, by each device's own clock
+        # It waited for the lead (1 s), less the time the message waited for the event loop on a busy machine.
+        assert all(s["latency_ms"] >= 800 for s in started), started
+    record_property("spread_ms", spreads)
+    print(f"synchronized all/say, spread between rooms (ms): {spreads}")
+    assert max(spreads) <= TARGET_MS, spreads
+    # Each room synthesized its own copy, and their first audio came at different times.
+    for text in TEXTS:
+        contexts = jittery.contexts_for(text)
+        assert len(contexts) == 3
+    first_audio = [
+        max(c.first_chunk_at or 0 for c in jittery.contexts_for(t))
+        - min(c.first_chunk_at or 0 for c in jittery.contexts_for(t))
+        for t in TEXTS
+    ]
+    assert max(first_audio) > 0.015, first_audio  # without the sync, the rooms would have been this far apart
+
+
+def test_rooms_whose_devices_have_different_latencies_start_together(
+    start_rooms: Callable[..., list[Daemon]], rooms: Rooms, observer: Observer
+) -> None:
+    # PortAudio's 'low' latency here is 8.7 ms, 'high' 34.8 ms: a start placed when the first sample is
+    # handed over, not when it reaches the DAC, would put these rooms 26 ms apart.
+    daemons = start_rooms({"audio__latency": "high"}, {"audio__latency": "low"}, {"audio__latency": "high"})
+    for n, text in enumerate(TEXTS[:2]):
+        request_id = f"latencies-{n}"
+        x, started = heard(rooms, daemons, request_id, stamped(observer, {"id": request_id, "text": text}))
+        late = [s["late_ms"] for s in started]
+        assert all(ms <= TARGET_MS for ms in late), late
+        assert spread_ms(x, [0, 1, 2]) <= TARGET_MS
+
+
+def test_unsynchronized_broadcasts_for_comparison(
+    start_rooms: Callable[..., list[Daemon]],
+    rooms: Rooms,
+    observer: Observer,
+    record_property: Callable[[str, object], None],
+) -> None:
+    daemons = start_rooms()
+    spreads = []
+    for n, text in enumerate(TEXTS):
+        request_id = f"nosync-{n}"
+        payload = {"id": request_id, "text": text, "sync": False}
+        x, started = heard(rooms, daemons, request_id, stamped(observer, payload))
+        spreads.append(spread_ms(x, [0, 1, 2]))
+        assert [s["late_ms"] for s in started] == [None, None, None]  # not synchronized: no instant to be late for
+    record_property("spread_ms", spreads)
+    print(f'"sync": false all/say, spread between rooms (ms): {spreads}')  # reported, not judged
+
+
+def test_says_to_single_rooms_with_the_same_at_start_together(
+    start_rooms: Callable[..., list[Daemon]], rooms: Rooms
+) -> None:
+    daemons = start_rooms()
+    at = time.time() + 2.0
+    iso = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    ats: list[float | str] = [at, iso, at]  # epoch seconds or ISO 8601, the same instant
+
+    def publish() -> None:
+        for daemon, when, text in zip(daemons, ats, TEXTS[:3], strict=True):
+            daemon.say(json.dumps({"id": "same-at", "text": text, "at": when}))
+            time.sleep(0.3)  # the scenario: separate messages, hundreds of milliseconds apart
+
+    x, started = heard(rooms, daemons, "same-at", publish)
+    assert all(s["late_ms"] <= TARGET_MS for s in started), started
+    assert spread_ms(x, [0, 1, 2]) <= TARGET_MS
+    # The last message arrived 0.6 s after the first (at most a second), and the first sample still waited.
+    assert started[0]["latency_ms"] >= 1800 and started[2]["latency_ms"] >= 900, started
+
+
+def test_a_group_starts_together_and_takes_every_command(
+    start_rooms: Callable[..., list[Daemon]], rooms: Rooms, observer: Observer
+) -> None:
+    downstairs = {"sync__groups": '["downstairs"]'}
+    daemons = start_rooms(downstairs, downstairs, {"sync__groups": '["upstairs"]'})
+    members, other = daemons[:2], daemons[2]
+    payload = {"id": "group-1", "text": "Lunch is on the table."}
+    x, started = heard(rooms, members, "group-1", stamped(observer, payload, f"{BASE}/group/downstairs/say"))
+    assert all(s["late_ms"] <= TARGET_MS for s in started), started
+    assert spread_ms(x, [0, 1]) <= TARGET_MS
+    assert np.abs(x[:, 2]).max() < THRESHOLD and other.events("group-1") == []  # not a member: silent
+    observer.publish(f"{BASE}/group/downstairs/set/volume", "40")
+    for member in members:
+        wait_until(lambda m=member: m.states()[-1]["volume"] == 40, 10, "the group's volume")
+    assert other.states()[-1]["volume"] == 100
+
+
+def test_a_chime_starts_together_in_every_room(
+    start_rooms: Callable[..., list[Daemon]], rooms: Rooms, observer: Observer
+) -> None:
+    daemons = start_rooms()
+    payload = {"id": "chimed", "text": "Someone is at the door.", "chime": True}
+    x, started = heard(rooms, daemons, "chimed", stamped(observer, payload))
+    assert all(s["late_ms"] <= TARGET_MS for s in started), started
+    assert spread_ms(x, [0, 1, 2]) <= TARGET_MS
+    # What starts together is the chime: the speech comes after it, not at the first sample.
+    first = int(np.flatnonzero(np.abs(x[:, 0]) > THRESHOLD)[0])
+    assert abs(_pitch(x[first : first + RATE // 10, 0]) - 200.0) > 20  # the emulator's neutral voice is 200 Hz
+
+
+def test_a_busy_room_starts_late_and_says_so_while_a_critical_one_interrupts_on_time(
+    start_rooms: Callable[..., list[Daemon]], rooms: Rooms, observer: Observer
+) -> None:
+    daemons = start_rooms()
+    busy = daemons[0]
+    long_text = "This is a long story that keeps the first room busy for a few seconds more. " * 2
+    busy.say(json.dumps({"id": "long-1", "text": long_text}))
+    busy.wait_for_event("long-1", "started")
+    stamped(observer, {"id": "late-1", "text": "The post has arrived."})()
+    for daemon in daemons:
+        spoken_ok(daemon, "late-1")
+    started = [daemon.wait_for_event("late-1", "started") for daemon in daemons]
+    assert started[0]["late_ms"] > 1000 and all(s["late_ms"] <= TARGET_MS for s in started[1:]), started
+
+    busy.say(json.dumps({"id": "long-2", "text": long_text}))
+    busy.wait_for_event("long-2", "started")
+    critical = {"id": "alarm", "text": "Smoke detected in the kitchen.", "priority": "critical"}
+    with rooms.capture() as capture:
+        stamped(observer, critical)()
+        for daemon in daemons:
+            spoken_ok(daemon, "alarm")
+        x = capture.wait_for_sound_then_silence(3)
+    interrupted = busy.wait_terminal("long-2")
+    assert (interrupted["event_type"], interrupted["reason"], interrupted["by"]) == ("interrupted", "priority", "alarm")
+    assert all(d.wait_for_event("alarm", "started")["late_ms"] <= TARGET_MS for d in daemons)
+    onsets = [_onset_after_quiet(x[:, room]) for room in range(3)]
+    assert (max(onsets) - min(onsets)) / RATE * 1000 <= TARGET_MS, onsets
+
+
+def test_an_at_in_the_past_starts_at_once_and_one_too_far_ahead_is_refused(
+    start_rooms: Callable[..., list[Daemon]],
+) -> None:
+    daemon = start_rooms({})[0]
+    daemon.say(json.dumps({"id": "past", "text": "Better late than never.", "at": time.time() - 2}))
+    assert spoken_ok(daemon, "past")
+    assert daemon.wait_for_event("past", "started")["late_ms"] >= 2000
+    warning = daemon.wait_for_error(lambda e: e["id"] == "past")
+    assert (warning["code"], warning["field"], warning["severity"]) == ("start_passed", "at", "warning")
+
+    daemon.say(json.dumps({"id": "stale", "text": "Too late.", "at": time.time() - 20, "ttl": 10}))
+    stale = daemon.wait_terminal("stale")
+    assert (stale["event_type"], stale["reason"]) == ("dropped", "expired")
+
+    daemon.say(json.dumps({"id": "far", "text": "Much later.", "at": time.time() + 7200}))
+    error = daemon.wait_for_error(lambda e: e["id"] == "far")
+    assert (error["code"], error["field"]) == ("invalid_request", "at")
+    assert daemon.events("far") == []
+
+
+def _pitch(x: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.argmax(spectrum[1:]) + 1) * RATE / x.size
+
+
+def _onset_after_quiet(x: np.ndarray, quiet: float = 0.1) -> int:
+    """The first sample louder than the threshold after at least `quiet` seconds of silence (the start of
+    the recording counts as silence only if it was silent)."""
+    loud = np.flatnonzero(np.abs(x) > THRESHOLD)
+    gap = int(quiet * RATE)
+    if loud[0] >= gap:
+        return int(loud[0])
+    after_gap = np.flatnonzero(np.diff(loud) >= gap)
+    assert after_gap.size, "no sound after a silence"
+    return int(loud[after_gap[0] + 1])
