@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import signal
 import time
 
+from mqtt_speaker.adapters.homeassistant import HomeAssistantDiscovery
 from mqtt_speaker.adapters.native import NativeTopics
 from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
 from mqtt_speaker.cache import AudioCache
-from mqtt_speaker.discovery import discovery_messages
 from mqtt_speaker.engines.base import Engine
 from mqtt_speaker.engines.registry import build_engines
 from mqtt_speaker.models import (
@@ -53,7 +52,6 @@ class Daemon:
         self._errors_in_window = 0
         self._suppressed = 0
         self._warm_queue: asyncio.Queue[list[SayRequest]] = asyncio.Queue(WARM_QUEUE)
-        self._rediscovery: asyncio.TimerHandle | None = None  # discovery sent again after Home Assistant's birth
         self._stopping = False  # from here on nothing says `online`: `offline` is, or is about to be, the last word
         self.speaker = Speaker(
             engines,
@@ -67,6 +65,9 @@ class Daemon:
         )
         self._native = NativeTopics(
             settings, self._topics, self.speaker, publish=self._link_publish, report=self.report, warm=self._queue_warm
+        )
+        self._homeassistant = HomeAssistantDiscovery(
+            settings, self._topics, self.speaker, publish=self._publish_retained, on_birth=self._announce
         )
         self._link = MqttLink(
             settings.mqtt,
@@ -131,32 +132,16 @@ class Daemon:
             return
         self._link.publish(self._topics.availability, ONLINE, retain=True)
         self._publish_state(force=True)
-        messages = discovery_messages(self._settings, self._topics)
-        remembered = self.speaker.defaults.discovery
-        for topic in sorted(set(remembered) - {topic for topic, _ in messages}):  # the other form's, say
-            self._link.publish(topic, "", retain=True)
-        for topic, payload in messages:
-            self._link.publish(topic, payload, retain=True)
-        published = sorted(topic for topic, payload in messages if payload)
-        if published != remembered:
-            self.speaker.update_defaults(discovery=published)
+        self._homeassistant.publish()
 
-    def _on_homeassistant_status(self, payload: bytes) -> None:
-        """Home Assistant (re)started: send discovery again, after a short random delay (as it advises,
-        so that a house full of devices does not answer all at once)."""
-        if payload.strip().lower() == b"online" and not self._stopping:
-            delay = random.uniform(0.5, 3.0)
-            LOG.info("Home Assistant is online: sending discovery again in %.1f s", delay)
-            if self._rediscovery is not None:
-                self._rediscovery.cancel()
-            self._rediscovery = asyncio.get_running_loop().call_later(delay, self._announce)
-        self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self.speaker.engine_in_use()})")
+    def _publish_retained(self, topic: str, payload: str) -> None:
+        self._link.publish(topic, payload, retain=True)
 
     # ------------------------------------------------------------------------------------- inbound
 
     def _on_message(self, message: Inbound) -> None:
-        if message.topic == self._topics.homeassistant_status:
-            self._on_homeassistant_status(message.payload)
+        if self._homeassistant.on_message(message.topic, message.payload):
+            self._notifier.status(f"speaking for {self._topics.command(Command.SAY)} ({self.speaker.engine_in_use()})")
             return
         self._native.on_message(message)
 
@@ -203,8 +188,7 @@ class Daemon:
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         self._stopping = True
-        if self._rediscovery is not None:
-            self._rediscovery.cancel()
+        self._homeassistant.stop()
         self._notifier.stopping()
         self._native.close()
         await self.speaker.shutdown(grace=1.5)
