@@ -237,9 +237,9 @@ class HomeAssistant:
         answer: dict[str, Any] = {"broker": "127.0.0.1", "port": self.mqtt_port}
         fields = {field["name"]: field for field in flow.get("data_schema", [])}
         if "other_settings" in fields:
-            # 2026.x: a required section of the form (client certificate, CA, transport), here as its defaults.
-            section = fields["other_settings"].get("schema", [])
-            answer["other_settings"] = {f["name"]: f["default"] for f in section if "default" in f}
+            # 2026.x: a required, folded section of the form. Its required keys, as a user leaves them: no
+            # client certificate, no CA (plain TCP), and TCP (not WebSockets).
+            answer["other_settings"] = {"set_client_cert": False, "set_ca_cert": "off", "transport": "tcp"}
         result = self.request("POST", f"/api/config/config_entries/flow/{flow['flow_id']}", answer)
         assert result["type"] == "create_entry", (flow, result)
 
