@@ -175,7 +175,8 @@ class HomeAssistant:
         hass = [str(self.installed.venv / "bin/hass"), "-c", str(self.dir), "--skip-pip"]
         hass += ["--log-file", str(self.dir / "ha.log")]
         if self.installed.root is not None:  # the configuration directory bound in at the same path
-            hass = [*roots.nspawn_args(self.installed.root, [(self.dir, str(self.dir))]), "--console=pipe", *hass]
+            inside = [*roots.nspawn_args(self.installed.root, [(self.dir, str(self.dir))]), "--console=pipe"]
+            hass = [*inside, "--kill-signal=SIGTERM", *hass]  # nspawn's SIGTERM reaches hass as SIGTERM
         self._proc = roots.Contained(hass, self.dir / "ha.out")
         began = time.monotonic()
         wait_until(self._answers, 180, "Home Assistant to answer on HTTP", interval=0.25)

@@ -285,7 +285,8 @@ class Contained:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self, timeout: float = 60) -> int | None:
-        """SIGTERM (nspawn hands it on to the command), then SIGKILL; its exit code, None if killed."""
+        """SIGTERM, then SIGKILL; its exit code, None if killed. (nspawn hands SIGTERM on to the command
+        as its --kill-signal, which is SIGKILL unless set, or the shutdown signal when it boots.)"""
         code: int | None = None
         try:
             if self._proc is not None:

@@ -63,7 +63,9 @@ def test_the_virtualenv_holds_aarch64_code(arm64_root: Path) -> None:
 
 
 @pytest.fixture
-def started(arm64_root: Path, broker: Broker, observer: Observer, tmp_path: Path) -> Iterator[tuple[Path, float]]:
+def started(
+    arm64_root: Path, broker: Broker, observer: Observer, tmp_path: Path
+) -> Iterator[tuple[Path, float, roots.Contained]]:
     """The installed daemon in a copy of the root, as its unit starts it: the unit's ExecStart, User,
     Environment and state directory (which systemd would create)."""
     with roots.working_copy(arm64_root) as root:
@@ -76,19 +78,21 @@ def started(arm64_root: Path, broker: Broker, observer: Observer, tmp_path: Path
         roots.run_in(root, f"install -d -o {user} -g {user} -m 0750 /var/lib/{unit['StateDirectory'][0]}")
         env = dict(item.split("=", 1) for value in unit.get("Environment", []) for item in shlex.split(value))
         args = roots.nspawn_args(root) + [f"--setenv={k}={v}" for k, v in {**env, "QEMU_CPU": QEMU_CPU}.items()]
-        args += ["--user", user, "--chdir", "/", "--console=pipe", *shlex.split(unit["ExecStart"][0])]
+        args += ["--user", user, "--chdir", "/", "--console=pipe", "--kill-signal=SIGTERM"]
+        args += shlex.split(unit["ExecStart"][0])
         began = time.monotonic()
         daemon = roots.Contained(args, tmp_path / "daemon.log")
         try:
-            yield root, began
-            assert daemon.stop() == 0, daemon.log.read_text()[-3000:]  # it exits 0 on SIGTERM
+            yield root, began, daemon
         finally:
             daemon.stop()
             roots.forget_machine(root)
 
 
-def test_the_installed_daemon_comes_online_and_speaks(started: tuple[Path, float], observer: Observer) -> None:
-    root, began = started
+def test_the_installed_daemon_comes_online_speaks_and_stops(
+    started: tuple[Path, float, roots.Contained], observer: Observer
+) -> None:
+    root, began, daemon = started
     availability = f"mqtt-speaker/{SITE}/availability"
     wait_until(lambda: [m.payload for m in observer.on(availability)][-1:] == [b"online"], 300, "online", interval=0.5)
     online = time.monotonic() - began
@@ -107,6 +111,9 @@ def test_the_installed_daemon_comes_online_and_speaks(started: tuple[Path, float
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
         seconds = wav.getnframes() / wav.getframerate()
     assert seconds > 1.0 and np.abs(samples).max() > 3000  # speech, not silence
+    # SIGTERM: it says offline and exits 0.
+    assert daemon.stop() == 0, daemon.log.read_text()[-3000:]
+    assert [m.payload for m in observer.on(availability)][-1:] == [b"offline"]
     build = re.findall(r"bookworm-arm64-installed-\S+ (\d+) s", (roots.ROOTS / "build-times.log").read_text())
     print(
         f"\narm64 under qemu ({QEMU_CPU}): install {build[-1] if build else '?'} s (cached since), "
