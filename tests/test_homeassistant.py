@@ -18,6 +18,7 @@ import pytest
 from tests.cartesia_emulator import CartesiaEmulator
 from tests.conftest import Broker, Daemon, free_port
 from tests.homeassistant.harness import NEWEST, HomeAssistant, Release, find_release, install
+from tests.platform.roots import sigterm_runs_cleanup
 from tests.sound import PulseAudio, sound_regions, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.homeassistant]
@@ -59,13 +60,14 @@ def oldest() -> Release:
 @pytest.fixture(params=["oldest", pytest.param("newest", marks=pytest.mark.platform)])
 def homeassistant(request: pytest.FixtureRequest, broker: Broker) -> Iterator[HomeAssistant]:
     release = oldest() if request.param == "oldest" else NEWEST
-    ha = HomeAssistant(install(release), free_port(), broker.port)
-    try:
-        ha.start()
-        ha.onboard()
-        yield ha
-    finally:
-        ha.remove()
+    with sigterm_runs_cleanup():
+        ha = HomeAssistant(install(release), free_port(), broker.port)
+        try:
+            ha.start()
+            ha.onboard()
+            yield ha
+        finally:
+            ha.remove()
 
 
 class Entities:

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 
 def cache_dir() -> Path:
@@ -54,6 +55,21 @@ def require() -> None:
     missing = [tool for tool in ("debootstrap", "systemd-nspawn", "nsenter") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"not installed: {', '.join(missing)} (script/setup test installs them)")
+
+
+@contextmanager
+def sigterm_runs_cleanup() -> Iterator[None]:
+    """Python skips `finally` on SIGTERM (a CI timeout, say): turn it into KeyboardInterrupt, on which
+    pytest still tears its fixtures down, so that containers stop and copies are removed."""
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def host_arch() -> str:
