@@ -194,11 +194,16 @@ class Scope:
 
     _count = itertools.count()
 
-    def __init__(self) -> None:
-        name = f"mqtt-speaker-tests-{os.getpid()}-{next(self._count)}"
+    def __init__(self, adopted: str | None = None) -> None:
+        name = adopted or f"mqtt-speaker-tests-{os.getpid()}-{next(self._count)}"
         self.dirs = [hierarchy / name for hierarchy in cgroup_hierarchies()]
         for directory in self.dirs:
-            directory.mkdir()
+            directory.mkdir(exist_ok=adopted is not None)
+
+    @classmethod
+    def adopt(cls, group: Path) -> Scope:
+        """The scope of a run that is gone, found by its cgroup's name."""
+        return cls(group.name)
 
     def enter(self) -> None:
         """Called in the child between fork and exec."""
@@ -431,10 +436,37 @@ def prepare(root: Path) -> None:
     )
 
 
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def clean_stale() -> None:
+    """What a run killed with SIGKILL left behind (its PID is gone): the processes in its cgroups (its
+    containers) are killed and the groups removed, then its copies are removed."""
+    for hierarchy in cgroup_hierarchies():
+        for group in hierarchy.glob("mqtt-speaker-tests-*"):
+            match = re.fullmatch(r"mqtt-speaker-tests-(\d+)-\d+", group.name)
+            if match and not _alive(int(match[1])):
+                Scope.adopt(group).close()
+    if WORK.exists():
+        for copied in WORK.iterdir():
+            match = re.fullmatch(r".+-(\d+)-\d+", copied.name)
+            if match and not _alive(int(match[1])):
+                remove(copied)
+                forget_machine(copied)
+
+
+_cleaned = False
+
+
 def ensure(spec: RootSpec) -> Path:
     """The finished root for `spec`: from the cache, or built now (debootstrap, or a copy of its base).
     One build at a time per root (a lock file), so that two runs never share a partial root."""
+    global _cleaned  # noqa: PLW0603 - once per test run
     require()
+    if not _cleaned:
+        _cleaned = True
+        clean_stale()
     final = spec.path
     if (final / ".complete").exists():
         return final
