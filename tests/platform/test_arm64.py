@@ -51,6 +51,14 @@ def test_script_install_finished_without_systemctl_and_said_so(arm64_root: Path)
     assert "skipped systemctl (not installed here)" in log, log[-3000:]
     assert (arm64_root / "etc/systemd/system/multi-user.target.wants/mqtt-speaker.service").is_symlink()
     assert not (arm64_root / "usr/bin/systemctl").exists()
+    # ... after everything else: the system packages it names, from the arm64 archive; the service user.
+    status = (arm64_root / "var/lib/dpkg/status").read_text()
+    for package in ("libportaudio2", "espeak-ng", "python3-venv"):
+        assert re.search(
+            rf"^Package: {package}\nStatus: install ok installed\n(?:.+\n)*?Architecture: (arm64|all)$", status, re.M
+        ), package
+    group = next(line for line in (arm64_root / "etc/group").read_text().splitlines() if line.startswith("audio:"))
+    assert "mqtt-speaker" in group.split(":")[3].split(",")
 
 
 def test_the_virtualenv_holds_aarch64_code(arm64_root: Path) -> None:
