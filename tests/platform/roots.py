@@ -159,9 +159,9 @@ def copy(source: Path, target: Path) -> None:
 # ----------------------------------------------------------------------------------------- commands
 
 
-def nspawn_args(
-    root: Path, binds: Iterable[tuple[Path, str]] = (), ro_binds: Iterable[tuple[Path, str]] = ()
-) -> list[str]:
+def nspawn_args(root: Path, binds: Iterable[tuple[Path, str]] = ()) -> list[str]:
+    """systemd-nspawn on `root` without a host systemd (no machined, no scope unit of its own),
+    sharing the host's network, with `binds` (host path, path inside)."""
     args = [
         "systemd-nspawn",
         "--quiet",
@@ -173,7 +173,6 @@ def nspawn_args(
         "--timezone=off",
     ]
     args += [f"--bind={host}:{inside}" for host, inside in binds]
-    args += [f"--bind-ro={host}:{inside}" for host, inside in ro_binds]
     return args
 
 
@@ -241,15 +240,12 @@ def run_in(
     *,
     env: dict[str, str] | None = None,
     binds: Iterable[tuple[Path, str]] = (),
-    user: str | None = None,
     timeout: float = 1800,
-    check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """`sh -c command` inside the root (its own PID and mount namespaces; the host's network)."""
+    """`sh -c command` inside the root, as root (its own PID and mount namespaces; the host's network);
+    it must succeed."""
     args = nspawn_args(root, binds)
     args += [f"--setenv={k}={v}" for k, v in (env or {}).items()]
-    if user:
-        args += ["--user", user]
     args += ["--console=pipe", "/bin/sh", "-c", command]
     scope = Scope()
     try:
@@ -265,7 +261,7 @@ def run_in(
     finally:
         scope.close()
         forget_machine(root)
-    if check and result.returncode != 0:
+    if result.returncode != 0:
         raise RuntimeError(
             f"in {root.name}: {command!r} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
