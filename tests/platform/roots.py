@@ -15,6 +15,7 @@ namespace of its own: nothing is mounted on the host, so nothing is left behind 
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import itertools
@@ -390,12 +391,14 @@ INNER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def ensure_binfmt(arch: str) -> None:
     """Foreign binaries run through qemu-user-static, whose binfmt entry registers itself once
-    binfmt_misc is mounted (systemd does that at boot; without systemd as PID 1 nobody has)."""
+    binfmt_misc is mounted (systemd does that at boot; without systemd as PID 1 nobody has). What is
+    mounted here is unmounted when the test run ends."""
     if arch == host_arch():
         return
     binfmt = Path("/proc/sys/fs/binfmt_misc")
     if not (binfmt / "register").exists():
         subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt)], check=True)
+        atexit.register(subprocess.run, ["umount", str(binfmt)], check=False)
     qemu = f"qemu-{ARCHES[arch]}"
     if not (binfmt / qemu).exists():
         subprocess.run(["update-binfmts", "--enable", qemu], check=True, capture_output=True)
@@ -463,6 +466,7 @@ def ensure(spec: RootSpec) -> Path:
     if not _cleaned:
         _cleaned = True
         clean_stale()
+    ensure_binfmt(spec.arch)  # a cached foreign root still needs it to run anything
     final = spec.path
     if (final / ".complete").exists():
         return final
