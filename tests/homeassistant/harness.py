@@ -175,7 +175,8 @@ class HomeAssistant:
         hass = [str(self.installed.venv / "bin/hass"), "-c", str(self.dir), "--skip-pip"]
         hass += ["--log-file", str(self.dir / "ha.log")]
         if self.installed.root is not None:  # the configuration directory bound in at the same path
-            hass = [*roots.nspawn_args(self.installed.root, [(self.dir, str(self.dir))]), "--console=pipe", *hass]
+            inside = [*roots.nspawn_args(self.installed.root, [(self.dir, str(self.dir))]), "--console=pipe"]
+            hass = [*inside, "--kill-signal=SIGTERM", *hass]  # nspawn's SIGTERM reaches hass as SIGTERM
         self._proc = roots.Contained(hass, self.dir / "ha.out")
         began = time.monotonic()
         wait_until(self._answers, 180, "Home Assistant to answer on HTTP", interval=0.25)
@@ -237,9 +238,9 @@ class HomeAssistant:
         answer: dict[str, Any] = {"broker": "127.0.0.1", "port": self.mqtt_port}
         fields = {field["name"]: field for field in flow.get("data_schema", [])}
         if "other_settings" in fields:
-            # 2026.x: a required section of the form (client certificate, CA, transport), here as its defaults.
-            section = fields["other_settings"].get("schema", [])
-            answer["other_settings"] = {f["name"]: f["default"] for f in section if "default" in f}
+            # 2026.x: a required, folded section of the form. Its required keys, as a user leaves them: no
+            # client certificate, no CA (plain TCP), and TCP (not WebSockets).
+            answer["other_settings"] = {"set_client_cert": False, "set_ca_cert": "off", "transport": "tcp"}
         result = self.request("POST", f"/api/config/config_entries/flow/{flow['flow_id']}", answer)
         assert result["type"] == "create_entry", (flow, result)
 

@@ -3,10 +3,8 @@ also runs when the run is stopped with SIGTERM (a CI timeout, say)."""
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
 
@@ -55,14 +53,8 @@ ARM64_INSTALLED = roots.RootSpec(
 
 @pytest.fixture(scope="session", autouse=True)
 def _sigterm_runs_cleanup() -> Iterator[None]:
-    """Python skips `finally` on SIGTERM: turn it into KeyboardInterrupt, which pytest tears down on."""
-
-    def terminated(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    yield
-    signal.signal(signal.SIGTERM, previous)
+    with roots.sigterm_runs_cleanup():
+        yield
 
 
 @pytest.fixture(scope="session")

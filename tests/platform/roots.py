@@ -15,6 +15,7 @@ namespace of its own: nothing is mounted on the host, so nothing is left behind 
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import itertools
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 
 def cache_dir() -> Path:
@@ -54,6 +56,21 @@ def require() -> None:
     missing = [tool for tool in ("debootstrap", "systemd-nspawn", "nsenter") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"not installed: {', '.join(missing)} (script/setup test installs them)")
+
+
+@contextmanager
+def sigterm_runs_cleanup() -> Iterator[None]:
+    """Python skips `finally` on SIGTERM (a CI timeout, say): turn it into KeyboardInterrupt, on which
+    pytest still tears its fixtures down, so that containers stop and copies are removed."""
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def host_arch() -> str:
@@ -143,9 +160,9 @@ def copy(source: Path, target: Path) -> None:
 # ----------------------------------------------------------------------------------------- commands
 
 
-def nspawn_args(
-    root: Path, binds: Iterable[tuple[Path, str]] = (), ro_binds: Iterable[tuple[Path, str]] = ()
-) -> list[str]:
+def nspawn_args(root: Path, binds: Iterable[tuple[Path, str]] = ()) -> list[str]:
+    """systemd-nspawn on `root` without a host systemd (no machined, no scope unit of its own),
+    sharing the host's network, with `binds` (host path, path inside)."""
     args = [
         "systemd-nspawn",
         "--quiet",
@@ -157,7 +174,6 @@ def nspawn_args(
         "--timezone=off",
     ]
     args += [f"--bind={host}:{inside}" for host, inside in binds]
-    args += [f"--bind-ro={host}:{inside}" for host, inside in ro_binds]
     return args
 
 
@@ -178,11 +194,16 @@ class Scope:
 
     _count = itertools.count()
 
-    def __init__(self) -> None:
-        name = f"mqtt-speaker-tests-{os.getpid()}-{next(self._count)}"
+    def __init__(self, adopted: str | None = None) -> None:
+        name = adopted or f"mqtt-speaker-tests-{os.getpid()}-{next(self._count)}"
         self.dirs = [hierarchy / name for hierarchy in cgroup_hierarchies()]
         for directory in self.dirs:
-            directory.mkdir()
+            directory.mkdir(exist_ok=adopted is not None)
+
+    @classmethod
+    def adopt(cls, group: Path) -> Scope:
+        """The scope of a run that is gone, found by its cgroup's name."""
+        return cls(group.name)
 
     def enter(self) -> None:
         """Called in the child between fork and exec."""
@@ -220,15 +241,12 @@ def run_in(
     *,
     env: dict[str, str] | None = None,
     binds: Iterable[tuple[Path, str]] = (),
-    user: str | None = None,
     timeout: float = 1800,
-    check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """`sh -c command` inside the root (its own PID and mount namespaces; the host's network)."""
+    """`sh -c command` inside the root, as root (its own PID and mount namespaces; the host's network);
+    it must succeed."""
     args = nspawn_args(root, binds)
     args += [f"--setenv={k}={v}" for k, v in (env or {}).items()]
-    if user:
-        args += ["--user", user]
     args += ["--console=pipe", "/bin/sh", "-c", command]
     scope = Scope()
     try:
@@ -244,7 +262,7 @@ def run_in(
     finally:
         scope.close()
         forget_machine(root)
-    if check and result.returncode != 0:
+    if result.returncode != 0:
         raise RuntimeError(
             f"in {root.name}: {command!r} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
@@ -285,7 +303,8 @@ class Contained:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self, timeout: float = 60) -> int | None:
-        """SIGTERM (nspawn hands it on to the command), then SIGKILL; its exit code, None if killed."""
+        """SIGTERM, then SIGKILL; its exit code, None if killed. (nspawn hands SIGTERM on to the command
+        as its --kill-signal, which is SIGKILL unless set, or the shutdown signal when it boots.)"""
         code: int | None = None
         try:
             if self._proc is not None:
@@ -372,12 +391,14 @@ INNER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def ensure_binfmt(arch: str) -> None:
     """Foreign binaries run through qemu-user-static, whose binfmt entry registers itself once
-    binfmt_misc is mounted (systemd does that at boot; without systemd as PID 1 nobody has)."""
+    binfmt_misc is mounted (systemd does that at boot; without systemd as PID 1 nobody has). What is
+    mounted here is unmounted when the test run ends."""
     if arch == host_arch():
         return
     binfmt = Path("/proc/sys/fs/binfmt_misc")
     if not (binfmt / "register").exists():
         subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt)], check=True)
+        atexit.register(subprocess.run, ["umount", str(binfmt)], check=False)
     qemu = f"qemu-{ARCHES[arch]}"
     if not (binfmt / qemu).exists():
         subprocess.run(["update-binfmts", "--enable", qemu], check=True, capture_output=True)
@@ -414,10 +435,38 @@ def prepare(root: Path) -> None:
     )
 
 
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def clean_stale() -> None:
+    """What a run killed with SIGKILL left behind (its PID is gone): the processes in its cgroups (its
+    containers) are killed and the groups removed, then its copies are removed."""
+    for hierarchy in cgroup_hierarchies():
+        for group in hierarchy.glob("mqtt-speaker-tests-*"):
+            match = re.fullmatch(r"mqtt-speaker-tests-(\d+)-\d+", group.name)
+            if match and not _alive(int(match[1])):
+                Scope.adopt(group).close()
+    if WORK.exists():
+        for copied in WORK.iterdir():
+            match = re.fullmatch(r".+-(\d+)-\d+", copied.name)
+            if match and not _alive(int(match[1])):
+                remove(copied)
+                forget_machine(copied)
+
+
+_cleaned = False
+
+
 def ensure(spec: RootSpec) -> Path:
     """The finished root for `spec`: from the cache, or built now (debootstrap, or a copy of its base).
     One build at a time per root (a lock file), so that two runs never share a partial root."""
+    global _cleaned  # noqa: PLW0603 - once per test run
     require()
+    if not _cleaned:
+        _cleaned = True
+        clean_stale()
+    ensure_binfmt(spec.arch)  # a cached foreign root still needs it to run anything
     final = spec.path
     if (final / ".complete").exists():
         return final

@@ -51,6 +51,14 @@ def test_script_install_finished_without_systemctl_and_said_so(arm64_root: Path)
     assert "skipped systemctl (not installed here)" in log, log[-3000:]
     assert (arm64_root / "etc/systemd/system/multi-user.target.wants/mqtt-speaker.service").is_symlink()
     assert not (arm64_root / "usr/bin/systemctl").exists()
+    # ... after everything else: the system packages it names, from the arm64 archive; the service user.
+    status = (arm64_root / "var/lib/dpkg/status").read_text()
+    for package in ("libportaudio2", "espeak-ng", "python3-venv"):
+        assert re.search(
+            rf"^Package: {package}\nStatus: install ok installed\n(?:.+\n)*?Architecture: (arm64|all)$", status, re.M
+        ), package
+    group = next(line for line in (arm64_root / "etc/group").read_text().splitlines() if line.startswith("audio:"))
+    assert "mqtt-speaker" in group.split(":")[3].split(",")
 
 
 def test_the_virtualenv_holds_aarch64_code(arm64_root: Path) -> None:
@@ -62,8 +70,19 @@ def test_the_virtualenv_holds_aarch64_code(arm64_root: Path) -> None:
     assert wheels and "aarch64" in wheels[0].read_text()
 
 
+# The daemon runs on each Pi's core (the install ran on a Pi 4's).
+CORES = {"pi4": QEMU_CPU, "pi5": "cortex-a76"}
+
+
+@pytest.fixture(params=sorted(CORES))
+def cpu(request: pytest.FixtureRequest) -> str:
+    return CORES[request.param]
+
+
 @pytest.fixture
-def started(arm64_root: Path, broker: Broker, observer: Observer, tmp_path: Path) -> Iterator[tuple[Path, float]]:
+def started(
+    arm64_root: Path, cpu: str, broker: Broker, observer: Observer, tmp_path: Path
+) -> Iterator[tuple[Path, float, roots.Contained]]:
     """The installed daemon in a copy of the root, as its unit starts it: the unit's ExecStart, User,
     Environment and state directory (which systemd would create)."""
     with roots.working_copy(arm64_root) as root:
@@ -75,20 +94,22 @@ def started(arm64_root: Path, broker: Broker, observer: Observer, tmp_path: Path
         user = unit["User"][0]
         roots.run_in(root, f"install -d -o {user} -g {user} -m 0750 /var/lib/{unit['StateDirectory'][0]}")
         env = dict(item.split("=", 1) for value in unit.get("Environment", []) for item in shlex.split(value))
-        args = roots.nspawn_args(root) + [f"--setenv={k}={v}" for k, v in {**env, "QEMU_CPU": QEMU_CPU}.items()]
-        args += ["--user", user, "--chdir", "/", "--console=pipe", *shlex.split(unit["ExecStart"][0])]
+        args = roots.nspawn_args(root) + [f"--setenv={k}={v}" for k, v in {**env, "QEMU_CPU": cpu}.items()]
+        args += ["--user", user, "--chdir", "/", "--console=pipe", "--kill-signal=SIGTERM"]
+        args += shlex.split(unit["ExecStart"][0])
         began = time.monotonic()
         daemon = roots.Contained(args, tmp_path / "daemon.log")
         try:
-            yield root, began
-            assert daemon.stop() == 0, daemon.log.read_text()[-3000:]  # it exits 0 on SIGTERM
+            yield root, began, daemon
         finally:
             daemon.stop()
             roots.forget_machine(root)
 
 
-def test_the_installed_daemon_comes_online_and_speaks(started: tuple[Path, float], observer: Observer) -> None:
-    root, began = started
+def test_the_installed_daemon_comes_online_speaks_and_stops(
+    started: tuple[Path, float, roots.Contained], cpu: str, observer: Observer
+) -> None:
+    root, began, daemon = started
     availability = f"mqtt-speaker/{SITE}/availability"
     wait_until(lambda: [m.payload for m in observer.on(availability)][-1:] == [b"online"], 300, "online", interval=0.5)
     online = time.monotonic() - began
@@ -107,8 +128,11 @@ def test_the_installed_daemon_comes_online_and_speaks(started: tuple[Path, float
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
         seconds = wav.getnframes() / wav.getframerate()
     assert seconds > 1.0 and np.abs(samples).max() > 3000  # speech, not silence
+    # SIGTERM: it says offline and exits 0.
+    assert daemon.stop() == 0, daemon.log.read_text()[-3000:]
+    assert [m.payload for m in observer.on(availability)][-1:] == [b"offline"]
     build = re.findall(r"bookworm-arm64-installed-\S+ (\d+) s", (roots.ROOTS / "build-times.log").read_text())
     print(
-        f"\narm64 under qemu ({QEMU_CPU}): install {build[-1] if build else '?'} s (cached since), "
+        f"\narm64 under qemu ({cpu}): install {build[-1] if build else '?'} s (cached since), "
         f"start to online {online:.1f} s, first request to finished {spoken:.1f} s ({seconds:.1f} s of speech)"
     )
