@@ -318,7 +318,8 @@ class CartesiaEngine:
         ws = await self._socket(fresh=fresh)
         closed = self._closed
         assert closed is not None
-        ahead: asyncio.Queue[_Context | BaseException | None] = asyncio.Queue(max(1, self._settings.prefetch_segments))
+        ahead: asyncio.Queue[_Context | BaseException | None] = asyncio.Queue()  # bounded by `in_flight`
+        in_flight = asyncio.Semaphore(self._settings.prefetch_segments)  # contexts opened and not yet done
         opened: list[_Context] = []
 
         async def feed() -> None:
@@ -332,6 +333,7 @@ class CartesiaEngine:
                     if current is None:
                         if not piece.text and piece.closes:
                             continue  # nothing to say and nothing to close
+                        await in_flight.acquire()
                         current = self._context(ws, closed, piece, voicing, rate)
                         opened.append(current)
                         await ahead.put(current)
@@ -359,6 +361,7 @@ class CartesiaEngine:
                         raise audio
                     self._last_used = time.monotonic()
                     yield AudioChunk(samples=audio, sample_rate=rate, segment=record.segment)
+                in_flight.release()
         finally:
             self._last_used = time.monotonic()
             feeder.cancel()
