@@ -11,6 +11,7 @@ import time
 from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
 from mqtt_speaker.cache import AudioCache
 from mqtt_speaker.discovery import discovery_messages
+from mqtt_speaker.ducking import Ducker, record_path, tag_own_stream
 from mqtt_speaker.engines.base import Engine
 from mqtt_speaker.engines.cartesia import CartesiaEngine
 from mqtt_speaker.engines.espeak import EspeakEngine
@@ -21,6 +22,7 @@ from mqtt_speaker.models import (
     Event,
     RequestRejected,
     parse_clear,
+    parse_duck_db,
     parse_emotion,
     parse_quiet,
     parse_say,
@@ -58,15 +60,24 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
 def build_output(settings: Settings) -> Output:
     if settings.audio.output_dir is not None:
         return WavWriter(settings.audio.output_dir)
+    tag_own_stream(settings.audio.role)
     return SoundDevicePlayer(settings.audio)
 
 
+def build_ducker(settings: Settings) -> Ducker | None:
+    """The ducker when we play to a sound device (not when writing WAV files)."""
+    return None if settings.audio.output_dir is not None else Ducker(record_path(settings.state_file))
+
+
 class Daemon:
-    def __init__(self, settings: Settings, engines: dict[str, Engine], output: Output) -> None:
+    def __init__(
+        self, settings: Settings, engines: dict[str, Engine], output: Output, ducker: Ducker | None = None
+    ) -> None:
         self._settings = settings
         self._topics = Topics(settings.base_topic, settings.site, settings.homeassistant.prefix)
         self._engines = engines
         self._output = output
+        self._ducker = ducker
         self._last_state: str | None = None
         self._notifier = Notifier()
         self._error_window = 0.0
@@ -79,6 +90,7 @@ class Daemon:
             settings,
             primary=settings.primary_engine,
             cache=AudioCache(settings.cache),
+            ducker=ducker,
             publish_event=self._publish_event,
             report_error=self.report,
             on_change=self._publish_state,
@@ -196,6 +208,8 @@ class Daemon:
                 speaker.update_defaults(voice=parse_voice(payload))
             case Command.SET_QUIET:
                 speaker.update_defaults(quiet=parse_quiet(payload))
+            case Command.SET_DUCK_DB:
+                speaker.update_defaults(duck_db=parse_duck_db(payload))
             case Command.CACHE_CLEAR:
                 speaker.clear_cache()
             case Command.CACHE_WARM:
@@ -235,6 +249,8 @@ class Daemon:
             self.speaker.engine_in_use(),
         )
         self._link.start()
+        if self._ducker is not None:
+            self._ducker.start()  # restores what a previous run left lowered
         # Ready at once, broker or not (a broker down at boot must not hold up the boot); STATUS says why.
         self._notifier.ready(f"waiting for the broker at {self._settings.mqtt.host}:{self._settings.mqtt.port}")
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
@@ -252,6 +268,8 @@ class Daemon:
         crashed = None if worker.cancelled() or not worker.done() else worker.exception()
         await asyncio.gather(worker, return_exceptions=True)
         await self._output.close()
+        if self._ducker is not None:
+            await self._ducker.close()
         await asyncio.gather(*(engine.close() for engine in self._engines.values()))
         await self._link.stop(last_words=(self._topics.availability, OFFLINE))
         watchdog.cancel()
@@ -273,5 +291,5 @@ async def run_daemon(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    daemon = Daemon(settings, build_engines(settings), build_output(settings))
+    daemon = Daemon(settings, build_engines(settings), build_output(settings), build_ducker(settings))
     await daemon.run(stop)

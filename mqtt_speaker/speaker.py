@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from mqtt_speaker.audio import AudioDeviceError, Output, Playback
 from mqtt_speaker.cache import AudioCache, cache_key, recording, replay
+from mqtt_speaker.ducking import Ducker, once_lowered
 from mqtt_speaker.engines.base import AudioChunk, Engine, SynthesisError, Voicing
 from mqtt_speaker.models import (
     ClearCommand,
@@ -68,6 +69,7 @@ class Job:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     interruption: Interruption | None = None
+    lowered: asyncio.Future[None] | None = None  # other audio is down (ducking); None: not ducked
 
     @property
     def order(self) -> tuple[int, int]:
@@ -85,6 +87,7 @@ class Speaker:
         *,
         primary: str | None = None,
         cache: AudioCache | None = None,
+        ducker: Ducker | None = None,
         publish_event: Callable[[Event], None],
         report_error: Callable[[ErrorReport], None],
         on_change: Callable[[], None],
@@ -93,6 +96,7 @@ class Speaker:
         self._engines = engines
         self._primary = primary or next(iter(engines))
         self._cache = cache
+        self._ducker = ducker
         self._failing: set[str] = set()
         self._writes: set[asyncio.Future[None]] = set()
         self._output = output
@@ -132,6 +136,7 @@ class Speaker:
             voice=self._settings.voice_name(self.defaults.voice),
             quiet=self.defaults.quiet,
             quiet_now=self.quiet_now(),
+            duck_db=self.defaults.duck_db,
         )
 
     def _set_problem(self, area: str, error: ErrorReport | None) -> None:
@@ -314,9 +319,12 @@ class Speaker:
                 continue
             self._current = job
             self._on_change()
+            self._duck(job)
             try:
                 await self._speak(job)
             finally:
+                if job.lowered is not None and self._ducker is not None:
+                    self._ducker.release()
                 self._current = None
                 job.done.set()
                 self._on_change()
@@ -336,6 +344,13 @@ class Speaker:
             self._end(current, InterruptedEvent(id=current.request.id, reason="shutdown"))
 
     # --------------------------------------------------------------------------------------- speaking
+
+    def _duck(self, job: Job) -> None:
+        """Lower other audio for this request (chime included), unless it says `"duck": false`."""
+        request = job.request
+        depth = request.duck_db if request.duck_db is not None else self.defaults.duck_db
+        if self._ducker is not None and request.duck and depth > 0:
+            job.lowered = self._ducker.hold(depth)
 
     def _voicing(self, request: SayRequest) -> Voicing:
         return Voicing(
@@ -439,6 +454,8 @@ class Speaker:
                     self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
                 )
                 stream = attempt.stream() if tried else self._with_chime(job, attempt.stream())
+                if job.lowered is not None:
+                    stream = once_lowered(job.lowered, stream)
                 tried = True
                 async with contextlib.aclosing(stream) as chunks:
                     played = await self._output.play(chunks, Playback(request.id, on_first_audio, job.stop, gain))

@@ -3,7 +3,8 @@
 <base>/<site>/say            in   say request (QoS 1)
 <base>/<site>/stop, skip     in   end what is playing now (any payload)
 <base>/<site>/clear          in   drop queued requests (any payload, or {"below": "high", "stop": true})
-<base>/<site>/set/volume     in   runtime defaults: set/volume 0-100, set/emotion, set/voice, set/quiet ON/OFF
+<base>/<site>/set/volume     in   runtime defaults: set/volume 0-100, set/emotion, set/voice, set/quiet ON/OFF,
+                                  set/duck_db 0-40 (how far other audio is lowered while speaking)
 <base>/<site>/cache/clear    in   empty the audio cache (any payload)
 <base>/<site>/cache/warm     in   JSON list of texts or say requests: synthesize into the cache, not played
 <base>/all/...               in   every command above, for every speaker
@@ -35,6 +36,7 @@ class Command(StrEnum):
     SET_EMOTION = "set/emotion"
     SET_VOICE = "set/voice"
     SET_QUIET = "set/quiet"
+    SET_DUCK_DB = "set/duck_db"
     CACHE_CLEAR = "cache/clear"
     CACHE_WARM = "cache/warm"
 

@@ -1,0 +1,278 @@
+"""End to end: music on the same PulseAudio sink is lowered while the daemon speaks, and brought back.
+
+The music is `paplay` playing a 3 kHz tone with media.role=music; the daemon speaks through the Cartesia
+emulator (200 Hz tones). The sink's monitor is captured and the music's own level is measured at its own
+frequency, 10 ms at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from mqtt_speaker.ducking import FADE_DOWN, FADE_UP, LINGER
+from tests.conftest import Daemon, spoken_ok
+from tests.sound import RATE, Capture, PulseAudio, Signal, terminate, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MUSIC_HZ = 3000.0
+MUSIC_AMPLITUDE = 0.2
+WINDOW = 441  # 10 ms
+DEPTH = 12.0
+SENTENCE = "This announcement is long enough to hear the music stay down under it for a while."
+FULL_DB = 20 * np.log10(MUSIC_AMPLITUDE)
+
+
+class Music:
+    """`paplay` of a long tone, tagged media.role=music, as a music player would play it."""
+
+    def __init__(self, pulse: PulseAudio, directory: Path, seconds: float = 40.0) -> None:
+        self.path = directory / "music.wav"
+        t = np.arange(int(seconds * RATE)) / RATE
+        tone = (MUSIC_AMPLITUDE * np.sin(2 * np.pi * MUSIC_HZ * t) * 32767).astype("<i2")
+        with wave.open(str(self.path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(RATE)
+            out.writeframes(tone.tobytes())
+        self._pulse = pulse
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Music:
+        self.proc = subprocess.Popen(
+            ["paplay", "--property=media.role=music", "--property=application.name=test-music", str(self.path)],
+            env={**os.environ, **self._pulse.env},
+        )
+        wait_until(lambda: self.sink_input() is not None, 10, "the music's stream to appear")
+        return self
+
+    def sink_input(self) -> dict[str, str] | None:
+        """The music's sink input: its properties, plus 'index' and 'volume' (pactl's text)."""
+        return next((s for s in sink_inputs(self._pulse) if s.get("application.name") == "test-music"), None)
+
+    def volume(self) -> str:
+        stream = self.sink_input()
+        assert stream is not None
+        return stream["volume"]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            terminate(self.proc, 5)
+            self.proc = None
+
+
+def sink_inputs(pulse: PulseAudio) -> list[dict[str, str]]:
+    """`pactl list sink-inputs`, parsed: each input's properties, its index and its volume line."""
+    result: list[dict[str, str]] = []
+    for line in pulse.pactl("list", "sink-inputs").stdout.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("Sink Input #"):
+            result.append({"index": stripped.removeprefix("Sink Input #")})
+        elif result and stripped.startswith("Volume:"):
+            result[-1]["volume"] = stripped.removeprefix("Volume:").strip()
+        elif result and " = " in stripped:
+            key, _, value = stripped.partition(" = ")
+            result[-1][key] = value.strip('"')
+    return result
+
+
+def music_level(x: Signal) -> Signal:
+    """The music's level (dB full scale) in each 10 ms window: the tone's amplitude at its own frequency."""
+    n = x.size // WINDOW
+    frames = x[: n * WINDOW].reshape(n, WINDOW)
+    t = np.arange(n * WINDOW).reshape(n, WINDOW) / RATE
+    taper = np.blackman(WINDOW)
+    phasor = np.exp(-2j * np.pi * MUSIC_HZ * t)
+    amplitude = 2 * np.abs((frames * phasor * taper).sum(axis=1)) / taper.sum()
+    level: Signal = 20 * np.log10(np.maximum(amplitude, 1e-6))
+    return level
+
+
+def speech_windows(x: Signal) -> npt.NDArray[np.intp]:
+    """Indices of the 10 ms windows in which the voice (the emulator's tones, below 1 kHz) is heard."""
+    n = x.size // WINDOW
+    spectrum = np.abs(np.fft.rfft(x[: n * WINDOW].reshape(n, WINDOW) * np.hanning(WINDOW), axis=1))
+    low = spectrum[:, 1 : int(1000 * WINDOW / RATE)].max(axis=1) / (np.hanning(WINDOW).sum() / 2)
+    return np.flatnonzero(low > 0.05)
+
+
+def largest_step(level: Signal) -> float:
+    """The biggest change of the music's level from one 10 ms window to the next (a click is a step)."""
+    return float(np.abs(np.diff(level)).max())
+
+
+# Switched at once, the level would fall DEPTH in one step; faded, it moves by what one of the server's
+# mixing blocks (about 20 ms here) takes of the fade, a little more when the machine is busy.
+MAX_STEP = DEPTH / 4
+
+
+def wait_level(capture: Capture, predicate: Callable[[Signal], bool], what: str, timeout: float = 30) -> Signal:
+    """Wait until the music's level over the last 0.5 s satisfies `predicate`; the whole capture."""
+
+    def ready() -> bool:
+        level = music_level(capture.signal())
+        return level.size > 50 and predicate(level[-50:])
+
+    wait_until(ready, timeout, what, interval=0.05)
+    return capture.signal()
+
+
+def at(level_db: float, tolerance: float = 0.5) -> Callable[[Signal], bool]:
+    return lambda recent: bool(np.all(np.abs(recent - level_db) <= tolerance))
+
+
+@pytest.fixture
+def music(pulse: PulseAudio, workdir: Path) -> Iterator[Music]:
+    player = Music(pulse, workdir)
+    yield player
+    player.stop()
+
+
+def test_music_is_lowered_while_speaking_and_comes_back_exactly(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+) -> None:
+    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    before = music.start().volume()
+    with pulse.capture() as capture:
+        wait_level(capture, at(FULL_DB), "the music at full level")
+        daemon.say(json.dumps({"id": "duck-1", "text": SENTENCE, "chime": True}))
+        daemon.wait_for_event("duck-1", "started")
+        roles = {s.get("application.process.binary"): s.get("media.role") for s in sink_inputs(pulse)}
+        spoken_ok(daemon, "duck-1")
+        x = wait_level(capture, at(FULL_DB), "the music back at full level")
+    level = music_level(x)
+    speech = speech_windows(x)
+    assert speech.size, "the voice was not heard"
+    first, last = int(speech[0]), int(speech[-1])
+    chime_start = int(np.flatnonzero(level[:first] < FULL_DB - 1.0)[0])  # where the fade down began
+
+    # The daemon's own stream carries the configured role (and was not lowered: the voice is at full level).
+    assert roles == {"pacat": "music", Path(sys.executable).resolve().name: "announcement"}, roles
+    # Down by the configured depth (within 2 dB) over every word, the chime included ...
+    during = level[first : last + 1]
+    assert np.all(np.abs(during - (FULL_DB - DEPTH)) <= 2.0), (during.min(), during.max())
+    # ... reached shortly before the first sound: within the fade (and what the chime takes), not after it
+    assert (first - chime_start) * WINDOW / RATE <= FADE_DOWN + 1.5
+    # ... back within 1 dB after (the lingering pause, then the fade up) ...
+    assert np.all(np.abs(level[-50:] - FULL_DB) <= 1.0)
+    back = last + int((LINGER + FADE_UP + 0.5) * RATE / WINDOW)
+    assert back < level.size and np.all(np.abs(level[back:] - FULL_DB) <= 1.0)
+    # ... with no click: the level glides, a hard switch would be a 12 dB step.
+    music_on = level[int(np.flatnonzero(level > FULL_DB - 3)[0]) :]
+    assert largest_step(music_on) < MAX_STEP, largest_step(music_on)
+    # And the stream's volume is exactly what it was.
+    assert music.volume() == before
+
+
+def test_a_stream_that_starts_mid_announcement_is_lowered_too(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+) -> None:
+    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    with pulse.capture() as capture:
+        daemon.say(json.dumps({"id": "duck-2", "text": SENTENCE * 2}))
+        daemon.wait_for_event("duck-2", "started")
+        music.start()
+        spoken_ok(daemon, "duck-2")
+        x = wait_level(capture, at(FULL_DB), "the music back at full level")
+    level = music_level(x)
+    speech = speech_windows(x)
+    heard = np.flatnonzero(level > FULL_DB - DEPTH - 6)
+    onset, last = int(heard[0]), int(speech[-1])
+    assert onset < last, "the music did not start during the announcement"
+    # From its first 10 ms to the last word it plays lowered; then it comes back, without a step.
+    during = level[onset + 1 : last + 1]
+    assert np.all(np.abs(during - (FULL_DB - DEPTH)) <= 2.0), (during.min(), during.max())
+    assert largest_step(level[onset + 1 :]) < MAX_STEP
+    assert music.volume() == "mono: 65536 / 100% / 0.00 dB"  # as paplay opened it
+
+
+def test_duck_false_leaves_the_music_alone(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+) -> None:
+    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    music.start()
+    with pulse.capture() as capture:
+        wait_level(capture, at(FULL_DB), "the music at full level")
+        daemon.say(json.dumps({"id": "duck-3", "text": SENTENCE, "duck": False}))
+        spoken_ok(daemon, "duck-3")
+        x = capture.signal()
+        # what would be the lingering pause and the fade up, had it ducked
+        wait_until(lambda: capture.signal().size > x.size + (LINGER + FADE_UP) * RATE, 10, "the would-be fade up")
+        x = capture.signal()
+    level = music_level(x)
+    assert speech_windows(x).size, "the voice was not heard"
+    start = int(np.flatnonzero(level > FULL_DB - 1.0)[0])
+    assert np.all(np.abs(level[start:] - FULL_DB) <= 1.0), level[start:].min()
+
+
+def test_a_request_can_ask_for_its_own_depth(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+) -> None:
+    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    music.start()
+    with pulse.capture() as capture:
+        wait_level(capture, at(FULL_DB), "the music at full level")
+        daemon.say(json.dumps({"id": "duck-4", "text": SENTENCE, "duck_db": 24}))
+        spoken_ok(daemon, "duck-4")
+        x = wait_level(capture, at(FULL_DB), "the music back at full level")
+    level = music_level(x)
+    speech = speech_windows(x)
+    during = level[int(speech[0]) : int(speech[-1]) + 1]
+    assert np.all(np.abs(during - (FULL_DB - 24)) <= 2.0), (during.min(), during.max())
+
+
+def test_sigkill_mid_announcement_then_a_restart_brings_the_music_back(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+) -> None:
+    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    before = music.start().volume()
+    with pulse.capture() as capture:
+        wait_level(capture, at(FULL_DB), "the music at full level")
+        daemon.say(json.dumps({"id": "duck-5", "text": SENTENCE * 3}))
+        daemon.wait_for_event("duck-5", "started")
+        wait_level(capture, at(FULL_DB - DEPTH, 1.0), "the music lowered")
+        assert daemon._proc is not None
+        os.kill(daemon._proc.pid, signal.SIGKILL)
+        daemon._proc.wait(10)
+        # Nobody is left to bring it back: it stays down ...
+        lowered = music.volume()
+        assert lowered != before
+        # ... until the daemon starts again.
+        daemon.start(AUDIO__DUCK_DB=str(DEPTH))
+        wait_level(capture, at(FULL_DB), "the music back at full level after the restart")
+    assert music.volume() == before
+    assert "restored test-music" in daemon.log()
+
+
+def test_a_volume_change_made_while_ducked_stands(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+) -> None:
+    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    music.start()
+    with pulse.capture() as capture:
+        wait_level(capture, at(FULL_DB), "the music at full level")
+        daemon.say(json.dumps({"id": "duck-6", "text": SENTENCE * 2}))
+        daemon.wait_for_event("duck-6", "started")
+        wait_level(capture, at(FULL_DB - DEPTH, 1.0), "the music lowered")
+        stream = music.sink_input()
+        assert stream is not None
+        assert pulse.pactl("set-sink-input-volume", stream["index"], "50%").returncode == 0
+        chosen = music.volume()
+        spoken_ok(daemon, "duck-6")
+        # 50% on PulseAudio's cubic scale is about -18 dB; it is not raised back to full.
+        x = wait_level(capture, at(FULL_DB - 18.06, 1.0), "the music at the level the user chose")
+        wait_until(lambda: capture.signal().size > x.size + (LINGER + FADE_UP) * RATE, 10, "the would-be fade up")
+        x = capture.signal()
+    assert np.all(np.abs(music_level(x)[-50:] - (FULL_DB - 18.06)) <= 1.0)
+    assert music.volume() == chosen
