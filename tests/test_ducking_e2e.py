@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pytest
 
 from mqtt_speaker.ducking import FADE_DOWN, FADE_UP, LINGER
-from tests.conftest import Daemon, spoken_ok
+from tests.conftest import Broker, Daemon, spoken_ok
 from tests.sound import RATE, Capture, PulseAudio, Signal, terminate, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -276,3 +276,77 @@ def test_a_volume_change_made_while_ducked_stands(
         x = capture.signal()
     assert np.all(np.abs(music_level(x)[-50:] - (FULL_DB - 18.06)) <= 1.0)
     assert music.volume() == chosen
+
+
+def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_SPEAKER_", "CARTESIA_", "PULSE_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "mqtt_speaker", "check"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def plain_alsa(workdir: Path) -> dict[str, str]:
+    """No sound server at all: PulseAudio's socket points nowhere and the daemon plays to an ALSA `file`
+    device (ALSA's own plugin, no server behind it)."""
+    config = workdir / "alsa-file.conf"
+    config.write_text(
+        f'pcm.filecap {{\n type file\n slave.pcm "null"\n file "{workdir / "alsa-out.raw"}"\n format "raw"\n}}\n'
+    )
+    return {
+        "PULSE_SERVER": f"unix:{workdir / 'no-server' / 'native'}",
+        "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{config}",
+        "MQTT_SPEAKER_AUDIO__DEVICE": "filecap",
+    }
+
+
+def test_without_a_sound_server_ducking_is_unavailable_said_once_and_nothing_else_changes(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], broker: Broker, workdir: Path
+) -> None:
+    env = {**cartesia_env, **plain_alsa(workdir)}
+    daemon = make_daemon(env)
+    for request_id in ("alsa-1", "alsa-2"):
+        daemon.say(json.dumps({"id": request_id, "text": "Plain ALSA still speaks."}))
+        spoken_ok(daemon, request_id)
+    assert (workdir / "alsa-out.raw").stat().st_size > 0  # the speech went to the device
+    assert daemon.log().count("ducking is not available") == 1, daemon.log()
+    assert not [e for e in daemon.errors() if e["severity"] == "error"]
+
+    config = workdir / "empty.toml"
+    result = check(
+        {
+            **env,
+            "MQTT_SPEAKER_CONFIG": str(config),
+            "MQTT_SPEAKER_MQTT__HOST": "127.0.0.1",
+            "MQTT_SPEAKER_MQTT__PORT": str(broker.port),
+        }
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    [line] = [line for line in result.stdout.splitlines() if "ducking" in line]
+    assert line.startswith("--    ducking not available"), line
+    assert "no PulseAudio or pipewire-pulse answers" in line
+
+
+def test_check_says_ducking_works(
+    cartesia_env: dict[str, str], broker: Broker, pulse: PulseAudio, workdir: Path
+) -> None:
+    config = workdir / "empty.toml"
+    config.write_text("")
+    env = {
+        **cartesia_env,
+        **pulse.env,
+        "MQTT_SPEAKER_CONFIG": str(config),
+        "MQTT_SPEAKER_MQTT__HOST": "127.0.0.1",
+        "MQTT_SPEAKER_MQTT__PORT": str(broker.port),
+        "MQTT_SPEAKER_AUDIO__DEVICE": "pulse",
+    }
+    result = check(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [line] = [line for line in result.stdout.splitlines() if "ducking" in line]
+    assert (
+        line == "ok    ducking works: other streams are lowered 12 dB while speaking (pulseaudio 16.1, sink testsink)"
+    )

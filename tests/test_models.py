@@ -160,7 +160,8 @@ def test_topic_layout() -> None:
     assert "mqtt-speaker/kitchen/say" in subscriptions and "mqtt-speaker/all/say" in subscriptions
     assert "mqtt-speaker/kitchen/set/volume" in subscriptions and "mqtt-speaker/all/clear" in subscriptions
     assert "homeassistant/status" in subscriptions and "mqtt-speaker/kitchen/cache/warm" in subscriptions
-    assert len(subscriptions) == 21
+    assert "mqtt-speaker/kitchen/set/duck_db" in subscriptions
+    assert len(subscriptions) == 23
     assert (topics.availability, topics.state, topics.event, topics.error) == (
         "mqtt-speaker/kitchen/availability",
         "mqtt-speaker/kitchen/state",
