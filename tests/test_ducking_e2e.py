@@ -216,20 +216,27 @@ def test_duck_false_leaves_the_music_alone(
     assert np.all(np.abs(level[start:] - FULL_DB) <= 1.0), level[start:].min()
 
 
-def test_a_request_can_ask_for_its_own_depth(
+def test_the_depth_is_set_at_runtime_and_a_request_can_ask_for_its_own(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
 ) -> None:
     daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    daemon.observer.publish(daemon.topic("set/duck_db"), "24")
+    wait_until(lambda: daemon.states()[-1]["duck_db"] == 24, 10, "the state to show the new depth")
     music.start()
     with pulse.capture() as capture:
         wait_level(capture, at(FULL_DB), "the music at full level")
-        daemon.say(json.dumps({"id": "duck-4", "text": SENTENCE, "duck_db": 24}))
+        daemon.say(json.dumps({"id": "duck-4", "text": SENTENCE}))
         spoken_ok(daemon, "duck-4")
+        wait_level(capture, at(FULL_DB), "the music back at full level")
+        daemon.say(json.dumps({"id": "duck-5", "text": SENTENCE, "duck_db": 6}))
+        spoken_ok(daemon, "duck-5")
         x = wait_level(capture, at(FULL_DB), "the music back at full level")
     level = music_level(x)
     speech = speech_windows(x)
-    during = level[int(speech[0]) : int(speech[-1]) + 1]
-    assert np.all(np.abs(during - (FULL_DB - 24)) <= 2.0), (during.min(), during.max())
+    split = int(np.argmax(np.diff(speech)))  # the pause between the two requests
+    for depth, (first, last) in ((24, (speech[0], speech[split])), (6, (speech[split + 1], speech[-1]))):
+        during = level[int(first) : int(last) + 1]
+        assert np.all(np.abs(during - (FULL_DB - depth)) <= 2.0), (depth, during.min(), during.max())
 
 
 def test_sigkill_mid_announcement_then_a_restart_brings_the_music_back(
