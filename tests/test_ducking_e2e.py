@@ -175,6 +175,26 @@ def test_music_is_lowered_while_speaking_and_comes_back_exactly(
     assert music.volume() == before
 
 
+def test_back_to_back_requests_keep_the_music_down_between_them(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+) -> None:
+    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    music.start()
+    with pulse.capture() as capture:
+        wait_level(capture, at(FULL_DB), "the music at full level")
+        daemon.say(json.dumps({"id": "first", "text": SENTENCE}))
+        daemon.say(json.dumps({"id": "second", "text": SENTENCE, "chime": True}))
+        spoken_ok(daemon, "first")
+        spoken_ok(daemon, "second")
+        x = wait_level(capture, at(FULL_DB), "the music back at full level")
+    level = music_level(x)
+    speech = speech_windows(x)
+    assert np.diff(speech).max() > 5, "no pause between the two requests"
+    # From the first word of the first to the last word of the second: down all along, no pumping.
+    during = level[int(speech[0]) : int(speech[-1]) + 1]
+    assert np.all(np.abs(during - (FULL_DB - DEPTH)) <= 2.0), (during.min(), during.max())
+
+
 def test_a_stream_that_starts_mid_announcement_is_lowered_too(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
 ) -> None:
