@@ -5,8 +5,9 @@ through ctypes). Its calls block, so one worker thread owns the connection; the 
 what it wants (how many dB down) and is told through call_soon_threadsafe when that was reached.
 
 - `hold(depth)` as a request (with its chime) begins: the other streams fade down over FADE_DOWN; the
-  returned future resolves once they are down, and the speaker holds its first sample until then
-  (synthesis runs meanwhile, so speech waits at most the fade, usually less).
+  returned future resolves once they are down (at once when nothing else plays), and the speaker holds
+  its first sample until then: "duck first", but synthesis runs meanwhile, so speech waits at most the
+  fade and usually less (the first word is never heard over full-level music).
 - `release()` after it ends: LINGER later, unless held again (back-to-back requests), they fade up over
   FADE_UP to exactly the volume each had, unless someone changed a stream's volume meanwhile (it is
   then not what we set): that change stands and the stream is left alone from then on.
@@ -204,6 +205,9 @@ class Ducker:
                     progress = min(1.0, (time.monotonic() - began) / seconds) if seconds > 0 else 1.0
                     self._level = end_db if progress >= 1.0 else start_db + (end_db - start_db) * progress
                     self._apply(max(start_db, end_db))
+                    if not self._streams:  # nothing else plays: speech need not wait for the fade
+                        with self._cond:
+                            self._resolve(self._wanted)
                     if progress < 1.0:
                         time.sleep(STEP)
                         continue
