@@ -111,6 +111,14 @@ class _Stream:
 
 
 @dataclass
+class _Fade:
+    from_db: float
+    to_db: float
+    began: float
+    seconds: float
+
+
+@dataclass
 class _Wanted:
     depth: float = 0.0  # dB the loop wants the others down by now
     closing: bool = False
@@ -177,52 +185,66 @@ class Ducker:
     # --------------------------------------------------------------------------------- worker thread
 
     def _run(self) -> None:
-        self._ensure_connected(first=True)
-        fade: tuple[float, float, float, float] | None = None  # (from dB, to dB, start, seconds)
+        try:
+            self._ensure_connected(first=True)
+        except Exception:
+            LOG.exception("ducking: the sound server failed at start")
+            self._drop_connection()
+        fade: _Fade | None = None
         while True:
-            with self._cond:
-                wanted = self._wanted
-                if not wanted.closing and wanted.depth == self._level == 0.0 and fade is None:
-                    self._resolve(wanted)
-                    self._cond.wait()
-                    continue
-                target, closing = wanted.depth, wanted.closing
-            if not self._ensure_connected():
-                self._level, fade = 0.0, None
-                with self._cond:
-                    self._resolve(self._wanted)
-                    if self._wanted.closing:
-                        return
-                    if self._wanted.depth == target:
-                        self._cond.wait()
-                continue
             try:
-                if target != self._level:
-                    if fade is None or fade[1] != target:
-                        seconds = (FADE_DOWN if target > self._level else FADE_UP) * (0.25 if closing else 1.0)
-                        fade = (self._level, target, time.monotonic(), seconds)
-                    start_db, end_db, began, seconds = fade
-                    progress = min(1.0, (time.monotonic() - began) / seconds) if seconds > 0 else 1.0
-                    self._level = end_db if progress >= 1.0 else start_db + (end_db - start_db) * progress
-                    self._apply(max(start_db, end_db))
-                    if not self._streams:  # nothing else plays: speech need not wait for the fade
-                        with self._cond:
-                            self._resolve(self._wanted)
-                    if progress < 1.0:
-                        time.sleep(STEP)
-                        continue
+                fade, done = self._step(fade)
+            except Exception as exc:
+                # The server went away (its streams with it), or refused a call: connect again. What we
+                # had lowered is still in the file, which the reconnection restores.
+                LOG.warning("ducking: the sound server connection failed (%s); connecting again", exc)
+                self._drop_connection()
                 fade = None
-                self._apply(self._level)
                 with self._cond:
                     self._resolve(self._wanted)
-                    if self._wanted.closing and self._level == 0.0:
-                        break
-                if self._level > 0:
-                    self._listen()
-            except Exception as exc:  # the server went away mid-way (or refused a call): start over
-                LOG.warning("ducking: the sound server connection failed (%s); the streams it held are gone", exc)
-                self._drop_connection()
+                    done = self._wanted.closing
+                    if not done:
+                        self._cond.wait(1.0)  # a server that keeps failing is not hammered
+            if done:
+                break
         self._drop_connection()
+
+    def _step(self, fade: _Fade | None) -> tuple[_Fade | None, bool]:
+        """One step towards what the loop wants: (the fade under way, True when closed)."""
+        with self._cond:
+            wanted = self._wanted
+            if not wanted.closing and wanted.depth == self._level == 0.0 and fade is None:
+                self._resolve(wanted)
+                self._cond.wait()
+                return None, False
+            target, closing = wanted.depth, wanted.closing
+        if not self._ensure_connected():
+            self._level = 0.0
+            with self._cond:
+                self._resolve(self._wanted)
+                if not self._wanted.closing and self._wanted.depth == target:
+                    self._cond.wait()
+                return None, self._wanted.closing
+        if target != self._level:
+            if fade is None or fade.to_db != target:
+                seconds = (FADE_DOWN if target > self._level else FADE_UP) * (0.25 if closing else 1.0)
+                fade = _Fade(self._level, target, time.monotonic(), seconds)
+            progress = min(1.0, (time.monotonic() - fade.began) / fade.seconds) if fade.seconds > 0 else 1.0
+            self._level = fade.to_db if progress >= 1.0 else fade.from_db + (fade.to_db - fade.from_db) * progress
+            self._apply(max(fade.from_db, fade.to_db))
+            if not self._streams:  # nothing else plays: no fade (speech need not wait; a stream that starts
+                self._level, progress = fade.to_db, 1.0  # later is lowered all the way at once)
+            if progress < 1.0:
+                time.sleep(STEP)
+                return fade, False
+        self._apply(self._level)
+        with self._cond:
+            self._resolve(self._wanted)
+            if self._wanted.closing and self._level == 0.0:
+                return None, True
+        if self._level > 0:
+            self._listen()
+        return None, False
 
     def _resolve(self, wanted: _Wanted) -> None:
         """Tell the loop the wanted level was reached (called with the condition held)."""
