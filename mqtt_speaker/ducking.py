@@ -11,7 +11,7 @@ what it wants (how many dB down) and is told through call_soon_threadsafe when t
 - `release()` after it ends: LINGER later, unless held again (back-to-back requests), they fade up over
   FADE_UP to exactly the volume each had, unless someone changed a stream's volume meanwhile (it is
   then not what we set): that change stands and the stream is left alone from then on.
-- A stream that appears (or is moved onto our sink) while we hold is lowered at once, before it plays.
+- A stream that appears (or is moved onto our sink) while we hold is lowered at once (on the server's event).
 - What was lowered is written to a small file before it is lowered (in the worker thread), and
   forgotten once restored: after a crash, a SIGKILL or a power cut, the next start restores what is
   still lower than it was (see `_restore_leftovers`).
@@ -43,7 +43,6 @@ LINGER = 1.0  # seconds the music stays down after the last word, for the next r
 STEP = 0.01  # seconds between two volume steps of a fade (the server applies them per mixing block)
 HELD_POLL = 0.1  # seconds: how often a held duck looks at what the loop wants (server events wake it at once)
 TOLERANCE = 0.002  # of full volume: a stream further than this from what we set was changed by someone else
-MAX_WAIT = FADE_DOWN + 0.3  # speech never waits longer than this for the fade (a slow sound server)
 
 
 def tag_own_stream(role: str) -> None:
@@ -110,6 +109,20 @@ class _Stream:
     deepest: float = 0.0  # dB: the lowest we have taken it
 
 
+@dataclass(frozen=True)
+class Lowering:
+    """The others are being lowered: `done` once they are down (at once when nothing else plays)."""
+
+    done: asyncio.Future[None]
+    deadline: float  # loop time: the fade's length after it began; speech never waits longer
+
+    async def wait(self) -> None:
+        timeout = self.deadline - asyncio.get_running_loop().time()
+        if not self.done.done() and timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.done), timeout)
+
+
 @dataclass
 class _Fade:
     from_db: float
@@ -146,8 +159,8 @@ class Ducker:
         self._thread = threading.Thread(target=self._run, name="ducking", daemon=True)
         self._thread.start()
 
-    def hold(self, depth_db: float) -> asyncio.Future[None]:
-        """Lower the others by `depth_db`; the future resolves once they are down (or nothing can be)."""
+    def hold(self, depth_db: float) -> Lowering:
+        """Lower the others by `depth_db`; what to wait for before the first sample."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         if self._linger is not None:
@@ -157,7 +170,7 @@ class Ducker:
             self._wanted.depth = depth_db
             self._wanted.waiters.append((loop, done))
             self._cond.notify()
-        return done
+        return Lowering(done, loop.time() + FADE_DOWN)
 
     def release(self) -> None:
         """Bring the others back up, LINGER from now unless held again before."""
@@ -436,14 +449,15 @@ def _set_done(future: asyncio.Future[None]) -> None:
 
 
 async def once_lowered(
-    lowered: asyncio.Future[None], chunks: AsyncGenerator[AudioChunk, None]
+    lowering: Lowering, chunks: AsyncGenerator[AudioChunk, None]
 ) -> AsyncGenerator[AudioChunk, None]:
-    """`chunks`, the first one held back until the other audio is down (at most MAX_WAIT after it came)."""
+    """`chunks`, the first one held back until the other audio is down, or the fade's length has passed."""
     try:
+        first = True
         async for chunk in chunks:
-            if not lowered.done():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(lowered), MAX_WAIT)
+            if first:
+                first = False
+                await lowering.wait()
             yield chunk
     finally:
         await chunks.aclose()

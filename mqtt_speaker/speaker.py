@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from mqtt_speaker.audio import AudioDeviceError, Output, Playback
 from mqtt_speaker.cache import AudioCache, cache_key, recording, replay
-from mqtt_speaker.ducking import Ducker, once_lowered
+from mqtt_speaker.ducking import Ducker, Lowering, once_lowered
 from mqtt_speaker.engines.base import AudioChunk, Engine, SynthesisError, Voicing
 from mqtt_speaker.models import (
     ClearCommand,
@@ -69,7 +69,7 @@ class Job:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     interruption: Interruption | None = None
-    lowered: asyncio.Future[None] | None = None  # other audio is down (ducking); None: not ducked
+    lowered: Lowering | None = None  # other audio is being lowered (ducking); None: not ducked
 
     @property
     def order(self) -> tuple[int, int]:
