@@ -129,6 +129,14 @@ class _Fade:
     to_db: float
     began: float
     seconds: float
+    progress: float = 0.0
+
+    def advance(self) -> float:
+        """Move on with the clock, but by at most a few steps' worth: after a stall (a busy machine) the
+        fade goes on smoothly instead of jumping (it then takes a little longer)."""
+        due = (time.monotonic() - self.began) / self.seconds if self.seconds > 0 else 1.0
+        self.progress = min(1.0, due, self.progress + 3 * STEP / self.seconds)
+        return self.progress
 
 
 @dataclass
@@ -242,7 +250,7 @@ class Ducker:
             if fade is None or fade.to_db != target:
                 seconds = (FADE_DOWN if target > self._level else FADE_UP) * (0.25 if closing else 1.0)
                 fade = _Fade(self._level, target, time.monotonic(), seconds)
-            progress = min(1.0, (time.monotonic() - fade.began) / fade.seconds) if fade.seconds > 0 else 1.0
+            progress = fade.advance()
             self._level = fade.to_db if progress >= 1.0 else fade.from_db + (fade.to_db - fade.from_db) * progress
             self._apply(max(fade.from_db, fade.to_db))
             if not self._streams:  # nothing else plays: no fade (speech need not wait; a stream that starts
@@ -304,15 +312,15 @@ class Ducker:
         self._pulse.event_listen(timeout=HELD_POLL)
 
     def _our_sink(self, inputs: Iterable[Any]) -> int | None:
-        """The sink we play to: our own stream's, else $PULSE_SINK, else the server's default sink."""
+        """The sink we play to: our own stream's, else $PULSE_SINK, else the server's default sink. (A stream
+        just created may not be on a sink yet: PipeWire shows it on none until WirePlumber links it.)"""
+        sinks = self._pulse.sink_list()
+        indices = {int(sink.index) for sink in sinks}
         for stream in inputs:
-            if stream.proplist.get("application.process.id") == self._pid:
+            if stream.proplist.get("application.process.id") == self._pid and int(stream.sink) in indices:
                 return int(stream.sink)
         name = os.environ.get("PULSE_SINK") or self._pulse.server_info().default_sink_name
-        for sink in self._pulse.sink_list():
-            if sink.name == name:
-                return int(sink.index)
-        return None
+        return next((int(sink.index) for sink in sinks if sink.name == name), None)
 
     def _apply(self, deepest: float) -> None:
         """Set every other stream on our sink to its original volume, `self._level` dB down (on the way to
