@@ -44,7 +44,9 @@ class PipeWire(PulseAudio):
                 if command[0] == "dbus-daemon":
                     wait_until((self.dir / "bus").exists, 10, "the session bus")
             wait_until(lambda: self.pactl("info").returncode == 0, 20, "pipewire-pulse to answer")
+            # never suspended when idle (WirePlumber's default is after 5 s): its monitor must always stream
             sink = f"sink_name={SINK} rate={RATE} channels=1 format=s16le"
+            sink += " sink_properties=session.suspend-timeout-seconds=0"
             loaded = self.pactl("load-module", "module-null-sink", *sink.split())
             if loaded.returncode != 0:
                 raise RuntimeError(f"cannot create the test sink: {loaded.stderr}")
