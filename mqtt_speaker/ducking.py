@@ -104,6 +104,7 @@ class _Stream:
     index: int
     pid: str | None
     app: str | None
+    role: str | None
     original: list[float]
     set_to: list[float] | None = None  # what we last set (None: not touched yet)
     deepest: float = 0.0  # dB: the lowest we have taken it
@@ -158,6 +159,7 @@ class Ducker:
         self._pulse: Any = None
         self._available: bool | None = None  # None: not tried yet
         self._streams: dict[int, _Stream] = {}
+        self._gone: list[_Stream] = []  # lowered streams that ended while we hold (see _inherited)
         self._level = 0.0  # dB the others are down by now (worker thread)
         self._pid = str(os.getpid())
 
@@ -332,7 +334,7 @@ class Ducker:
         present = {int(s.index) for s in inputs}
         changed = False
         for gone in [i for i in self._streams if i not in present]:
-            del self._streams[gone]
+            self._gone = [*self._gone[-15:], self._streams.pop(gone)]
             changed = True
         updates: list[tuple[_Stream, list[float]]] = []
         for info in inputs:
@@ -356,7 +358,9 @@ class Ducker:
             if stream is None:
                 if self._level == 0:
                     continue
-                stream = _Stream(index, props.get("application.process.id"), props.get("application.name"), now)
+                app, role = props.get("application.name"), props.get("media.role")
+                original = self._inherited(app, role, now) or now
+                stream = _Stream(index, props.get("application.process.id"), app, role, original)
                 self._streams[index] = stream
                 changed = True
             if deepest > stream.deepest:
@@ -368,12 +372,26 @@ class Ducker:
             if self._level == 0:
                 del self._streams[index]
                 changed = True
+        if self._level == 0:
+            self._gone.clear()
         if changed:
             self._save()  # before lowering: a SIGKILL right after must still find what to restore
         for stream, want in updates:
             with contextlib.suppress(pulsectl.PulseOperationFailed):  # it ended just now
                 self._pulse.sink_input_volume_set(stream.index, pulsectl.PulseVolumeInfo(want))
             stream.set_to = want
+
+    def _inherited(self, app: str | None, role: str | None, now: list[float]) -> list[float] | None:
+        """The volume a stream starting while we hold really had, when it came in at the volume we had set on
+        a stream of the same application (or role) that ended meanwhile: the server remembered that volume
+        for it (PulseAudio's module-stream-restore, WirePlumber's restore-stream; a player that opens a new
+        stream per track). None when it is a volume of its own."""
+        for gone in reversed(self._gone):
+            same = (app is not None and gone.app == app) or (role is not None and gone.role == role)
+            if same and gone.set_to is not None and _close(now, gone.set_to):
+                LOG.info("ducking: %s started at the volume we had lowered it to; it goes back to its own", app)
+                return gone.original
+        return None
 
     def _save(self) -> None:
         """The file of what is lowered now (removed when nothing is); atomic, and a failure only logged."""

@@ -409,3 +409,30 @@ def test_check_says_ducking_works(
     assert (
         line == "ok    ducking works: other streams are lowered 12 dB while speaking (pulseaudio 16.1, sink testsink)"
     )
+
+
+def test_a_new_stream_that_inherits_the_lowered_volume_goes_back_to_its_own(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+) -> None:
+    """A player that opens a new stream per track, on a server that remembers each application's volume
+    (PulseAudio's module-stream-restore, loaded by every stock setup): the next track starts at the
+    volume the daemon had set, and must still come back to full afterwards."""
+    loaded = pulse.pactl("load-module", "module-stream-restore", "restore_device=false", "restore_muted=false")
+    assert loaded.returncode == 0, loaded.stderr
+    try:
+        daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+        music.start()
+        with pulse.capture() as capture:
+            wait_level(capture, at(FULL_DB), "the music at full level")
+            daemon.say(json.dumps({"id": "duck-7", "text": SENTENCE * 3}))
+            daemon.wait_for_event("duck-7", "started")
+            wait_level(capture, at(FULL_DB - DEPTH, 1.0), "the music lowered")
+            music.stop()  # the next track
+            music.start()
+            inherited = music.volume()
+            spoken_ok(daemon, "duck-7")
+            wait_level(capture, at(FULL_DB), "the next track back at full level")
+        assert "-12.00 dB" in inherited, inherited  # the server gave it the lowered volume
+        assert music.volume() == "mono: 65536 / 100% / 0.00 dB"
+    finally:
+        pulse.pactl("unload-module", loaded.stdout.strip())
