@@ -161,6 +161,7 @@ class Ducker:
         self._streams: dict[int, _Stream] = {}
         self._gone: list[_Stream] = []  # lowered streams that ended while we hold (see _inherited)
         self._level = 0.0  # dB the others are down by now (worker thread)
+        self._steady: float | None = None  # dB the others are held down by, no fade under way (under _cond)
         self._pid = str(os.getpid())
 
     # ----------------------------------------------------------------------------- event loop side
@@ -178,7 +179,10 @@ class Ducker:
             self._linger = None
         with self._cond:
             self._wanted.depth = depth_db
-            self._wanted.waiters.append((loop, done))
+            if self._steady == depth_db:  # already down (the one before is lingering): nothing to wait for
+                done.set_result(None)
+            else:
+                self._wanted.waiters.append((loop, done))
             self._cond.notify()
         return Lowering(done, loop.time() + FADE_DOWN)
 
@@ -241,6 +245,8 @@ class Ducker:
                 self._cond.wait()
                 return None, False
             target, closing = wanted.depth, wanted.closing
+            if target != self._level:
+                self._steady = None
         if not self._ensure_connected():
             self._level = 0.0
             with self._cond:
@@ -263,6 +269,7 @@ class Ducker:
         self._apply(self._level)
         with self._cond:
             self._resolve(self._wanted)
+            self._steady = self._level if self._level == self._wanted.depth else None
             if self._wanted.closing and self._level == 0.0:
                 return None, True
         if self._level > 0:
@@ -302,6 +309,8 @@ class Ducker:
         return True
 
     def _drop_connection(self) -> None:
+        with self._cond:
+            self._steady = None
         pulse, self._pulse = self._pulse, None
         self._streams.clear()
         self._level = 0.0

@@ -132,6 +132,7 @@ def test_state_is_retained_and_follows_speaking(
         "voice": "Default",  # the configured voice, which has no name in `voices`
         "quiet": False,
         "quiet_now": False,
+        "duck_db": 12.0,
     }
     availability = daemon.observer.on(daemon.topic("availability"))
     assert availability[-1].payload == b"online"
