@@ -26,7 +26,7 @@ ENTITIES = {
     "notify": ["speak"],
     "text": ["say"],
     "select": ["emotion", "voice"],
-    "number": ["volume"],
+    "number": ["volume", "music_ducking"],
     "switch": ["quiet_mode"],
     "button": ["stop", "skip", "clear_queue"],
     "sensor": ["state", "queue_length", "engine"],
@@ -108,6 +108,10 @@ def test_home_assistant_sees_the_speaker_and_drives_it(
     ha.call("number", "set_value", entity_id=f"number.{PREFIX}_volume", value=35)
     wait_until(lambda: daemon.states()[-1]["volume"] == 35, 20, "the volume in the retained state")
     wait_until(lambda: float(state(ha, f"number.{PREFIX}_volume")["state"]) == 35, 20, "the volume read back")
+    # So does the Music ducking number (the depth, in dB).
+    assert float(state(ha, f"number.{PREFIX}_music_ducking")["state"]) == 12
+    ha.call("number", "set_value", entity_id=f"number.{PREFIX}_music_ducking", value=20)
+    wait_until(lambda: daemon.states()[-1]["duck_db"] == 20, 20, "the ducking depth in the retained state")
 
     # The Stop button interrupts a long utterance.
     daemon.say(json.dumps({"id": "long", "text": "x" * 100}))
