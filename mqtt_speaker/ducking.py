@@ -291,8 +291,12 @@ class Ducker:
             self._pulse.event_mask_set("sink_input")
             self._pulse.event_callback_set(_stop_listening)
         except ConnectionError as exc:
-            if first or self._available:
-                LOG.warning("ducking is not available: %s; other audio is not lowered while speaking", exc)
+            if first or self._available:  # said once: at start (plain ALSA: expected), or when it goes away
+                LOG.log(
+                    logging.INFO if first else logging.WARNING,
+                    "ducking is not available: %s; other audio is not lowered while speaking",
+                    exc,
+                )
             else:
                 LOG.debug("ducking still not available: %s", exc)
             self._available = False
@@ -319,7 +323,7 @@ class Ducker:
                 pulse.close()
 
     def _listen(self) -> None:
-        """While held: wait for a sink input event (a new stream: lowered before it plays) or HELD_POLL."""
+        """While held: wait for a sink input event (a new stream: lowered at once) or HELD_POLL."""
         self._pulse.event_listen(timeout=HELD_POLL)
 
     def _our_sink(self, inputs: Iterable[Any]) -> int | None:
