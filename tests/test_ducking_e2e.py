@@ -314,6 +314,23 @@ def test_sigkill_mid_announcement_then_a_restart_brings_the_music_back(
     assert "restored test-music" in daemon.log()
 
 
+def test_a_clean_stop_mid_announcement_brings_the_music_back_first(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+) -> None:
+    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    before = music.start().volume()
+    with pulse.capture() as capture:
+        wait_level(capture, at(FULL_DB), "the music at full level")
+        daemon.say(json.dumps({"id": "duck-8", "text": SENTENCE * 3}))
+        daemon.wait_for_event("duck-8", "started")
+        wait_level(capture, at(FULL_DB - DEPTH, 1.0), "the music lowered")
+        assert daemon.stop() == 0  # SIGTERM
+        assert music.volume() == before  # restored before the daemon exited
+        x = wait_level(capture, at(FULL_DB), "the music back at full level")
+    assert largest_step(music_level(x)[-100:]) < MAX_STEP
+    assert not list(daemon.state_file.parent.glob("*-ducked.json"))
+
+
 def test_a_volume_change_made_while_ducked_stands(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
 ) -> None:
