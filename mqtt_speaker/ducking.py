@@ -162,6 +162,7 @@ class Ducker:
         self._gone: list[_Stream] = []  # lowered streams that ended while we hold (see _inherited)
         self._level = 0.0  # dB the others are down by now (worker thread)
         self._steady: float | None = None  # dB the others are held down by, no fade under way (under _cond)
+        self._unlinked = False  # a stream is on no sink yet (worker thread)
         self._pid = str(os.getpid())
 
     # ----------------------------------------------------------------------------- event loop side
@@ -324,12 +325,11 @@ class Ducker:
 
     def _listen(self) -> None:
         """While held: wait for a sink input event (a new stream: lowered at once) or HELD_POLL."""
-        self._pulse.event_listen(timeout=HELD_POLL)
+        self._pulse.event_listen(timeout=STEP if self._unlinked else HELD_POLL)
 
-    def _our_sink(self, inputs: Iterable[Any]) -> int | None:
+    def _our_sink(self, inputs: Iterable[Any], sinks: list[Any]) -> int | None:
         """The sink we play to: our own stream's, else $PULSE_SINK, else the server's default sink. (A stream
         just created may not be on a sink yet: PipeWire shows it on none until WirePlumber links it.)"""
-        sinks = self._pulse.sink_list()
         indices = {int(sink.index) for sink in sinks}
         for stream in inputs:
             if stream.proplist.get("application.process.id") == self._pid and int(stream.sink) in indices:
@@ -343,7 +343,11 @@ class Ducker:
         import pulsectl
 
         inputs = self._pulse.sink_input_list()
-        sink = self._our_sink(inputs)
+        sinks = self._pulse.sink_list()
+        sink = self._our_sink(inputs, sinks)
+        linked = {int(s.index) for s in sinks}
+        # A stream on no sink yet is being linked (PipeWire): look again soon, not at the next poll.
+        self._unlinked = any(int(s.sink) not in linked for s in inputs)
         present = {int(s.index) for s in inputs}
         changed = False
         for gone in [i for i in self._streams if i not in present]:

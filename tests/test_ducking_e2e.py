@@ -141,32 +141,40 @@ def at(level_db: float, tolerance: float = 0.5) -> Callable[[Signal], bool]:
     return lambda recent: bool(np.all(np.abs(recent - level_db) <= tolerance))
 
 
+PIPEWIRE = pytest.param(
+    "pipewire", marks=pytest.mark.skipif(not pipewire.installed(), reason="PipeWire is not installed")
+)
+ONLY_PULSEAUDIO = pytest.mark.parametrize("server", ["pulseaudio"], indirect=True)
+
+
+@pytest.fixture(params=["pulseaudio", PIPEWIRE])
+def server(request: pytest.FixtureRequest, pulse: PulseAudio) -> Iterator[PulseAudio]:
+    """The sound server: the tests' PulseAudio, or a private PipeWire with pipewire-pulse and WirePlumber."""
+    if request.param == "pulseaudio":
+        yield pulse
+        return
+    started = pipewire.PipeWire().start()
+    yield started
+    started.stop()
+
+
 @pytest.fixture
-def music(pulse: PulseAudio, workdir: Path) -> Iterator[Music]:
-    player = Music(pulse, workdir)
+def music(server: PulseAudio, workdir: Path) -> Iterator[Music]:
+    player = Music(server, workdir)
     yield player
     player.stop()
 
 
+@pytest.fixture
+def env(cartesia_env: dict[str, str], server: PulseAudio) -> dict[str, str]:
+    """The daemon's environment: the Cartesia emulator, and the sound server under test."""
+    return {**cartesia_env, **server.env}
+
+
 def test_music_is_lowered_while_speaking_and_comes_back_exactly(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
-    lowered_while_speaking_and_back(make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH)), pulse, music)
-
-
-@pytest.mark.skipif(not pipewire.installed(), reason="PipeWire is not installed (script/setup test installs it)")
-def test_with_pipewire_music_is_lowered_while_speaking_and_comes_back_exactly(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], workdir: Path
-) -> None:
-    server = pipewire.PipeWire().start()
-    music = Music(server, workdir)
-    try:
-        daemon = make_daemon({**cartesia_env, **server.env}, AUDIO__DUCK_DB=str(DEPTH))
-        lowered_while_speaking_and_back(daemon, server, music)
-        daemon.stop()
-    finally:
-        music.stop()
-        server.stop()
+    lowered_while_speaking_and_back(make_daemon(env, AUDIO__DUCK_DB=str(DEPTH)), server, music)
 
 
 def lowered_while_speaking_and_back(daemon: Daemon, pulse: PulseAudio, music: Music) -> None:
@@ -204,11 +212,11 @@ def lowered_while_speaking_and_back(daemon: Daemon, pulse: PulseAudio, music: Mu
 
 
 def test_back_to_back_requests_keep_the_music_down_between_them(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
-    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
     music.start()
-    with pulse.capture() as capture:
+    with server.capture() as capture:
         wait_level(capture, at(FULL_DB), "the music at full level")
         daemon.say(json.dumps({"id": "first", "text": SENTENCE}))
         daemon.say(json.dumps({"id": "second", "text": SENTENCE, "chime": True}))
@@ -225,10 +233,10 @@ def test_back_to_back_requests_keep_the_music_down_between_them(
 
 
 def test_a_stream_that_starts_mid_announcement_is_lowered_too(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
-    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
-    with pulse.capture() as capture:
+    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
+    with server.capture() as capture:
         daemon.say(json.dumps({"id": "duck-2", "text": SENTENCE * 2}))
         daemon.wait_for_event("duck-2", "started")
         music.start()
@@ -248,12 +256,13 @@ def test_a_stream_that_starts_mid_announcement_is_lowered_too(
     assert music.volume() == "mono: 65536 / 100% / 0.00 dB"  # as paplay opened it
 
 
+@ONLY_PULSEAUDIO
 def test_duck_false_leaves_the_music_alone(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
-    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
     music.start()
-    with pulse.capture() as capture:
+    with server.capture() as capture:
         wait_level(capture, at(FULL_DB), "the music at full level")
         daemon.say(json.dumps({"id": "duck-3", "text": SENTENCE, "duck": False}))
         spoken_ok(daemon, "duck-3")
@@ -267,14 +276,15 @@ def test_duck_false_leaves_the_music_alone(
     assert np.all(np.abs(level[start:] - FULL_DB) <= 1.0), level[start:].min()
 
 
+@ONLY_PULSEAUDIO
 def test_the_depth_is_set_at_runtime_and_a_request_can_ask_for_its_own(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
-    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
     daemon.observer.publish(daemon.topic("set/duck_db"), "24")
     wait_until(lambda: daemon.states()[-1]["duck_db"] == 24, 10, "the state to show the new depth")
     music.start()
-    with pulse.capture() as capture:
+    with server.capture() as capture:
         wait_level(capture, at(FULL_DB), "the music at full level")
         daemon.say(json.dumps({"id": "duck-4", "text": SENTENCE}))
         spoken_ok(daemon, "duck-4")
@@ -292,11 +302,11 @@ def test_the_depth_is_set_at_runtime_and_a_request_can_ask_for_its_own(
 
 
 def test_sigkill_mid_announcement_then_a_restart_brings_the_music_back(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
-    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
     before = music.start().volume()
-    with pulse.capture() as capture:
+    with server.capture() as capture:
         wait_level(capture, at(FULL_DB), "the music at full level")
         daemon.say(json.dumps({"id": "duck-5", "text": SENTENCE * 3}))
         daemon.wait_for_event("duck-5", "started")
@@ -315,11 +325,11 @@ def test_sigkill_mid_announcement_then_a_restart_brings_the_music_back(
 
 
 def test_a_clean_stop_mid_announcement_brings_the_music_back_first(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
-    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
     before = music.start().volume()
-    with pulse.capture() as capture:
+    with server.capture() as capture:
         wait_level(capture, at(FULL_DB), "the music at full level")
         daemon.say(json.dumps({"id": "duck-8", "text": SENTENCE * 3}))
         daemon.wait_for_event("duck-8", "started")
@@ -332,18 +342,18 @@ def test_a_clean_stop_mid_announcement_brings_the_music_back_first(
 
 
 def test_a_volume_change_made_while_ducked_stands(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
-    daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
     music.start()
-    with pulse.capture() as capture:
+    with server.capture() as capture:
         wait_level(capture, at(FULL_DB), "the music at full level")
         daemon.say(json.dumps({"id": "duck-6", "text": SENTENCE * 2}))
         daemon.wait_for_event("duck-6", "started")
         wait_level(capture, at(FULL_DB - DEPTH, 1.0), "the music lowered")
         stream = music.sink_input()
         assert stream is not None
-        assert pulse.pactl("set-sink-input-volume", stream["index"], "50%").returncode == 0
+        assert server.pactl("set-sink-input-volume", stream["index"], "50%").returncode == 0
         chosen = music.volume()
         spoken_ok(daemon, "duck-6")
         # 50% on PulseAudio's cubic scale is about -18 dB; it is not raised back to full.
@@ -428,18 +438,19 @@ def test_check_says_ducking_works(
     )
 
 
+@ONLY_PULSEAUDIO
 def test_a_new_stream_that_inherits_the_lowered_volume_goes_back_to_its_own(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio, music: Music
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
     """A player that opens a new stream per track, on a server that remembers each application's volume
     (PulseAudio's module-stream-restore, loaded by every stock setup): the next track starts at the
     volume the daemon had set, and must still come back to full afterwards."""
-    loaded = pulse.pactl("load-module", "module-stream-restore", "restore_device=false", "restore_muted=false")
+    loaded = server.pactl("load-module", "module-stream-restore", "restore_device=false", "restore_muted=false")
     assert loaded.returncode == 0, loaded.stderr
     try:
-        daemon = make_daemon(cartesia_env, AUDIO__DUCK_DB=str(DEPTH))
+        daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
         music.start()
-        with pulse.capture() as capture:
+        with server.capture() as capture:
             wait_level(capture, at(FULL_DB), "the music at full level")
             daemon.say(json.dumps({"id": "duck-7", "text": SENTENCE * 3}))
             daemon.wait_for_event("duck-7", "started")
@@ -452,4 +463,4 @@ def test_a_new_stream_that_inherits_the_lowered_volume_goes_back_to_its_own(
         assert "-12.00 dB" in inherited, inherited  # the server gave it the lowered volume
         assert music.volume() == "mono: 65536 / 100% / 0.00 dB"
     finally:
-        pulse.pactl("unload-module", loaded.stdout.strip())
+        server.pactl("unload-module", loaded.stdout.strip())
