@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mqtt_speaker.audio import AudioDeviceError, SoundDevicePlayer
+from mqtt_speaker.ducking import describe_server
 from mqtt_speaker.engines.base import SynthesisError
 from mqtt_speaker.engines.cartesia import CartesiaEngine
 from mqtt_speaker.engines.piper import PiperEngine
@@ -22,6 +23,10 @@ TIMEOUT = 10.0
 
 class CheckFailed(Exception):
     pass
+
+
+class NotAvailable(Exception):
+    """An optional feature that cannot work here: said, but not a failure."""
 
 
 def check_config(settings: Settings) -> str:
@@ -109,11 +114,24 @@ def check_audio(settings: Settings) -> str:
         raise CheckFailed(str(exc)) from exc
 
 
+def check_ducking(settings: Settings) -> str:
+    if settings.audio.output_dir is not None:
+        raise NotAvailable("not available: utterances are written to files, nothing plays")
+    try:
+        server = describe_server()
+    except ConnectionError as exc:
+        raise NotAvailable(f"not available (other audio is not lowered while speaking): {exc}") from exc
+    if settings.audio.duck_db == 0:
+        return f"works on {server}, but off (audio.duck_db = 0)"
+    return f"works: other streams are lowered {settings.audio.duck_db:g} dB while speaking ({server})"
+
+
 CHECKS: list[tuple[str, Callable[[Settings], str]]] = [
     ("config", check_config),
     ("broker", check_broker),
     ("speech", check_speech),
     ("audio", check_audio),
+    ("ducking", check_ducking),
 ]
 
 
@@ -121,10 +139,12 @@ def run_checks(settings: Settings) -> bool:
     """Print one line per check; True when all passed."""
     ok = True
     for name, check in CHECKS:
+        mark = "ok  "
         try:
-            detail, passed = check(settings), True
+            detail = check(settings)
+        except NotAvailable as exc:
+            detail, mark = str(exc), "--  "
         except (CheckFailed, ConfigError) as exc:
-            detail, passed = str(exc), False
-        ok &= passed
-        print(f"{'ok  ' if passed else 'FAIL'}  {name:<7} {detail}", flush=True)
+            detail, mark, ok = str(exc), "FAIL", False
+        print(f"{mark}  {name:<7} {detail}", flush=True)
     return ok

@@ -12,6 +12,7 @@ from mqtt_speaker.adapters.homeassistant import HomeAssistantDiscovery
 from mqtt_speaker.adapters.native import NativeTopics
 from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
 from mqtt_speaker.cache import AudioCache
+from mqtt_speaker.ducking import Ducker, record_path, tag_own_stream
 from mqtt_speaker.engines.base import Engine
 from mqtt_speaker.engines.registry import build_engines
 from mqtt_speaker.models import (
@@ -35,17 +36,26 @@ CLOCK_CHECK_INTERVAL = 60.0  # seconds
 def build_output(settings: Settings) -> Output:
     if settings.audio.output_dir is not None:
         return WavWriter(settings.audio.output_dir)
+    tag_own_stream(settings.audio.role)
     return SoundDevicePlayer(settings.audio)
 
 
+def build_ducker(settings: Settings) -> Ducker | None:
+    """The ducker when we play to a sound device (not when writing WAV files)."""
+    return None if settings.audio.output_dir is not None else Ducker(record_path(settings.state_file))
+
+
 class Daemon:
-    def __init__(self, settings: Settings, engines: dict[str, Engine], output: Output) -> None:
+    def __init__(
+        self, settings: Settings, engines: dict[str, Engine], output: Output, ducker: Ducker | None = None
+    ) -> None:
         self._settings = settings
         self._topics = Topics(
             settings.base_topic, settings.site, settings.homeassistant.prefix, tuple(settings.sync.groups)
         )
         self._engines = engines
         self._output = output
+        self._ducker = ducker
         self._last_state: str | None = None
         self._notifier = Notifier()
         self._error_window = 0.0
@@ -59,6 +69,7 @@ class Daemon:
             settings,
             primary=settings.primary_engine,
             cache=AudioCache(settings.cache),
+            ducker=ducker,
             publish_event=self._publish_event,
             report_error=self.report,
             on_change=self._publish_state,
@@ -177,6 +188,8 @@ class Daemon:
             self.speaker.engine_in_use(),
         )
         self._link.start()
+        if self._ducker is not None:
+            self._ducker.start()  # restores what a previous run left lowered
         # Ready at once, broker or not (a broker down at boot must not hold up the boot); STATUS says why.
         self._notifier.ready(f"waiting for the broker at {self._settings.mqtt.host}:{self._settings.mqtt.port}")
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
@@ -198,6 +211,8 @@ class Daemon:
         crashed = None if worker.cancelled() or not worker.done() else worker.exception()
         await asyncio.gather(worker, return_exceptions=True)
         await self._output.close()
+        if self._ducker is not None:
+            await self._ducker.close()
         await asyncio.gather(*(engine.close() for engine in self._engines.values()))
         await self._link.stop(last_words=(self._topics.availability, OFFLINE))
         watchdog.cancel()
@@ -227,5 +242,5 @@ async def run_daemon(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    daemon = Daemon(settings, build_engines(settings), build_output(settings))
+    daemon = Daemon(settings, build_engines(settings), build_output(settings), build_ducker(settings))
     await daemon.run(stop)

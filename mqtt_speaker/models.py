@@ -33,6 +33,7 @@ LANGUAGES: tuple[str, ...] = tuple(get_args(get_args(SupportedLanguage)[0]))
 SPEED_RANGE = (0.6, 1.5)
 GENERATION_VOLUME_RANGE = (0.5, 2.0)
 PLAYBACK_VOLUME_RANGE = (0.0, 1.0)
+DUCK_DB_RANGE = (0.0, 40.0)
 MAX_TTL = 86_400.0
 SOUND_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_ID_LENGTH = 128
@@ -178,6 +179,8 @@ class _SayPayload(BaseModel):
     chime: Annotated[bool | StrictStr, AfterValidator(_sound_name)] | None = None
     engine: EngineName | None = None
     cache: StrictBool = True
+    duck: StrictBool = True
+    duck_db: Number | None = None
 
     @field_validator("id")
     @classmethod
@@ -227,6 +230,8 @@ class SayRequest(BaseModel):
     chime: bool | str = False
     engine: str | None = Field(default=None, description="The engine asked for; None: the configured one")
     cache: bool = True
+    duck: bool = Field(default=True, description="Lower other audio while this plays (false: leave it alone)")
+    duck_db: float | None = Field(default=None, description="How far, in dB, for this request; None: the default")
 
     @property
     def text(self) -> str:
@@ -426,6 +431,8 @@ def _request(
         chime=body.chime if body.chime is not None else False,
         engine=body.engine,
         cache=body.cache,
+        duck=body.duck,
+        duck_db=_clamped(body.duck_db, DUCK_DB_RANGE, "duck_db", warnings),
     )
 
 
@@ -623,6 +630,7 @@ class StateReport(Outbound):
     clock_synchronized: bool | None = Field(
         default=None, description="The system clock is synchronized (NTP); None where the system cannot tell"
     )
+    duck_db: float = Field(description="Other audio is lowered by this many dB while speaking (0: not at all)")
     version: str = __version__
 
 
@@ -668,6 +676,19 @@ def parse_volume(payload: bytes) -> int:
     if not math.isfinite(value) or not 0 <= value <= 100:
         raise RequestRejected(f"volume: {text[:20]} is not from 0 to 100", "volume")
     return round(value)
+
+
+def parse_duck_db(payload: bytes) -> float:
+    """set/duck_db: 0-40 dB (0 turns ducking off)."""
+    text = _control_text(payload, "duck_db")
+    low, high = DUCK_DB_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        raise RequestRejected(f"duck_db: {text[:20]!r} is not a number of dB from 0 to 40", "duck_db") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise RequestRejected(f"duck_db: {text[:20]} is not from 0 to 40", "duck_db")
+    return round(value, 1)
 
 
 def parse_quiet(payload: bytes) -> bool:

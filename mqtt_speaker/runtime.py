@@ -1,7 +1,9 @@
-"""Runtime defaults set over MQTT (set/volume, set/emotion, set/voice, set/quiet), kept in a small state file."""
+"""Runtime defaults set over MQTT (set/volume, set/emotion, set/voice, set/quiet, set/duck_db), kept in a small
+state file."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -21,19 +23,23 @@ class RuntimeDefaults(BaseModel):
     discovery: list[str] = Field(
         default_factory=list, description="Discovery topics last published with a config: cleared once not produced"
     )
+    duck_db: float = Field(default=0.0, ge=0, le=40)
 
     @classmethod
     def load(cls, settings: Settings) -> RuntimeDefaults:
         """The saved defaults, or the configured ones when nothing (usable) was saved."""
         configured = cls(
-            volume=settings.default_volume, emotion=settings.default_emotion, voice=settings.cartesia.voice
+            volume=settings.default_volume,
+            emotion=settings.default_emotion,
+            voice=settings.cartesia.voice,
+            duck_db=settings.audio.duck_db,
         )
         path = settings.state_file
-        try:
-            return cls.model_validate_json(path.read_bytes())
+        try:  # what was saved, over the configured defaults (a file from an older version lacks newer fields)
+            return cls.model_validate({**configured.model_dump(), **json.loads(path.read_bytes())})
         except FileNotFoundError:
             return configured
-        except (OSError, ValidationError, ValueError) as exc:
+        except (OSError, ValidationError, ValueError, TypeError) as exc:
             LOG.warning("ignoring the state file %s: %s", path, str(exc).splitlines()[0])
             return configured
 

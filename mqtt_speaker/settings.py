@@ -177,6 +177,19 @@ class AudioSettings(BaseModel):
     )
     max_buffer_seconds: float = Field(default=30.0, gt=1, description="Audio buffered ahead of playback, at most")
     fade_ms: float = Field(default=30.0, ge=0, le=500, description="Fade-out when speech is interrupted")
+    duck_db: float = Field(
+        default=12.0,
+        ge=0,
+        le=40,
+        description="How far other audio on our sink is lowered while speaking, in dB; 0 turns ducking off. "
+        "12 dB (a quarter of the amplitude) keeps the music plainly there and puts a voice of the same "
+        "loudness well clear of it",
+    )
+    role: str = Field(
+        default="announcement",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="media.role of our own playback stream, for a sound server's role policy",
+    )
 
     @field_validator("device", mode="before")
     @classmethod

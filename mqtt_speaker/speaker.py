@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from mqtt_speaker.audio import Output
 from mqtt_speaker.cache import AudioCache
+from mqtt_speaker.ducking import Ducker
 from mqtt_speaker.engines.base import Engine
 from mqtt_speaker.models import (
     ErrorReport,
@@ -44,6 +45,7 @@ class Speaker:
         *,
         primary: str | None = None,
         cache: AudioCache | None = None,
+        ducker: Ducker | None = None,
         publish_event: Callable[[Event], None],
         report_error: Callable[[ErrorReport], None],
         on_change: Callable[[], None],
@@ -61,6 +63,7 @@ class Speaker:
             settings,
             primary=primary,
             cache=cache,
+            ducker=ducker,
             defaults=lambda: self.defaults,
             publish_event=publish_event,
             report_error=report_error,
@@ -106,6 +109,7 @@ class Speaker:
             quiet=self.defaults.quiet,
             quiet_now=self.quiet_now(),
             clock_synchronized=clock_synchronized(),
+            duck_db=self.defaults.duck_db,
         )
 
     def _set_problem(self, area: str, error: ErrorReport | None) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from mqtt_speaker.audio import AudioDeviceError, Output, Playback
 from mqtt_speaker.cache import AudioCache, cache_key, recording, replay
+from mqtt_speaker.ducking import Ducker, Lowering, once_lowered
 from mqtt_speaker.engines.base import AudioChunk, Engine, SynthesisError, Voicing
 from mqtt_speaker.models import (
     ErrorCode,
@@ -52,6 +53,7 @@ class Voice:
         *,
         primary: str | None,
         cache: AudioCache | None,
+        ducker: Ducker | None = None,
         defaults: Callable[[], RuntimeDefaults],
         publish_event: Callable[[Event], None],
         report_error: Callable[[ErrorReport], None],
@@ -60,6 +62,7 @@ class Voice:
         self._engines = engines
         self._primary = primary or next(iter(engines))
         self._cache = cache
+        self._ducker = ducker
         self._clearing: asyncio.Future[int] | None = None  # cache/clear in a worker thread
         self._output = output
         self._settings = settings
@@ -207,7 +210,18 @@ class Voice:
             self._set_problem("tts", None)
 
     async def speak(self, job: Job) -> Event:
-        """Play the request; its terminal event (finished, interrupted or failed)."""
+        """Play the request; its terminal event (finished, interrupted or failed). Other audio on the sound
+        server is lowered meanwhile (ducking.py), chime included, unless the request says `"duck": false`."""
+        request = job.request
+        depth = request.duck_db if request.duck_db is not None else self._defaults().duck_db
+        lowered = self._ducker.hold(depth) if self._ducker is not None and request.duck and depth > 0 else None
+        try:
+            return await self._speak(job, lowered)
+        finally:
+            if lowered is not None and self._ducker is not None:
+                self._ducker.release()  # after a pause: the next queued request keeps the music down
+
+    async def _speak(self, job: Job, lowered: Lowering | None) -> Event:
         request = job.request
         voicing = self._voicing(request)
         gain = request.volume if request.volume is not None else self._defaults().volume / 100
@@ -237,6 +251,8 @@ class Voice:
                     self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
                 )
                 stream = attempt.stream() if tried else await self._with_chime(job, attempt.stream())
+                if lowered is not None:
+                    stream = once_lowered(lowered, stream)
                 tried = True
                 async with contextlib.aclosing(stream) as chunks:
                     playback = Playback(request.id, on_first_audio, job.stop, gain, progress.pending_start())

@@ -31,6 +31,7 @@ ROLES = {
     "emotion": ("select", "emotion", "emotion"),
     "voice": ("select", "voice", "voice"),
     "volume": ("number", "volume", "volume"),
+    "duck_db": ("number", "music_ducking", "duck_db"),
     "quiet": ("switch", "quiet_mode", "quiet"),
     "stop": ("button", "stop", "stop"),
     "skip": ("button", "skip", "skip"),
@@ -157,6 +158,11 @@ def test_home_assistant_sees_the_speaker_and_drives_every_entity(
     ha.call("number", "set_value", entity_id=ids["volume"], value=35)
     wait_until(lambda: daemon.states()[-1]["volume"] == 35, 20, "the volume in the retained state")
     wait_until(lambda: float(entities.value("volume")) == 35, 20, "the volume read back")
+    # So does the Music ducking number (the depth, in dB).
+    assert float(entities.value("duck_db")) == 12
+    ha.call("number", "set_value", entity_id=ids["duck_db"], value=20)
+    wait_until(lambda: daemon.states()[-1]["duck_db"] == 20, 20, "the ducking depth in the retained state")
+    wait_until(lambda: float(entities.value("duck_db")) == 20, 20, "the ducking depth read back")
 
     # Queue length shows what waits; the Clear queue button drops it; Skip ends what plays; so does Stop.
     daemon.say(json.dumps({"id": "long", "text": "x" * 300}))

@@ -161,7 +161,8 @@ def test_topic_layout() -> None:
     assert "mqtt-speaker/kitchen/set/volume" in subscriptions and "mqtt-speaker/all/clear" in subscriptions
     assert "homeassistant/status" in subscriptions and "mqtt-speaker/kitchen/cache/warm" in subscriptions
     assert "mqtt-speaker/kitchen/say/stream" in subscriptions and "mqtt-speaker/all/say/stream" in subscriptions
-    assert len(subscriptions) == 23
+    assert "mqtt-speaker/kitchen/set/duck_db" in subscriptions
+    assert len(subscriptions) == 25  # 12 commands, for this site and for all; the birth topic
     assert (topics.availability, topics.state, topics.event, topics.error) == (
         "mqtt-speaker/kitchen/availability",
         "mqtt-speaker/kitchen/state",

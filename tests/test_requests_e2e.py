@@ -134,6 +134,7 @@ def test_state_is_retained_and_follows_speaking(
         "quiet": False,
         "quiet_now": False,
         "clock_synchronized": clock_synchronized(),  # this machine's, as the daemon reads it (docs/sync.md)
+        "duck_db": 12.0,
     }
     availability = daemon.observer.on(daemon.topic("availability"))
     assert availability[-1].payload == b"online"

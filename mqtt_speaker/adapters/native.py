@@ -16,6 +16,7 @@ from mqtt_speaker.models import (
     Warning_,
     parse_chunk,
     parse_clear,
+    parse_duck_db,
     parse_emotion,
     parse_quiet,
     parse_say,
@@ -116,6 +117,8 @@ class NativeTopics:
                 speaker.update_defaults(voice=parse_voice(payload))
             case Command.SET_QUIET:
                 speaker.update_defaults(quiet=parse_quiet(payload))
+            case Command.SET_DUCK_DB:
+                speaker.update_defaults(duck_db=parse_duck_db(payload))
             case Command.CACHE_CLEAR:
                 speaker.clear_cache()
             case Command.CACHE_WARM:

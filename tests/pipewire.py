@@ -1,0 +1,64 @@
+"""A private PipeWire (with pipewire-pulse and WirePlumber, from Debian's packages), headless, for the
+tests that must also hold on the sound server of Raspberry Pi OS: a session D-Bus of its own (WirePlumber
+exits without one), a null sink named like PulseAudio's test sink, and the same pactl / parec interface."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from tests.sound import RATE, SINK, PulseAudio, terminate, wait_until
+
+PROGRAMS = ("dbus-daemon", "pipewire", "wireplumber", "pipewire-pulse")
+
+
+def installed() -> bool:
+    return all(shutil.which(program) for program in PROGRAMS)
+
+
+class PipeWire(PulseAudio):
+    """dbus-daemon, pipewire, wireplumber and pipewire-pulse in a private runtime directory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._procs: list[subprocess.Popen[Any]] = []
+        self._own_env = {
+            **self.env,
+            "HOME": str(self.dir),  # WirePlumber keeps state under $HOME: never the real one
+            "XDG_STATE_HOME": str(self.dir / "state"),
+            "XDG_CONFIG_HOME": str(self.dir / "config"),
+            "DBUS_SESSION_BUS_ADDRESS": f"unix:path={self.dir / 'bus'}",
+        }
+
+    def start(self) -> PipeWire:
+        if not installed():
+            raise RuntimeError(f"PipeWire is not installed (needs {', '.join(PROGRAMS)})")
+        env = {**os.environ, **self._own_env}
+        bus = ["dbus-daemon", "--session", f"--address={self._own_env['DBUS_SESSION_BUS_ADDRESS']}", "--nofork"]
+        try:
+            for command in ([*bus, "--nopidfile"], ["pipewire"], ["wireplumber"], ["pipewire-pulse"]):
+                log = (self.dir / f"{command[0]}.log").open("wb")
+                self._procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
+                if command[0] == "dbus-daemon":
+                    wait_until((self.dir / "bus").exists, 10, "the session bus")
+            wait_until(lambda: self.pactl("info").returncode == 0, 20, "pipewire-pulse to answer")
+            # never suspended when idle (WirePlumber's default is after 5 s): its monitor must always stream
+            sink = f"sink_name={SINK} rate={RATE} channels=1 format=s16le"
+            sink += " sink_properties=session.suspend-timeout-seconds=0"
+            loaded = self.pactl("load-module", "module-null-sink", *sink.split())
+            if loaded.returncode != 0:
+                raise RuntimeError(f"cannot create the test sink: {loaded.stderr}")
+            self.pactl("set-default-sink", SINK)
+            wait_until(lambda: SINK in self.pactl("list", "short", "sinks").stdout, 10, "the test sink")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            terminate(proc, 5)
+        self._procs.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
