@@ -352,21 +352,29 @@ def _id_of(obj: dict[str, Any]) -> str | None:
     return None
 
 
+_P = TypeVar("_P", bound=BaseModel)
+
+
+def _validated(model: type[_P], obj: dict[str, Any]) -> _P:
+    """The payload object as `model`, or RequestRejected naming the first bad field (and the id, if usable)."""
+    try:
+        return model.model_validate(obj)
+    except (ValidationError, RecursionError) as exc:
+        request_id = _id_of(obj)
+        if isinstance(exc, RecursionError):
+            raise RequestRejected("payload: nested too deeply", "payload", request_id) from exc
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = _loc(first["loc"])
+        raise RequestRejected(f"{field}: {_reason(first['msg'])}", field, request_id) from exc
+
+
 def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
     """Turn a say payload into a request, or raise RequestRejected naming the field."""
     text = _decode(payload, max_bytes=max(65_536, max_text_length * 8))
     obj = _load_object(text)
     if obj is None:
         obj = {"text": text}
-    request_id = _id_of(obj)
-    try:
-        body = _SayPayload.model_validate(obj)
-    except (ValidationError, RecursionError) as exc:
-        if isinstance(exc, RecursionError):
-            raise RequestRejected("payload: nested too deeply", "payload", request_id) from exc
-        first = exc.errors(include_url=False, include_input=False)[0]
-        field = _loc(first["loc"])
-        raise RequestRejected(f"{field}: {_reason(first['msg'])}", field, request_id) from exc
+    body = _validated(_SayPayload, obj)
     request_id = str(body.id) if body.id is not None else None
     warnings: list[Warning_] = []
     if body.at is not None and body.sync is False:
@@ -462,15 +470,7 @@ def parse_chunk(payload: bytes, *, max_text_length: int) -> StreamChunk:
     obj = _load_object(text)
     if obj is None:
         raise RequestRejected('payload: not a JSON object; send {"id": ..., "seq": ..., "text": ...}', "payload")
-    request_id = _id_of(obj)
-    try:
-        body = _ChunkPayload.model_validate(obj)
-    except (ValidationError, RecursionError) as exc:
-        if isinstance(exc, RecursionError):
-            raise RequestRejected("payload: nested too deeply", "payload", request_id) from exc
-        first = exc.errors(include_url=False, include_input=False)[0]
-        field = _loc(first["loc"])
-        raise RequestRejected(f"{field}: {_reason(first['msg'])}", field, request_id) from exc
+    body = _validated(_ChunkPayload, obj)
     if body.id is None:
         raise RequestRejected("id: missing; every chunk of a stream carries the stream's id", "id")
     request_id = str(body.id)
