@@ -260,11 +260,13 @@ def test_a_stream_that_starts_mid_announcement_is_lowered_too(
 def test_duck_false_leaves_the_music_alone(
     make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
-    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
+    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH), AUDIO__ROLE="a11y")
     music.start()
     with server.capture() as capture:
         wait_level(capture, at(FULL_DB), "the music at full level")
         daemon.say(json.dumps({"id": "duck-3", "text": SENTENCE, "duck": False}))
+        daemon.wait_for_event("duck-3", "started")
+        roles = {s.get("application.process.binary"): s.get("media.role") for s in sink_inputs(server)}
         spoken_ok(daemon, "duck-3")
         x = capture.signal()
         # what would be the lingering pause and the fade up, had it ducked
@@ -274,6 +276,7 @@ def test_duck_false_leaves_the_music_alone(
     assert speech_windows(x).size, "the voice was not heard"
     start = int(np.flatnonzero(level > FULL_DB - 1.0)[0])
     assert np.all(np.abs(level[start:] - FULL_DB) <= 1.0), level[start:].min()
+    assert roles[Path(sys.executable).resolve().name] == "a11y"  # MQTT_SPEAKER_AUDIO__ROLE
 
 
 @ONLY_PULSEAUDIO
