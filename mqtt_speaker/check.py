@@ -12,7 +12,6 @@ from typing import Any
 
 from mqtt_speaker.audio import AudioDeviceError, SoundDevicePlayer
 from mqtt_speaker.engines.base import SynthesisError
-from mqtt_speaker.engines.cartesia import CartesiaEngine
 from mqtt_speaker.mqtt import new_client
 from mqtt_speaker.settings import ConfigError, Settings, config_path_from
 
@@ -59,6 +58,7 @@ def check_broker(settings: Settings) -> str:
 
 def check_speech(settings: Settings) -> str:
     if settings.use_cartesia:
+        from mqtt_speaker.engines.cartesia import CartesiaEngine  # the SDK is imported only when used
 
         async def probe() -> None:
             engine = CartesiaEngine(settings.cartesia)

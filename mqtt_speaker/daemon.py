@@ -12,7 +12,6 @@ from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
 from mqtt_speaker.cache import AudioCache
 from mqtt_speaker.discovery import discovery_messages
 from mqtt_speaker.engines.base import Engine
-from mqtt_speaker.engines.cartesia import CartesiaEngine
 from mqtt_speaker.engines.espeak import EspeakEngine
 from mqtt_speaker.engines.piper import PiperEngine
 from mqtt_speaker.models import (
@@ -47,6 +46,8 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
     engines: dict[str, Engine] = {}
     for name in dict.fromkeys(wanted):
         if name == "cartesia" and (settings.has_api_key or settings.primary_engine == "cartesia"):
+            from mqtt_speaker.engines.cartesia import CartesiaEngine  # the SDK is imported only when used
+
             engines[name] = CartesiaEngine(settings.cartesia)
         elif name == "piper" and (settings.piper.installed or settings.primary_engine == "piper"):
             engines[name] = PiperEngine(settings.piper)
