@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import numpy.typing as npt
+import soxr
 
 from mqtt_speaker.engines.base import AudioChunk, Pcm
 from mqtt_speaker.settings import AudioSettings
 
 LOG = logging.getLogger(__name__)
-Samples = npt.NDArray[np.float32]
 DEFAULT_RATE = 44100
 # Seconds from a write into a stream that ran dry to its first sample being played: the sound server's
 # own (small) latency after PortAudio's buffer. An estimate: blocking PortAudio cannot report it.
@@ -91,31 +90,31 @@ async def _next_chunk(chunks: AsyncIterator[AudioChunk], stopping: asyncio.Futur
 
 
 class Resampler:
-    """Streaming linear-interpolation resampler (speech from 22.05 kHz engines onto a 44.1/48 kHz device)."""
+    """Streaming band-limited resampler (soxr) for speech from 22.05 kHz engines onto a 44.1/48 kHz device.
+
+    It keeps a few milliseconds of state between chunks, so a stream is resampled without seams;
+    flush() returns what it still holds at the end of a stream.
+    """
 
     def __init__(self, source_rate: int, target_rate: int) -> None:
         self.source_rate = source_rate
-        self._step = source_rate / target_rate
-        self._position = 0.0  # next output position, in input samples, relative to `_last`
-        self._last: float | None = None
+        self._stream = (
+            None
+            if source_rate == target_rate
+            else soxr.ResampleStream(source_rate, target_rate, 1, dtype="int16", quality="HQ")
+        )
 
     def __call__(self, pcm: Pcm) -> Pcm:
-        if self._step == 1.0 or pcm.size == 0:
+        if self._stream is None or pcm.size == 0:
             return pcm
-        samples = to_float(pcm)
-        data = samples if self._last is None else np.concatenate(([self._last], samples)).astype(np.float32)
-        positions = np.arange(self._position, data.size - 1, self._step)
-        out: Samples = np.interp(positions, np.arange(data.size), data).astype(np.float32)
-        self._position = (positions[-1] + self._step - (data.size - 1)) if positions.size else self._position
-        self._last = float(data[-1])
-        return (np.clip(out, -1, 1) * 32767).astype(np.int16)
+        out: Pcm = self._stream.resample_chunk(pcm)
+        return out
 
     def flush(self) -> Pcm:
-        return _EMPTY
-
-
-def to_float(samples: Pcm) -> Samples:
-    return (samples.astype(np.float32) / 32768.0).astype(np.float32)
+        if self._stream is None:
+            return _EMPTY
+        out: Pcm = self._stream.resample_chunk(_EMPTY, last=True)
+        return out
 
 
 @dataclass
@@ -610,6 +609,11 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+def _write_wav(writer: wave.Wave_write, samples: Pcm) -> int:
+    writer.writeframes(samples.astype("<i2").tobytes())
+    return samples.size
+
+
 class WavWriter:
     """Writes each utterance to <output_dir>/<time>-<id>.wav instead of playing it."""
 
@@ -645,10 +649,12 @@ class WavWriter:
                     announced = True
                     playback.on_first_audio()
                 if resampler is None or chunk.sample_rate != resampler.source_rate:
+                    if resampler is not None:
+                        frames += _write_wav(writer, scaled(resampler.flush(), playback.gain))
                     resampler = Resampler(chunk.sample_rate, writer.getframerate())
-                samples = scaled(resampler(chunk.samples), playback.gain)
-                writer.writeframes(samples.astype("<i2").tobytes())
-                frames += samples.size
+                frames += _write_wav(writer, scaled(resampler(chunk.samples), playback.gain))
+            if writer is not None and resampler is not None:
+                frames += _write_wav(writer, scaled(resampler.flush(), playback.gain))
         except _Stopped:
             interrupted = True
         except OSError as exc:
