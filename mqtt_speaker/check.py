@@ -13,8 +13,6 @@ from typing import Any
 from mqtt_speaker.audio import AudioDeviceError, SoundDevicePlayer
 from mqtt_speaker.ducking import describe_server
 from mqtt_speaker.engines.base import SynthesisError
-from mqtt_speaker.engines.cartesia import CartesiaEngine
-from mqtt_speaker.engines.piper import PiperEngine
 from mqtt_speaker.mqtt import new_client
 from mqtt_speaker.settings import ConfigError, Settings, config_path_from
 
@@ -65,6 +63,7 @@ def check_broker(settings: Settings) -> str:
 
 def check_speech(settings: Settings) -> str:
     if settings.use_cartesia:
+        from mqtt_speaker.engines.cartesia import CartesiaEngine  # the SDK is imported only when used
 
         async def probe() -> None:
             engine = CartesiaEngine(settings.cartesia)
@@ -89,6 +88,8 @@ def check_speech(settings: Settings) -> str:
 
 def check_piper(settings: Settings) -> str:
     """Load the Piper voice, as the daemon does at start."""
+    from mqtt_speaker.engines.piper import PiperEngine  # Piper (onnxruntime) is imported only when used
+
     engine = PiperEngine(settings.piper)
     asyncio.run(engine.start())
     problem = engine.problem()

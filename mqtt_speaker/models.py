@@ -8,9 +8,8 @@ import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar
 
-from cartesia.types import SupportedLanguage
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,10 +25,9 @@ from pydantic import (
 )
 
 from mqtt_speaker import __version__
-from mqtt_speaker.emotions import EMOTIONS
+from mqtt_speaker.emotions import EMOTIONS, LANGUAGES
 from mqtt_speaker.engines.registry import EngineName
 
-LANGUAGES: tuple[str, ...] = tuple(get_args(get_args(SupportedLanguage)[0]))
 SPEED_RANGE = (0.6, 1.5)
 GENERATION_VOLUME_RANGE = (0.5, 2.0)
 PLAYBACK_VOLUME_RANGE = (0.0, 1.0)

