@@ -1,5 +1,5 @@
-"""An abandoned Piper sentence (its request was interrupted) never runs alongside the next request's:
-ONNX inference cannot be stopped, so the next request waits for it instead of competing for the CPU."""
+"""An abandoned Piper sentence (its request was interrupted) is stopped mid-inference, and never runs
+alongside the next request's: the next one waits for it to end instead of competing for the CPU."""
 
 from __future__ import annotations
 
@@ -74,3 +74,34 @@ def test_an_abandoned_sentence_does_not_run_alongside_the_next_request() -> None
 
     watched = asyncio.run(main())
     assert watched.most == 1
+
+
+def test_an_abandoned_sentence_is_stopped_not_computed_to_its_end() -> None:
+    """Its ONNX run ends early (terminated), instead of computing audio no one will hear."""
+
+    async def main() -> BaseException | None:
+        engine = PiperEngine(PiperSettings(model=joe.model_path()))
+        await engine.start()
+        voicing = Voicing(emotion="neutral", voice="joe", language="en")
+        long = " ".join([LONG_SENTENCE[:-1]] * 6) + "."  # several seconds of inference on this machine
+        speech = engine.synthesize(
+            Script.of(SayRequest(id="a", segments=(Segment(text=f"Hi. {long}"),))), voicing, 22050
+        )
+        await anext(speech)  # "Hi." is out
+        hi = engine._sentence
+        pending = asyncio.ensure_future(anext(speech))  # the long sentence is being made
+        for _ in range(3000):  # until its worker thread has it (at most 30 s)
+            if engine._sentence is not hi:
+                break
+            await asyncio.sleep(0.01)
+        sentence = engine._sentence
+        assert sentence is not None and sentence is not hi and not sentence.done()
+        pending.cancel()  # the request is interrupted: its engine is closed
+        await asyncio.gather(pending, return_exceptions=True)
+        await speech.aclose()
+        await asyncio.wait({sentence}, timeout=60)
+        assert sentence.done()
+        return sentence.exception()
+
+    stopped = asyncio.run(main())
+    assert stopped is not None and "terminate" in str(stopped).lower(), stopped

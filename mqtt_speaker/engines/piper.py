@@ -2,7 +2,9 @@
 first sentence plays while the next one is synthesized. Piper has no emotion; speed maps onto its
 length scale and generation volume onto its volume.
 
-ONNX inference blocks, so each sentence is produced in a worker thread; the voice is loaded once.
+ONNX inference blocks, so each sentence is produced in a worker thread; the voice is loaded once. A
+sentence whose request moved on (interrupted, or its engine abandoned) is stopped mid-inference through
+onnxruntime's RunOptions.terminate, so it does not keep the CPU from the next request.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class PiperEngine:
         self._voice: Any = None
         self._loading: asyncio.Task[Any] | None = None
         self._sentence: asyncio.Future[Any] | None = None  # the sentence being made in the worker thread
+        self._session: _StoppableSession | None = None  # the voice's ONNX session, stoppable
 
     @property
     def identity(self) -> str:
@@ -59,6 +62,7 @@ class PiperEngine:
         except (OSError, ValueError, RuntimeError) as exc:
             raise SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, f"cannot load the Piper voice {model}: {exc}") from exc
         LOG.info("Piper voice %s loaded (%d Hz)", model.name, voice.config.sample_rate)
+        self._session = voice.session = _StoppableSession(voice.session)
         return voice
 
     async def _ready(self) -> Any:
@@ -69,12 +73,13 @@ class PiperEngine:
         return self._voice
 
     async def _next_sentence(self, sentences: Iterator[Any]) -> Any:
-        """The next sentence's audio, made in a worker thread. ONNX inference cannot be stopped: a sentence
-        abandoned by an interrupted request runs to its end, unawaited, and the next one waits for it
-        rather than competing with it for the CPU."""
+        """The next sentence's audio, made in a worker thread. One abandoned by an interrupted request is
+        stopped (see _abandon), and the next one waits for it to end rather than run beside it."""
         abandoned = self._sentence
         if abandoned is not None and not abandoned.done():
             await asyncio.wait({abandoned})
+        if self._session is not None:
+            self._session.fresh()
         self._sentence = asyncio.ensure_future(asyncio.to_thread(next, sentences, None))
         self._sentence.add_done_callback(_discard_result)
         return await asyncio.shield(self._sentence)
@@ -102,15 +107,48 @@ class PiperEngine:
                 volume=segment.volume if segment.volume is not None else 1.0,
             )
             sentences: Iterator[Any] = iter(voice.synthesize(piece.text, syn_config=config))
-            while True:
-                try:
-                    chunk = await self._next_sentence(sentences)
-                except (RuntimeError, ValueError) as exc:
-                    raise SynthesisError(ErrorCode.SYNTHESIS_FAILED, f"Piper failed: {exc}") from exc
-                if chunk is None:
-                    break
-                samples = np.asarray(chunk.audio_int16_array, dtype=np.int16)
-                yield AudioChunk(samples=samples, sample_rate=int(chunk.sample_rate), segment=index)
+            try:
+                while True:
+                    try:
+                        chunk = await self._next_sentence(sentences)
+                    except (RuntimeError, ValueError) as exc:
+                        raise SynthesisError(ErrorCode.SYNTHESIS_FAILED, f"Piper failed: {exc}") from exc
+                    if chunk is None:
+                        break
+                    samples = np.asarray(chunk.audio_int16_array, dtype=np.int16)
+                    yield AudioChunk(samples=samples, sample_rate=int(chunk.sample_rate), segment=index)
+            finally:  # closed early (the request moved on): the sentence being made is not wanted
+                self._abandon()
+
+    def _abandon(self) -> None:
+        """Stop the sentence being made, if any (its worker thread's ONNX run ends with an error)."""
+        if self._sentence is not None and not self._sentence.done() and self._session is not None:
+            LOG.debug("Piper: stopping an abandoned sentence")
+            self._session.stop()
+
+
+class _StoppableSession:
+    """The voice's onnxruntime session, each run with RunOptions whose `terminate` stops it mid-way."""
+
+    def __init__(self, session: Any) -> None:
+        import onnxruntime
+
+        self._session = session
+        self._options_type = onnxruntime.RunOptions
+        self._options = onnxruntime.RunOptions()
+
+    def fresh(self) -> None:
+        """Options for the next run (a terminated one stays terminated)."""
+        self._options = self._options_type()
+
+    def stop(self) -> None:
+        self._options.terminate = True  # onnxruntime checks it between nodes, from another thread too
+
+    def run(self, output_names: Any, inputs: Any) -> Any:
+        return self._session.run(output_names, inputs, self._options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
 
 
 def _discard_result(done: asyncio.Future[Any]) -> None:
