@@ -31,8 +31,9 @@ from mqtt_speaker.settings import AudioSettings
 
 LOG = logging.getLogger(__name__)
 DEFAULT_RATE = 44100
-# Seconds from a write into a stream that ran dry to its first sample being played: the sound server's
-# own (small) latency after PortAudio's buffer. An estimate: blocking PortAudio cannot report it.
+# Seconds from a frame leaving PortAudio's buffer to it being heard: the sound server's own latency.
+# An estimate (blocking PortAudio cannot report it). The writer's clock leaves it out, so that it errs
+# towards "the device holds less" and tops up early; `finished`, a stop's fade and delay() add it.
 SERVER_DELAY = 0.020
 IDLE_LEVEL = 0.012  # seconds of silence kept queued while no speech is: what the next speech waits behind
 REINIT_INTERVAL = 10.0  # seconds: PortAudio is restarted (every ALSA device listed) at most this often
@@ -298,7 +299,8 @@ class _Writer:
             enough = self.pending_frames >= block_frames or final
             if queued < low or (free >= block_frames and enough):
                 return self._take(free), True, None
-        if self._finish is not None and not self._pending and self._heard() >= self._audio_end:
+        server = int(SERVER_DELAY * self._rate)
+        if self._finish is not None and not self._pending and self._heard() >= self._audio_end + server:
             finish, self._finish = self._finish, None
             played = 0 if self._began is None else self._audio_end - self._began
             self._loop.call_soon_threadsafe(_resolve_value, finish, played)
@@ -312,7 +314,7 @@ class _Writer:
             else:
                 waits = [(block_frames - free) / self._rate]
         if self._finish is not None and not self._pending:
-            waits.append((self._audio_end - self._heard()) / self._rate)
+            waits.append((self._audio_end + server - self._heard()) / self._rate)
         return None, False, max(min(waits), 0.001)
 
     def _take(self, frames: int) -> Pcm:
@@ -333,16 +335,21 @@ class _Writer:
             self._loop.call_soon_threadsafe(_resolve, room)
         return block
 
-    def _write(self, block: Pcm, speech: bool, pad_after: bool = False) -> None:
-        """Write a block that fits (does not block). A stream that is not running (just opened, starved or
-        flushed) starts only once a whole period is written: silence makes up the rest, before the block
-        (or after it, `pad_after`, for a fade that must be heard at once)."""
+    def _write(self, block: Pcm, speech: bool, restarted: bool = False) -> None:
+        """Write a block that fits (does not block).
+
+        A stream that is not running starts only once a whole period is written, so a block into one gets
+        silence before it to make up the period (after it, for a stop's fade, which must be heard at once).
+        One that ran dry is restarted first: through libpulse a starved stream may otherwise wait for far
+        more than a period, while the writer's clock (which errs towards "less queued") went on."""
+        restart = False
         with self._cond:
             if self._queued() == 0:
+                restart = self._written > 0 and not restarted
                 pad = np.zeros(max(0, self._period - block.size), dtype=np.int16)
-                block = np.concatenate((block, pad) if pad_after else (pad, block)) if pad.size else block
-                pad = pad[:0] if pad_after else pad
-                self._anchor_time, self._anchor_frame = time.monotonic() + SERVER_DELAY, self._written
+                block = np.concatenate((block, pad) if restarted else (pad, block)) if pad.size else block
+                pad = pad[:0] if restarted else pad
+                self._anchor_time, self._anchor_frame = time.monotonic(), self._written
                 if speech and self._began is None:
                     self._began = self._written + pad.size
             elif speech and self._began is None:
@@ -354,7 +361,29 @@ class _Writer:
             self._recent_frames += block.size
             while self._recent_frames - self._recent[0].size >= self._buffer + self._fade:
                 self._recent_frames -= self._recent.popleft().size
-        self._stream.write(block)
+        if restart:
+            LOG.debug("the output stream ran dry; restarting it")
+            self._stream.abort()
+            self._stream.start()
+        if self._stream.write(block):
+            self._recover(block, speech)
+
+    def _recover(self, block: Pcm, speech: bool) -> None:
+        """PortAudio found the stream starved (the sound server ran dry though the clock said it had not)
+        and prepared it again: it would now wait for a period, while the clock ran on. Restart it, and
+        write the block again after a period of silence, with the clock set from here."""
+        LOG.debug("the output stream underflowed; restarting it")
+        with self._cond:
+            pad = np.zeros(max(0, self._period - block.size), dtype=np.int16)
+            self._anchor_time, self._anchor_frame = time.monotonic(), self._written - block.size
+            self._written += pad.size
+            if self._began is not None and self._began >= self._anchor_frame:
+                self._began += pad.size
+            if speech:
+                self._audio_end = self._written
+        self._stream.abort()
+        self._stream.start()
+        self._stream.write(np.concatenate((pad, block)) if pad.size else block)
 
     def _heard(self) -> int:
         """The frame being heard now, by the writer's clock (lock held)."""
@@ -367,7 +396,7 @@ class _Writer:
 
     def _stop_tail(self) -> Pcm:
         """The `fade` frames that were to be heard next, faded; forgets everything else (lock held)."""
-        playing = max(self._heard(), self._written - self._recent_frames)
+        playing = max(self._heard() - int(SERVER_DELAY * self._rate), self._written - self._recent_frames)
         start = self._written - self._recent_frames
         upcoming = [*self._recent, *self._pending]
         tail = np.concatenate(upcoming)[playing - start : playing - start + self._fade] if upcoming else _EMPTY
@@ -386,7 +415,7 @@ class _Writer:
         """Flush the device (silence at once) and write the fade in place of what it held."""
         self._stream.abort()
         self._stream.start()
-        self._write(faded, speech=False, pad_after=True)
+        self._write(faded, speech=False, restarted=True)
         with self._cond:
             played = 0 if self._began is None else max(0, self._audio_end - self._began)
             self._began = None
