@@ -202,6 +202,17 @@ class AudioSettings(BaseModel):
             return int(value)
         return value or None
 
+    @field_validator("latency", mode="before")
+    @classmethod
+    def _latency_seconds(cls, value: Any) -> Any:
+        """Seconds given as text (an environment variable) are a number, not a PortAudio keyword."""
+        if isinstance(value, str) and value.strip() not in ("low", "high"):
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError("latency: 'low', 'high' or seconds") from None
+        return value
+
 
 def topic_name(value: str) -> str:
     """A site or group name: one topic level, not one of the levels the layout reserves."""
