@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import re
 import threading
 import time
@@ -428,6 +429,20 @@ class _Writer:
 _EMPTY: Pcm = np.zeros(0, dtype=np.int16)
 
 
+def _sound_devices_seen() -> tuple[tuple[str, ...], bool]:
+    """What a new sound device or a sound server that started would change, cheaply: the ALSA device
+    nodes, and whether the PulseAudio/PipeWire socket exists (a directory listing and a stat)."""
+    try:
+        nodes = tuple(sorted(os.listdir("/dev/snd")))
+    except OSError:
+        nodes = ()
+    server = os.environ.get("PULSE_SERVER", "").removeprefix("unix:")
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    sockets = [server] if server.startswith("/") else []
+    sockets += [os.path.join(runtime, "pulse", "native"), os.path.join(runtime, "pipewire-0")] if runtime else []
+    return nodes, any(os.path.exists(path) for path in sockets)
+
+
 def _release_alsa_probes() -> None:
     """Unload what PortAudio's device listing made ALSA load; call it while no stream is open.
 
@@ -465,6 +480,7 @@ class SoundDevicePlayer:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._rate = settings.sample_rate or self._device_rate()
         self._reinitialized = -REINIT_INTERVAL
+        self._devices_seen = _sound_devices_seen()
         _release_alsa_probes()
 
     def _device_rate(self) -> int:
@@ -486,11 +502,13 @@ class SoundDevicePlayer:
         except AudioDeviceError as exc:
             # PortAudio lists devices once, when it starts: one plugged in (or a sound server started)
             # since then is only seen after a restart of PortAudio. Listing every ALSA device is slow,
-            # so it is done at most once per REINIT_INTERVAL, not for every request while unplugged.
-            if time.monotonic() - self._reinitialized < REINIT_INTERVAL:
+            # so it is done when the devices or the sound server's socket changed, and else at most once
+            # per REINIT_INTERVAL: not for every request while a speaker stays unplugged.
+            seen = _sound_devices_seen()
+            if seen == self._devices_seen and time.monotonic() - self._reinitialized < REINIT_INTERVAL:
                 raise
             LOG.info("%s; restarting PortAudio and trying again", exc)
-            self._reinitialized = time.monotonic()
+            self._reinitialized, self._devices_seen = time.monotonic(), seen
             self._sd._terminate()
             self._sd._initialize()
             self._rate = self._settings.sample_rate or self._device_rate()

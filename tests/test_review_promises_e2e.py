@@ -128,13 +128,14 @@ def test_an_engine_that_cannot_start_fails_engine_unavailable(
 
 
 def test_sigterm_reports_the_audio_played_and_the_time_to_silence(
-    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio
 ) -> None:
     daemon = make_daemon(cartesia_env)
-    daemon.say(json.dumps({"id": "long", "text": LONG}))
-    daemon.wait_for_event("long", "started")
-    wait_until(lambda: daemon.states()[-1]["state"] == "speaking", 10, "speaking")
-    assert daemon.stop() == 0
+    with pulse.capture() as capture:
+        daemon.say(json.dumps({"id": "long", "text": LONG}))
+        daemon.wait_for_event("long", "started")
+        wait_until(lambda: rms(capture.signal()) > 0.01, 20, "the speech heard")
+        assert daemon.stop() == 0
     interrupted = daemon.wait_terminal("long")
     assert (interrupted["event_type"], interrupted["reason"]) == ("interrupted", "shutdown")
     assert interrupted["duration_ms"] > 0 and 0 <= interrupted["stop_ms"] < 2000, interrupted
