@@ -125,6 +125,7 @@ class Resampler:
 class _Feeding:
     writer: _Writer | None = None  # set once the first chunk opened the stream
     lead: int = 0  # frames of silence put before the first sample, for a synchronized start
+    announce: asyncio.TimerHandle | None = None  # `started`, when the held first speech is heard
 
 
 class _Writer:
@@ -585,6 +586,8 @@ class SoundDevicePlayer:
             raise
         finally:
             stopping.cancel()
+            if state.announce is not None:  # stopped before it was heard: never started
+                state.announce.cancel()
             self._idle_timer = loop.call_later(self._settings.idle_close, self._close_stream)
 
     async def _feed(self, chunks: AsyncIterator[AudioChunk], playback: Playback, state: _Feeding) -> int:
@@ -606,10 +609,14 @@ class SoundDevicePlayer:
                 resampler = Resampler(chunk.sample_rate, self._rate)
             if playback.start is not None and playback.start.late is None:
                 state.lead = place_start(writer, playback.start, self._rate)
+            heard_in = writer.delay()  # until this chunk is heard
             writer.put(scaled(resampler(chunk.samples), playback.gain))
             if chunk.segment >= 0 and not announced:
                 announced = True
-                playback.on_first_audio()
+                if state.lead:  # held for a synchronized start: `started` when it is heard, at the instant
+                    state.announce = asyncio.get_running_loop().call_later(heard_in, playback.on_first_audio)
+                else:
+                    playback.on_first_audio()
             if writer.pending_frames > limit:
                 await self._wait(writer.wait_room(limit // 2), self._settings.max_buffer_seconds)
         if resampler is not None:
