@@ -167,6 +167,7 @@ class _Writer:
         self._room: tuple[int, asyncio.Future[None]] | None = None  # (pending below, future)
         self._finish: asyncio.Future[int] | None = None
         self._stop: asyncio.Future[int] | None = None
+        self._hold: tuple[float, asyncio.Future[int]] | None = None  # (wall-clock instant, answer)
         self._closing = False
         self._hungry = False  # the writer waits for the next block, to write it at once
         self.error: BaseException | None = None
@@ -225,6 +226,17 @@ class _Writer:
             self._cond.notify()
         return future
 
+    def hold_until(self, instant: float) -> asyncio.Future[int]:
+        """Flush the device and fill it with silence until the wall-clock `instant`: what is put next is
+        heard from then on (a synchronized start). The writer's clock is exact when the stream restarts,
+        and may have drifted since (a sound server that ran dry); it restarts here. The future: the frames
+        of silence handed over as pending (counted with the speech, to be taken off what was played)."""
+        future: asyncio.Future[int] = self._loop.create_future()
+        with self._cond:
+            self._hold = (instant, future)
+            self._cond.notify()
+        return future
+
     def stop(self) -> asyncio.Future[int]:
         """Drop what is not yet heard but a short fade; the future (frames played) resolves when it is written."""
         future: asyncio.Future[int] = self._loop.create_future()
@@ -276,7 +288,10 @@ class _Writer:
         with self._cond:
             if self._closing:
                 return False
-            if self._stop is not None:
+            hold, self._hold = self._hold, None
+            if hold is not None:
+                block, speech, stop, faded = None, False, None, _EMPTY
+            elif self._stop is not None:
                 stop, self._stop = self._stop, None
                 faded = self._stop_tail()
                 block, speech = None, False
@@ -288,7 +303,9 @@ class _Writer:
                     self._cond.wait(timeout)
                     self._hungry = False
                     return True
-        if stop is not None:
+        if hold is not None:
+            self._do_hold(*hold)
+        elif stop is not None:
             self._do_stop(stop, faded)
         elif block is not None:
             self._write(block, speech)
@@ -425,6 +442,22 @@ class _Writer:
             played = 0 if self._began is None else max(0, self._audio_end - self._began)
             self._began = None
         self._loop.call_soon_threadsafe(_resolve_value, stop, played)
+
+    def _do_hold(self, instant: float, answer: asyncio.Future[int]) -> None:
+        """Restart the stream with silence up to `instant` (what the device holds now; the rest pending)."""
+        self._stream.abort()
+        self._stream.start()
+        with self._cond:
+            self._recent.clear()
+            self._recent_frames = 0
+            self._anchor_time, self._anchor_frame = time.monotonic(), self._written  # nothing queued now
+            silence = max(0, frames_before_start(instant, time.time() + SERVER_DELAY, self._rate))
+            now = min(silence, self._buffer)
+            if silence > now:
+                self._pending.appendleft(np.zeros(silence - now, dtype=np.int16))
+                self.pending_frames += silence - now
+        self._write(np.zeros(now, dtype=np.int16), speech=False, restarted=True)
+        self._loop.call_soon_threadsafe(_resolve_value, answer, silence - now)
 
 
 _EMPTY: Pcm = np.zeros(0, dtype=np.int16)
@@ -607,8 +640,9 @@ class SoundDevicePlayer:
                 if resampler is not None:
                     writer.put(scaled(resampler.flush(), playback.gain))
                 resampler = Resampler(chunk.sample_rate, self._rate)
-            if playback.start is not None and playback.start.late is None:
-                state.lead = place_start(writer, playback.start, self._rate)
+            if playback.start is not None and playback.start.late is None:  # the first sample at the instant
+                state.lead = await self._wait(writer.hold_until(playback.start.at), 1.0)
+                playback.start.late = time.time() + writer.delay() - playback.start.at
             heard_in = writer.delay()  # until this chunk is heard
             writer.put(scaled(resampler(chunk.samples), playback.gain))
             if chunk.segment >= 0 and not announced:
@@ -645,24 +679,6 @@ class SoundDevicePlayer:
         if writer is not None:
             writer.close()
             await asyncio.to_thread(writer.join)
-
-
-class _Queue(Protocol):
-    def delay(self) -> float: ...
-
-    def put(self, samples: Pcm) -> None: ...
-
-
-def place_start(writer: _Queue, start: StartGate, rate: int) -> int:
-    """Hold the first sample until the instant `start.at` (wall clock) on the device's clock: silence
-    first, as much as the device and the writer do not hold already (writer.delay()). Late, it starts at
-    once; `start.late` says by how much (docs/sync.md). The frames of silence put."""
-    heard_at = time.time() + writer.delay()  # when a frame handed over now is heard
-    pad = max(0, frames_before_start(start.at, heard_at, rate))
-    if pad:
-        writer.put(np.zeros(pad, dtype=np.int16))
-    start.late = heard_at + pad / rate - start.at
-    return pad
 
 
 def scaled(samples: Pcm, gain: float) -> Pcm:

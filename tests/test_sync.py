@@ -3,6 +3,7 @@ fields, the group topics and the settings (the end-to-end proof is test_sync_e2e
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -11,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from mqtt_speaker.audio import place_start
+from mqtt_speaker.audio import _Writer
 from mqtt_speaker.models import ErrorCode, RequestRejected, parse_say
 from mqtt_speaker.settings import ConfigError, load_settings
 from mqtt_speaker.sync import StartGate, check_at, clock_synchronized, frames_before_start, start_instant
@@ -57,34 +58,55 @@ def test_frames_before_start_and_lateness() -> None:
     assert gate.late_ms == 12
 
 
-class FakeWriter:
-    """What place_start needs of the player's writer: how far away the speaker is, and put()."""
+class FakeStream:
+    """What the player's writer needs of a PortAudio output stream (writes are recorded, never block)."""
 
-    def __init__(self, delay: float) -> None:
-        self._delay = delay
-        self.put_frames: list[npt.NDArray[np.int16]] = []
+    latency = 0.4
 
-    def delay(self) -> float:
-        return self._delay
+    def __init__(self) -> None:
+        self.written: list[npt.NDArray[np.int16]] = []
+        self.restarts = 0
 
-    def put(self, samples: npt.NDArray[np.int16]) -> None:
-        self.put_frames.append(samples)
+    def write(self, block: npt.NDArray[np.int16]) -> bool:
+        self.written.append(block)
+        return False  # no underflow
 
+    def abort(self) -> None:
+        self.restarts += 1
 
-def test_the_first_sample_is_held_until_the_instant_reaches_the_speaker() -> None:
-    writer = FakeWriter(delay=0.030)  # what the device and the writer hold: heard 30 ms from now
-    gate = StartGate(at=time.time() + 0.5)
-    pad = place_start(writer, gate, RATE)
-    assert abs(pad - round(0.470 * RATE)) <= RATE * 0.005  # the rest of the half second, in silence
-    assert [block.size for block in writer.put_frames] == [pad] and not writer.put_frames[0].any()
-    assert gate.late is not None and abs(gate.late) < 0.005 and gate.late_ms == 0
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
-def test_audio_that_comes_after_the_instant_starts_at_once_and_says_how_late() -> None:
-    writer = FakeWriter(delay=0.010)
-    gate = StartGate(at=time.time() - 0.040)
-    assert place_start(writer, gate, RATE) == 0 and writer.put_frames == []
-    assert gate.late_ms is not None and 45 <= gate.late_ms <= 60  # 40 ms ago, and 10 ms more to the speaker
+def held(instant_in: float) -> tuple[int, float, FakeStream]:
+    """Ask a writer on a fake stream to hold until `instant_in` seconds from now: (frames of silence left
+    pending, when a frame put next will be heard (wall clock) minus the instant, the stream)."""
+
+    async def main() -> tuple[int, float, FakeStream]:
+        stream = FakeStream()
+        writer = _Writer(stream, RATE, 0, asyncio.get_running_loop())
+        try:
+            instant = time.time() + instant_in
+            pending = await asyncio.wait_for(writer.hold_until(instant), 5)
+            return pending, time.time() + writer.delay() - instant, stream
+        finally:
+            writer.close()
+            await asyncio.to_thread(writer.join)
+
+    return asyncio.run(main())
+
+
+def test_a_held_start_restarts_the_stream_with_silence_up_to_the_instant() -> None:
+    pending, late, stream = held(0.7)  # more than the device's 0.4 s: the rest waits, pending
+    assert stream.restarts == 1 and all(not block.any() for block in stream.written)
+    assert abs(pending - round(0.3 * RATE)) <= 0.02 * RATE
+    assert abs(late) < 0.005  # what is put next is heard at the instant
+
+
+def test_a_held_start_that_is_already_late_says_by_how_much() -> None:
+    pending, late, _stream = held(-0.040)
+    assert pending == 0 and late >= 0.040
 
 
 # ------------------------------------------------------------------------------------------ payload
