@@ -15,6 +15,7 @@ import ctypes.util
 import logging
 import os
 import re
+import statistics
 import threading
 import time
 import wave
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import soxr
 
 from mqtt_speaker.engines.base import AudioChunk, Pcm
@@ -32,6 +34,7 @@ from mqtt_speaker.settings import AudioSettings
 from mqtt_speaker.sync import StartGate, frames_before_start
 
 LOG = logging.getLogger(__name__)
+Samples = npt.NDArray[np.float32]
 DEFAULT_RATE = 44100
 # Seconds from a frame leaving PortAudio's buffer to it being heard: the sound server's own latency.
 # An estimate (blocking PortAudio cannot report it). The writer's clock leaves it out, so that it errs
@@ -124,8 +127,6 @@ class Resampler:
 @dataclass
 class _Feeding:
     writer: _Writer | None = None  # set once the first chunk opened the stream
-    lead: int = 0  # frames of silence put before the first sample, for a synchronized start
-    announce: asyncio.TimerHandle | None = None  # `started`, when the held first speech is heard
 
 
 class _Writer:
@@ -167,7 +168,6 @@ class _Writer:
         self._room: tuple[int, asyncio.Future[None]] | None = None  # (pending below, future)
         self._finish: asyncio.Future[int] | None = None
         self._stop: asyncio.Future[int] | None = None
-        self._hold: tuple[float, asyncio.Future[int]] | None = None  # (wall-clock instant, answer)
         self._closing = False
         self._hungry = False  # the writer waits for the next block, to write it at once
         self.error: BaseException | None = None
@@ -226,17 +226,6 @@ class _Writer:
             self._cond.notify()
         return future
 
-    def hold_until(self, instant: float) -> asyncio.Future[int]:
-        """Flush the device and fill it with silence until the wall-clock `instant`: what is put next is
-        heard from then on (a synchronized start). The writer's clock is exact when the stream restarts,
-        and may have drifted since (a sound server that ran dry); it restarts here. The future: the frames
-        of silence handed over as pending (counted with the speech, to be taken off what was played)."""
-        future: asyncio.Future[int] = self._loop.create_future()
-        with self._cond:
-            self._hold = (instant, future)
-            self._cond.notify()
-        return future
-
     def stop(self) -> asyncio.Future[int]:
         """Drop what is not yet heard but a short fade; the future (frames played) resolves when it is written."""
         future: asyncio.Future[int] = self._loop.create_future()
@@ -288,10 +277,7 @@ class _Writer:
         with self._cond:
             if self._closing:
                 return False
-            hold, self._hold = self._hold, None
-            if hold is not None:
-                block, speech, stop, faded = None, False, None, _EMPTY
-            elif self._stop is not None:
+            if self._stop is not None:
                 stop, self._stop = self._stop, None
                 faded = self._stop_tail()
                 block, speech = None, False
@@ -303,9 +289,7 @@ class _Writer:
                     self._cond.wait(timeout)
                     self._hungry = False
                     return True
-        if hold is not None:
-            self._do_hold(*hold)
-        elif stop is not None:
+        if stop is not None:
             self._do_stop(stop, faded)
         elif block is not None:
             self._write(block, speech)
@@ -443,24 +427,278 @@ class _Writer:
             self._began = None
         self._loop.call_soon_threadsafe(_resolve_value, stop, played)
 
-    def _do_hold(self, instant: float, answer: asyncio.Future[int]) -> None:
-        """Restart the stream with silence up to `instant` (what the device holds now; the rest pending)."""
-        self._stream.abort()
-        self._stream.start()
-        with self._cond:
-            self._recent.clear()
-            self._recent_frames = 0
-            self._anchor_time, self._anchor_frame = time.monotonic(), self._written  # nothing queued now
-            silence = max(0, frames_before_start(instant, time.time() + SERVER_DELAY, self._rate))
-            now = min(silence, self._buffer)
-            if silence > now:
-                self._pending.appendleft(np.zeros(silence - now, dtype=np.int16))
-                self.pending_frames += silence - now
-        self._write(np.zeros(now, dtype=np.int16), speech=False, restarted=True)
-        self._loop.call_soon_threadsafe(_resolve_value, answer, silence - now)
-
 
 _EMPTY: Pcm = np.zeros(0, dtype=np.int16)
+
+
+class _Fifo:
+    """Samples waiting for the PortAudio callback. Written by the event loop, read by the audio thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._blocks: collections.deque[Samples] = collections.deque()
+        self._head = 0
+        self.buffered = 0
+        self.played = 0
+        self.ended = True
+        self.on_drained: Callable[[], None] | None = None
+        self.on_room: Callable[[], None] | None = None
+        self.room_below = 0
+        self._start: tuple[float, int, Callable[[float], None]] | None = None  # (wall clock, rate, on_placed)
+
+    def begin(self, on_drained: Callable[[], None]) -> None:
+        with self._lock:
+            self._blocks.clear()
+            self._head = 0
+            self.buffered = 0
+            self.played = 0
+            self.ended = False
+            self.on_drained = on_drained
+            self._start = None
+
+    def hold_until(self, start: float, rate: int, on_placed: Callable[[float], None]) -> None:
+        """Keep what is written silent until the wall-clock instant `start` reaches the DAC; then tell
+        `on_placed` (on the audio thread) how late the first sample was, in seconds."""
+        with self._lock:
+            self._start = (start, rate, on_placed)
+
+    def holding(self) -> float | None:
+        """The instant the first sample waits for (wall clock), while it waits."""
+        with self._lock:
+            return self._start[0] if self._start else None
+
+    def write(self, samples: Samples) -> None:
+        with self._lock:
+            self._blocks.append(samples)
+            self.buffered += samples.size
+
+    def end(self) -> None:
+        with self._lock:
+            self.ended = True
+            if self.buffered == 0:
+                self._fire_drained()
+
+    def fade_out(self, samples: int, on_drained: Callable[[], None]) -> None:
+        """Keep only the next `samples`, ramped down to silence; drop the rest (all of it, if still held)."""
+        with self._lock:
+            if self._start is not None:
+                self._start, samples = None, 0
+            kept: list[Samples] = []
+            need, head = samples, self._head
+            for block in self._blocks:
+                part = block[head : head + need]
+                kept.append(part)
+                need -= part.size
+                head = 0
+                if need <= 0:
+                    break
+            tail = np.concatenate(kept) if kept else np.zeros(0, dtype=np.float32)
+            tail = (tail * np.linspace(1.0, 0.0, tail.size, dtype=np.float32)).astype(np.float32)
+            self._blocks = collections.deque([tail]) if tail.size else collections.deque()
+            self._head = 0
+            self.buffered = tail.size
+            self.ended = True
+            self.on_drained = on_drained
+            if self.buffered == 0:
+                self._fire_drained()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._blocks.clear()
+            self._head = 0
+            self.buffered = 0
+            self.ended = True
+            self.on_drained = None
+
+    def _fire_drained(self) -> None:
+        callback, self.on_drained = self.on_drained, None
+        if callback is not None:
+            callback()
+
+    def read_into(self, out: Samples, dac_time: float | None = None) -> None:
+        """Fill `out` (audio thread), whose first frame reaches the DAC at `dac_time` (wall clock; None:
+        now): queued samples first, silence after; while held, silence before them up to the instant."""
+        with self._lock:
+            if self._start is not None and self._blocks:
+                start, rate, on_placed = self._start
+                dac_time = time.time() if dac_time is None else dac_time
+                pad = max(0, frames_before_start(start, dac_time, rate))
+                out[: min(pad, out.size)] = 0.0
+                if pad >= out.size:
+                    return
+                self._start = None
+                on_placed(dac_time + pad / rate - start)
+                out = out[pad:]
+            filled = 0
+            while filled < out.size and self._blocks:
+                block = self._blocks[0]
+                take = min(out.size - filled, block.size - self._head)
+                out[filled : filled + take] = block[self._head : self._head + take]
+                filled += take
+                self._head += take
+                if self._head == block.size:
+                    self._blocks.popleft()
+                    self._head = 0
+            self.buffered -= filled
+            self.played += filled
+            if self.on_room is not None and self.buffered < self.room_below:
+                callback, self.on_room = self.on_room, None
+                callback()
+            if self.ended and self.buffered == 0:
+                self._fire_drained()
+        out[filled:] = 0.0
+
+
+class _HeldPlayback:
+    """One synchronized announcement, on a PortAudio callback stream of its own: only a callback is told
+    when the buffer it fills reaches the DAC (outputBufferDacTime), so only there can the first sample be
+    placed on the device's own clock, to the sample (docs/sync.md). The writer's blocking stream cannot
+    tell; it is closed meanwhile, and reopened by the next plain request. The callback's cost (it wakes
+    for every period) is paid during synchronized announcements only."""
+
+    AHEAD_HISTORY = 15  # callbacks whose DAC distance is smoothed (a median)
+
+    def __init__(self, sd: Any, settings: AudioSettings, rate: int) -> None:
+        self._sd = sd
+        self._settings = settings
+        self._rate = rate
+        self._fifo = _Fifo()
+        self._ahead: collections.deque[float] = collections.deque(maxlen=self.AHEAD_HISTORY)
+        self._latency = 0.0
+
+    def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+        # How far ahead of now this buffer reaches the DAC, on PortAudio's clock, put on the wall clock.
+        # The median of the last callbacks': through ALSA's pulse plugin one in twenty or so reports a
+        # few milliseconds less (measured: 2 ms instead of 8.7), which would place a start that early.
+        reported = time_info.outputBufferDacTime - time_info.currentTime if time_info.currentTime else self._latency
+        self._ahead.append(reported)
+        self._fifo.read_into(outdata[:, 0], time.time() + statistics.median(self._ahead))
+
+    def _open(self) -> Any:
+        try:
+            stream = self._sd.OutputStream(
+                samplerate=self._rate,
+                channels=1,
+                dtype="float32",
+                device=self._settings.device,
+                latency="low",  # a stop is silent within the fade, as for any request
+                callback=self._callback,
+            )
+            stream.start()
+        except (self._sd.PortAudioError, ValueError) as exc:
+            device = self._settings.device if self._settings.device is not None else "(default)"
+            raise AudioDeviceError(f"cannot open the output device {device}: {exc}") from exc
+        self._latency = stream.latency
+        return stream
+
+    async def play(self, chunks: AsyncIterator[AudioChunk], playback: Playback) -> Played:
+        start = playback.start
+        assert start is not None
+        loop = asyncio.get_running_loop()
+        fifo = self._fifo
+        drained: asyncio.Future[None] = loop.create_future()
+        announcer = _Announcer(playback, loop)
+        fifo.begin(lambda: _resolve_threadsafe(loop, drained))
+        fifo.hold_until(start.at, self._rate, announcer.placed_threadsafe)
+        stream = await asyncio.to_thread(self._open)
+        stopping = asyncio.ensure_future(playback.stop.wait())
+        resampler: Resampler | None = None
+        limit = int(self._settings.max_buffer_seconds * self._rate)
+        try:
+            while (chunk := await _next_chunk(chunks, stopping)) is not None:
+                if not chunk.samples.size:
+                    continue
+                if resampler is None or chunk.sample_rate != resampler.source_rate:
+                    resampler = Resampler(chunk.sample_rate, self._rate)
+                fifo.write(_to_float(scaled(resampler(chunk.samples), playback.gain)))
+                if chunk.segment >= 0:
+                    announcer.speech()
+                if fifo.buffered > limit:
+                    await self._wait_for(loop, stream, limit // 2, stopping)
+            if resampler is not None:
+                fifo.write(_to_float(scaled(resampler.flush(), playback.gain)))
+            fifo.end()
+            await self._wait_playing(drained, stream, fifo.buffered / self._rate, stopping)
+            await asyncio.sleep(stream.latency)  # the last samples pass PortAudio's own latency too
+            return Played(fifo.played / self._rate)
+        except _Stopped:
+            faded: asyncio.Future[None] = loop.create_future()
+            fifo.fade_out(int(self._settings.fade_ms / 1000 * self._rate), lambda: _resolve_threadsafe(loop, faded))
+            never: asyncio.Future[None] = loop.create_future()
+            try:
+                await self._wait_playing(faded, stream, self._settings.fade_ms / 1000, never)
+            finally:
+                never.cancel()
+            await asyncio.sleep(stream.latency)
+            return Played(fifo.played / self._rate, interrupted=True)
+        except BaseException:
+            fifo.abandon()
+            raise
+        finally:
+            stopping.cancel()
+            await asyncio.to_thread(stream.close)
+
+    async def _wait_for(
+        self, loop: asyncio.AbstractEventLoop, stream: Any, below: int, stopping: asyncio.Future[Any]
+    ) -> None:
+        room: asyncio.Future[None] = loop.create_future()
+        self._fifo.room_below = below
+        self._fifo.on_room = lambda: _resolve_threadsafe(loop, room)
+        await self._wait_playing(room, stream, self._settings.max_buffer_seconds, stopping)
+
+    async def _wait_playing(
+        self, future: asyncio.Future[None], stream: Any, expected: float, stopping: asyncio.Future[Any]
+    ) -> None:
+        """Wait for the callback to signal; _Stopped on stop; a stream that stopped calling back is a failure.
+        Audio held for the instant is expected that much later."""
+        held = self._fifo.holding()
+        deadline = time.monotonic() + expected + 2.0 + stream.latency + (max(0.0, held - time.time()) if held else 0.0)
+        while not future.done():
+            if stopping.done():
+                raise _Stopped
+            timeout = deadline - time.monotonic()
+            if timeout <= 0 or not stream.active:
+                raise AudioDeviceError("the output device stopped playing")
+            await asyncio.wait({future, stopping}, timeout=min(timeout, 1.0), return_when=asyncio.FIRST_COMPLETED)
+
+
+class _Announcer:
+    """Calls the playback's on_first_audio once the first speech has been handed over and the first
+    sample has been placed on the device's clock (its lateness known)."""
+
+    def __init__(self, playback: Playback, loop: asyncio.AbstractEventLoop) -> None:
+        self._playback = playback
+        self._loop = loop
+        self._speech = False
+        self._done = False
+
+    def speech(self) -> None:
+        self._speech = True
+        self._announce()
+
+    def placed_threadsafe(self, late: float) -> None:
+        """Called on the audio thread."""
+        self._loop.call_soon_threadsafe(self.placed, late)
+
+    def placed(self, late: float) -> None:
+        assert self._playback.start is not None
+        self._playback.start.late = late
+        self._announce()
+
+    def _announce(self) -> None:
+        start = self._playback.start
+        if self._speech and not self._done and (start is None or start.late is not None):
+            self._done = True
+            self._playback.on_first_audio()
+
+
+def _to_float(samples: Pcm) -> Samples:
+    return (samples.astype(np.float32) / 32768.0).astype(np.float32)
+
+
+def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """Called on the audio thread: wake the event loop."""
+    loop.call_soon_threadsafe(_resolve, future)
 
 
 def _sound_devices_seen() -> tuple[tuple[str, ...], bool]:
@@ -599,6 +837,12 @@ class SoundDevicePlayer:
         loop = asyncio.get_running_loop()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if playback.start is not None:  # a synchronized start, placed on the device's clock
+            writer, self._writer = self._writer, None
+            if writer is not None:  # its stream is closed first (a plain ALSA device takes one at a time)
+                writer.close()
+                await asyncio.to_thread(writer.join)
+            return await _HeldPlayback(self._sd, self._settings, self._rate).play(chunks, playback)
         state = _Feeding()
         feeding = asyncio.ensure_future(self._feed(chunks, playback, state))
         stopping = asyncio.ensure_future(playback.stop.wait())
@@ -612,15 +856,13 @@ class SoundDevicePlayer:
                 return Played(0.0, interrupted=True)
             frames = await self._wait(state.writer.stop(), self._settings.fade_ms / 1000)
             await asyncio.sleep(self._settings.fade_ms / 1000)  # the fade is written, now let it be heard
-            return Played(max(0, frames - state.lead) / self._rate, interrupted=True)
+            return Played(frames / self._rate, interrupted=True)
         except BaseException:
             feeding.cancel()
             self._close_stream()
             raise
         finally:
             stopping.cancel()
-            if state.announce is not None:  # stopped before it was heard: never started
-                state.announce.cancel()
             self._idle_timer = loop.call_later(self._settings.idle_close, self._close_stream)
 
     async def _feed(self, chunks: AsyncIterator[AudioChunk], playback: Playback, state: _Feeding) -> int:
@@ -640,23 +882,16 @@ class SoundDevicePlayer:
                 if resampler is not None:
                     writer.put(scaled(resampler.flush(), playback.gain))
                 resampler = Resampler(chunk.sample_rate, self._rate)
-            if playback.start is not None and playback.start.late is None:  # the first sample at the instant
-                state.lead = await self._wait(writer.hold_until(playback.start.at), 1.0)
-                playback.start.late = time.time() + writer.delay() - playback.start.at
-            heard_in = writer.delay()  # until this chunk is heard
             writer.put(scaled(resampler(chunk.samples), playback.gain))
             if chunk.segment >= 0 and not announced:
                 announced = True
-                if state.lead:  # held for a synchronized start: `started` when it is heard, at the instant
-                    state.announce = asyncio.get_running_loop().call_later(heard_in, playback.on_first_audio)
-                else:
-                    playback.on_first_audio()
+                playback.on_first_audio()
             if writer.pending_frames > limit:
                 await self._wait(writer.wait_room(limit // 2), self._settings.max_buffer_seconds)
         if resampler is not None:
             writer.put(scaled(resampler.flush(), playback.gain))
         played: int = await self._wait(writer.finish(), writer.delay() + writer.latency)
-        return max(0, played - state.lead)
+        return played
 
     async def _wait(self, future: asyncio.Future[Any], expected: float) -> Any:
         """The writer's answer; a device that fails, or stops playing for 2 s, is an AudioDeviceError."""

@@ -3,16 +3,13 @@ fields, the group topics and the settings (the end-to-end proof is test_sync_e2e
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import time
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
-from mqtt_speaker.audio import _Writer
+from mqtt_speaker.audio import _Fifo
 from mqtt_speaker.models import ErrorCode, RequestRejected, parse_say
 from mqtt_speaker.settings import ConfigError, load_settings
 from mqtt_speaker.sync import StartGate, check_at, clock_synchronized, frames_before_start, start_instant
@@ -58,55 +55,42 @@ def test_frames_before_start_and_lateness() -> None:
     assert gate.late_ms == 12
 
 
-class FakeStream:
-    """What the player's writer needs of a PortAudio output stream (writes are recorded, never block)."""
-
-    latency = 0.4
-
-    def __init__(self) -> None:
-        self.written: list[npt.NDArray[np.int16]] = []
-        self.restarts = 0
-
-    def write(self, block: npt.NDArray[np.int16]) -> bool:
-        self.written.append(block)
-        return False  # no underflow
-
-    def abort(self) -> None:
-        self.restarts += 1
-
-    def start(self) -> None: ...
-
-    def close(self) -> None: ...
+def test_the_fifo_holds_the_first_sample_until_the_instant_reaches_the_dac() -> None:
+    fifo = _Fifo()
+    placed: list[float] = []
+    fifo.begin(lambda: None)
+    fifo.hold_until(10.0, RATE, placed.append)
+    out = np.full(4, -1, dtype=np.float32)
+    fifo.read_into(out, 9.0)  # nothing written yet: silence, still held
+    assert out.tolist() == [0, 0, 0, 0] and fifo.holding() == 10.0
+    fifo.write(np.array([1, 2, 3, 4, 5], dtype=np.float32))
+    fifo.read_into(out, 9.995)  # the instant is 5 frames away: this buffer is silent
+    assert out.tolist() == [0, 0, 0, 0] and placed == []
+    fifo.read_into(out, 9.998)  # ... 2 frames into this one
+    assert out.tolist() == [0, 0, 1, 2] and placed == [pytest.approx(0.0)] and fifo.holding() is None
+    fifo.read_into(out, 10.002)  # then it plays on, no longer held
+    assert out.tolist() == [3, 4, 5, 0] and fifo.played == 5
 
 
-def held(instant_in: float) -> tuple[int, float, FakeStream]:
-    """Ask a writer on a fake stream to hold until `instant_in` seconds from now: (frames of silence left
-    pending, when a frame put next will be heard (wall clock) minus the instant, the stream)."""
-
-    async def main() -> tuple[int, float, FakeStream]:
-        stream = FakeStream()
-        writer = _Writer(stream, RATE, 0, asyncio.get_running_loop())
-        try:
-            instant = time.time() + instant_in
-            pending = await asyncio.wait_for(writer.hold_until(instant), 5)
-            return pending, time.time() + writer.delay() - instant, stream
-        finally:
-            writer.close()
-            await asyncio.to_thread(writer.join)
-
-    return asyncio.run(main())
+def test_audio_that_comes_after_the_instant_starts_at_once_and_says_how_late() -> None:
+    fifo = _Fifo()
+    placed: list[float] = []
+    fifo.begin(lambda: None)
+    fifo.hold_until(10.0, RATE, placed.append)
+    fifo.write(np.array([1, 2], dtype=np.float32))
+    out = np.zeros(3, dtype=np.float32)
+    fifo.read_into(out, 10.040)
+    assert out.tolist() == [1, 2, 0] and placed == [pytest.approx(0.040)]
 
 
-def test_a_held_start_restarts_the_stream_with_silence_up_to_the_instant() -> None:
-    pending, late, stream = held(0.7)  # more than the device's 0.4 s: the rest waits, pending
-    assert stream.restarts == 1 and all(not block.any() for block in stream.written)
-    assert abs(pending - round(0.3 * RATE)) <= 0.02 * RATE
-    assert abs(late) < 0.005  # what is put next is heard at the instant
-
-
-def test_a_held_start_that_is_already_late_says_by_how_much() -> None:
-    pending, late, _stream = held(-0.040)
-    assert pending == 0 and late >= 0.040
+def test_stopping_held_audio_drops_it_unheard() -> None:
+    fifo = _Fifo()
+    drained: list[bool] = []
+    fifo.begin(lambda: None)
+    fifo.hold_until(10.0, RATE, lambda _late: None)
+    fifo.write(np.ones(50, dtype=np.float32))
+    fifo.fade_out(30, lambda: drained.append(True))
+    assert drained == [True] and fifo.holding() is None and fifo.buffered == 0
 
 
 # ------------------------------------------------------------------------------------------ payload
