@@ -141,7 +141,10 @@ class _Writer:
     variable; answers go back to the loop through call_soon_threadsafe.
     """
 
-    def __init__(self, stream: Any, rate: int, fade_frames: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, reopen: Callable[[], Any], stream: Any, rate: int, fade_frames: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._reopen = reopen  # a fresh stream: one reliably starts once a period has been written
         self._stream = stream
         self._rate = rate
         self._fade = fade_frames
@@ -362,9 +365,8 @@ class _Writer:
             while self._recent_frames - self._recent[0].size >= self._buffer + self._fade:
                 self._recent_frames -= self._recent.popleft().size
         if restart:
-            LOG.debug("the output stream ran dry; restarting it")
-            self._stream.abort()
-            self._stream.start()
+            LOG.debug("the output stream ran dry; opening it again")
+            self._fresh_stream()
         if self._stream.write(block):
             self._recover(block, speech)
 
@@ -381,9 +383,14 @@ class _Writer:
                 self._began += pad.size
             if speech:
                 self._audio_end = self._written
-        self._stream.abort()
-        self._stream.start()
+        self._fresh_stream()
         self._stream.write(np.concatenate((pad, block)) if pad.size else block)
+
+    def _fresh_stream(self) -> None:
+        """Close the stream and open a new one (a starved one, restarted, was seen to stay silent well
+        past a period, with the clock running on; a new one starts at a period)."""
+        self._stream.close()
+        self._stream = self._reopen()
 
     def _heard(self) -> int:
         """The frame being heard now, by the writer's clock (lock held)."""
@@ -532,7 +539,7 @@ class SoundDevicePlayer:
 
         stream = await asyncio.to_thread(start)
         fade = int(self._settings.fade_ms / 1000 * self._rate)
-        self._writer = _Writer(stream, self._rate, fade, asyncio.get_running_loop())
+        self._writer = _Writer(self._start_stream, stream, self._rate, fade, asyncio.get_running_loop())
         return self._writer
 
     def _close_stream(self) -> None:
