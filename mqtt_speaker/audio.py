@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import re
 import threading
 import time
@@ -36,7 +37,7 @@ DEFAULT_RATE = 44100
 # towards "the device holds less" and tops up early; `finished`, a stop's fade and delay() add it.
 SERVER_DELAY = 0.020
 IDLE_LEVEL = 0.012  # seconds of silence kept queued while no speech is: what the next speech waits behind
-REINIT_INTERVAL = 10.0  # seconds: PortAudio is restarted (every ALSA device listed) at most this often
+REINIT_INTERVAL = 10.0  # seconds: while no device or sound server comes or goes, PortAudio restarts this seldom
 
 
 class AudioDeviceError(Exception):
@@ -432,6 +433,19 @@ class _Writer:
 _EMPTY: Pcm = np.zeros(0, dtype=np.int16)
 
 
+def _sound_landscape() -> tuple[str, ...]:
+    """What a device listing could find, cheaply: ALSA's device nodes and the sound servers' sockets."""
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        found += sorted(f"/dev/snd/{name}" for name in os.listdir("/dev/snd"))
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    server = os.environ.get("PULSE_SERVER", "").removeprefix("unix:")
+    for socket in (server, f"{runtime}/pulse/native", f"{runtime}/pipewire-0"):
+        if socket and os.path.exists(socket):
+            found.append(socket)
+    return tuple(found)
+
+
 def _release_alsa_probes() -> None:
     """Unload what PortAudio's device listing made ALSA load; call it while no stream is open.
 
@@ -457,7 +471,7 @@ class SoundDevicePlayer:
     """One PortAudio output stream, opened on the first utterance and closed after `idle_close` of silence.
 
     Opening (and, when that fails, restarting PortAudio, which lists every ALSA device) runs in a worker
-    thread, never on the event loop, and PortAudio is restarted at most once per REINIT_INTERVAL.
+    thread, never on the event loop, and PortAudio is restarted only when something changed (see _open_stream).
     """
 
     def __init__(self, settings: AudioSettings) -> None:
@@ -469,6 +483,7 @@ class SoundDevicePlayer:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._rate = settings.sample_rate or self._device_rate()
         self._reinitialized = -REINIT_INTERVAL
+        self._landscape: tuple[str, ...] = ()
         _release_alsa_probes()
 
     def _device_rate(self) -> int:
@@ -490,11 +505,13 @@ class SoundDevicePlayer:
         except AudioDeviceError as exc:
             # PortAudio lists devices once, when it starts: one plugged in (or a sound server started)
             # since then is only seen after a restart of PortAudio. Listing every ALSA device is slow,
-            # so it is done at most once per REINIT_INTERVAL, not for every request while unplugged.
-            if time.monotonic() - self._reinitialized < REINIT_INTERVAL:
+            # so it is not done for every request while unplugged: only when the sound devices or the
+            # sound server's socket changed since the last time, or REINIT_INTERVAL has passed.
+            seen = _sound_landscape()
+            if seen == self._landscape and time.monotonic() - self._reinitialized < REINIT_INTERVAL:
                 raise
             LOG.info("%s; restarting PortAudio and trying again", exc)
-            self._reinitialized = time.monotonic()
+            self._reinitialized, self._landscape = time.monotonic(), seen
             self._sd._terminate()
             self._sd._initialize()
             self._rate = self._settings.sample_rate or self._device_rate()
