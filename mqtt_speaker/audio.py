@@ -41,7 +41,7 @@ DEFAULT_RATE = 44100
 # towards "the device holds less" and tops up early; `finished`, a stop's fade and delay() add it.
 SERVER_DELAY = 0.020
 IDLE_LEVEL = 0.012  # seconds of silence kept queued while no speech is: what the next speech waits behind
-REINIT_INTERVAL = 10.0  # seconds: PortAudio is restarted (every ALSA device listed) at most this often
+REINIT_INTERVAL = 10.0  # seconds: while no device or sound server comes or goes, PortAudio restarts this seldom
 
 
 class AudioDeviceError(Exception):
@@ -147,7 +147,10 @@ class _Writer:
     variable; answers go back to the loop through call_soon_threadsafe.
     """
 
-    def __init__(self, stream: Any, rate: int, fade_frames: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, reopen: Callable[[], Any], stream: Any, rate: int, fade_frames: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._reopen = reopen  # a fresh stream: one reliably starts once a period has been written
         self._stream = stream
         self._rate = rate
         self._fade = fade_frames
@@ -368,9 +371,8 @@ class _Writer:
             while self._recent_frames - self._recent[0].size >= self._buffer + self._fade:
                 self._recent_frames -= self._recent.popleft().size
         if restart:
-            LOG.debug("the output stream ran dry; restarting it")
-            self._stream.abort()
-            self._stream.start()
+            LOG.debug("the output stream ran dry; opening it again")
+            self._fresh_stream()
         if self._stream.write(block):
             self._recover(block, speech)
 
@@ -387,9 +389,14 @@ class _Writer:
                 self._began += pad.size
             if speech:
                 self._audio_end = self._written
-        self._stream.abort()
-        self._stream.start()
+        self._fresh_stream()
         self._stream.write(np.concatenate((pad, block)) if pad.size else block)
+
+    def _fresh_stream(self) -> None:
+        """Close the stream and open a new one (a starved one, restarted, was seen to stay silent well
+        past a period, with the clock running on; a new one starts at a period)."""
+        self._stream.close()
+        self._stream = self._reopen()
 
     def _heard(self) -> int:
         """The frame being heard now, by the writer's clock (lock held)."""
@@ -740,7 +747,7 @@ class SoundDevicePlayer:
     """One PortAudio output stream, opened on the first utterance and closed after `idle_close` of silence.
 
     Opening (and, when that fails, restarting PortAudio, which lists every ALSA device) runs in a worker
-    thread, never on the event loop, and PortAudio is restarted at most once per REINIT_INTERVAL.
+    thread, never on the event loop, and PortAudio is restarted only when something changed (see _open_stream).
     """
 
     def __init__(self, settings: AudioSettings) -> None:
@@ -825,7 +832,7 @@ class SoundDevicePlayer:
 
         stream = await asyncio.to_thread(start)
         fade = int(self._settings.fade_ms / 1000 * self._rate)
-        self._writer = _Writer(stream, self._rate, fade, asyncio.get_running_loop())
+        self._writer = _Writer(self._start_stream, stream, self._rate, fade, asyncio.get_running_loop())
         return self._writer
 
     def _close_stream(self) -> None:
