@@ -170,9 +170,9 @@ class AudioSettings(BaseModel):
     output_dir: Path | None = Field(default=None, description="Write WAV files here instead of playing")
     sample_rate: int | None = Field(default=None, description="Output sample rate; default: the device's default rate")
     latency: float | str = Field(
-        default=0.4,
-        description="PortAudio output buffer, seconds (or 'low', 'high'): speech is written this far ahead;"
-        " a large one costs less CPU and does not delay the start (a stop flushes it)",
+        default="low",
+        description="PortAudio output latency: 'low', 'high' or seconds (a larger one wakes up less often, "
+        "and starts and stops that much later)",
     )
     idle_close: float = Field(
         default=1.0,
