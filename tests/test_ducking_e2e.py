@@ -327,6 +327,34 @@ def test_sigkill_mid_announcement_then_a_restart_brings_the_music_back(
     assert "restored test-music" in daemon.log()
 
 
+def ducking_client(pulse: PulseAudio) -> str:
+    """The index of the daemon's own connection to the sound server for ducking (pactl list clients)."""
+    listing = pulse.pactl("list", "clients").stdout
+    for block in listing.split("Client #")[1:]:
+        if 'application.name = "mqtt-speaker-ducking"' in block:
+            return block.split()[0]
+    raise AssertionError(f"no ducking client in:\n{listing}")
+
+
+def test_a_lost_sound_server_connection_mid_announcement_never_leaves_the_music_down(
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
+) -> None:
+    """The server drops the daemon's connection while the music is lowered: the daemon connects again,
+    and what it had lowered (kept in its file) comes back up, exactly."""
+    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
+    before = music.start().volume()
+    with server.capture() as capture:
+        wait_level(capture, at(FULL_DB), "the music at full level")
+        daemon.say(json.dumps({"id": "duck-lost", "text": SENTENCE * 2}))
+        daemon.wait_for_event("duck-lost", "started")
+        wait_level(capture, at(FULL_DB - DEPTH, 1.0), "the music lowered")
+        server.pactl("kill-client", ducking_client(server))
+        spoken_ok(daemon, "duck-lost")
+        wait_level(capture, at(FULL_DB), "the music back at full level")
+    wait_until(lambda: music.volume() == before, 10, "the music's own volume again")
+    assert daemon.alive()
+
+
 def test_a_clean_stop_mid_announcement_brings_the_music_back_first(
     make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
 ) -> None:
