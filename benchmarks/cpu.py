@@ -233,7 +233,7 @@ class Minimal:
                 raise RuntimeError("the minimal player failed")
             self.cpu = cpu_seconds(proc.pid) - before
             proc.stdin.close()
-            proc.wait(10)
+            proc.wait(60)  # held to a tiny quota, its exit (PortAudio's teardown) alone can take 10 s and more
         finally:
             if proc.poll() is None:
                 proc.kill()
