@@ -13,6 +13,7 @@ from typing import Any
 from mqtt_speaker.audio import AudioDeviceError, SoundDevicePlayer
 from mqtt_speaker.ducking import describe_server
 from mqtt_speaker.engines.base import SynthesisError
+from mqtt_speaker.engines.registry import EngineChoice
 from mqtt_speaker.mqtt import new_client
 from mqtt_speaker.settings import ConfigError, Settings, config_path_from
 
@@ -77,7 +78,7 @@ def check_speech(settings: Settings) -> str:
         except SynthesisError as exc:
             raise CheckFailed(f"{exc.code}: {exc.message}") from exc
         return f"Cartesia socket opens at {settings.cartesia.url} (model {settings.cartesia.model})"
-    if settings.primary_engine == "piper":
+    if settings.primary_engine == EngineChoice.PIPER:
         return check_piper(settings)
     executable = shutil.which(settings.espeak.executable)
     if executable is None:

@@ -352,12 +352,12 @@ class Settings(BaseSettings):
         if self.engine is not EngineChoice.AUTO:
             return self.engine.value
         if self.has_api_key:
-            return "cartesia"
-        return "piper" if self.piper.installed else "espeak"
+            return EngineChoice.CARTESIA.value
+        return (EngineChoice.PIPER if self.piper.installed else EngineChoice.ESPEAK).value
 
     @property
     def use_cartesia(self) -> bool:
-        return self.primary_engine == "cartesia"
+        return self.primary_engine == EngineChoice.CARTESIA
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line or a published message."""
