@@ -28,7 +28,7 @@ from mqtt_speaker.settings import ConfigError, MqttSettings
 
 LOG = logging.getLogger(__name__)
 INBOUND_LIMIT = 2000  # messages handed over by paho's thread and not yet handled on the loop
-OUTBOUND_LIMIT = 1000  # messages paho holds for the broker (in flight, or waiting for a reconnect)
+OUTBOUND_LIMIT = 5000  # messages paho holds for the broker (in flight, or waiting for a reconnect)
 RETAINED_RESERVE = 100  # room past it for retained ones: availability and state must get out after an outage
 QUEUED = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)  # NO_CONN at QoS 1: kept, sent after the reconnect
 
