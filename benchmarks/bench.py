@@ -162,7 +162,7 @@ def run(count: int, idle_seconds: float) -> dict[str, Any]:
     emulator.behaviour.real_time_factor = 0.25
     observer = Observer(broker.port)
     capture = TimedCapture(pulse)
-    env = {**os.environ, **pulse.env}
+    env = {**os.environ, **pulse.env, "XDG_STATE_HOME": str(work / "state")}  # not the home directory
     results: dict[str, Any] = {"machine": f"{platform.node()}: {platform.platform()}, {os.cpu_count()} cores"}
     try:
         # 1. The floor.

@@ -81,6 +81,7 @@ def run(count: int) -> dict[str, Any]:
         "MQTT_SPEAKER_FALLBACK": "[]",
         "MQTT_SPEAKER_CACHE__ENABLED": "false",
         "MQTT_SPEAKER_CACHE__DIR": str(work / "cache"),
+        "XDG_STATE_HOME": str(work / "state"),  # the state file and the ducking record, not the home directory
         "MQTT_SPEAKER_AUDIO__DEVICE": "pulse",
         "MQTT_SPEAKER_CONFIG": str(work / "empty.toml"),
         **pulse.env,

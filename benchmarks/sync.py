@@ -75,6 +75,7 @@ def run(count: int) -> dict[str, Any]:
                 "MQTT_SPEAKER_CARTESIA__URL": emulator.url,
                 "MQTT_SPEAKER_FALLBACK": "[]",
                 "MQTT_SPEAKER_CACHE__ENABLED": "false",
+                "XDG_STATE_HOME": str(work / "state"),  # not the home directory
                 "MQTT_SPEAKER_AUDIO__DEVICE": "pulse",
                 "MQTT_SPEAKER_CONFIG": str(work / "empty.toml"),
                 "MQTT_SPEAKER_SYNC__LEAD": str(LEAD),
