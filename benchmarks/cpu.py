@@ -233,7 +233,8 @@ class Minimal:
                 raise RuntimeError("the minimal player failed")
             self.cpu = cpu_seconds(proc.pid) - before
             proc.stdin.close()
-            proc.wait(60)  # held to a tiny quota, its exit (PortAudio's teardown) alone can take 10 s and more
+            with contextlib.suppress(subprocess.TimeoutExpired):  # measured already; held to a tiny quota,
+                proc.wait(10)  # its exit (PortAudio's teardown) can take more than a minute: killed below
         finally:
             if proc.poll() is None:
                 proc.kill()
