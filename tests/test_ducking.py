@@ -52,7 +52,10 @@ def test_the_depth_set_at_runtime_is_kept_and_an_older_state_file_keeps_its_valu
 
 
 def test_the_role_goes_into_pulse_prop_unless_one_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PULSE_PROP", raising=False)
+    # Recorded first, so that what tag_own_stream writes is undone too (a delenv of a missing variable
+    # records nothing, and a role left in this process's environment went to every daemon started later).
+    monkeypatch.setenv("PULSE_PROP", "")
+    monkeypatch.delenv("PULSE_PROP")
     tag_own_stream("announcement")
     assert os.environ["PULSE_PROP"] == "media.role=announcement"
     monkeypatch.setenv("PULSE_PROP", "application.icon_name=audio")
