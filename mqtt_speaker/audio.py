@@ -73,18 +73,18 @@ class Output(Protocol):
     async def close(self) -> None: ...
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """The playback's stop event was set."""
 
 
-async def _next_chunk(chunks: AsyncIterator[AudioChunk], stopping: asyncio.Future[Any]) -> AudioChunk | None:
-    """The next chunk, None at the end; _Stopped when stop comes first (the pending read is cancelled)."""
+async def next_chunk(chunks: AsyncIterator[AudioChunk], stopping: asyncio.Future[Any]) -> AudioChunk | None:
+    """The next chunk, None at the end; Stopped when stop comes first (the pending read is cancelled)."""
     step = asyncio.ensure_future(anext(chunks))
     await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if not step.done():
         step.cancel()
         await asyncio.gather(step, return_exceptions=True)
-        raise _Stopped
+        raise Stopped
     try:
         return step.result()
     except StopAsyncIteration:
@@ -383,10 +383,10 @@ class SoundDevicePlayer:
         stream: Any = None
         drained = loop.create_future()
         resampler: Resampler | None = None
-        announcer = _Announcer(playback, loop)
+        announcer = Announcer(playback, loop)
         limit = int(self._settings.max_buffer_seconds * self._rate)
         try:
-            while (chunk := await _next_chunk(chunks, stopping)) is not None:
+            while (chunk := await next_chunk(chunks, stopping)) is not None:
                 if not chunk.samples.size:
                     continue
                 first = stream is None
@@ -413,7 +413,7 @@ class SoundDevicePlayer:
             # The last samples have left our buffer; let them pass PortAudio's own latency too.
             await asyncio.sleep(stream.latency)
             return Played(fifo.played / self._rate)
-        except _Stopped:
+        except Stopped:
             if stream is None:
                 return Played(0.0, interrupted=True)
             await self._fade(loop, stream)
@@ -447,13 +447,13 @@ class SoundDevicePlayer:
     async def _wait_playing(
         self, future: asyncio.Future[None], stream: Any, expected: float, stopping: asyncio.Future[Any]
     ) -> None:
-        """Wait for the callback to signal; _Stopped on stop; a stream that stopped calling back is a failure.
+        """Wait for the callback to signal; Stopped on stop; a stream that stopped calling back is a failure.
         Audio held for a synchronized start is expected that much later."""
         held = self._fifo.holding()
         deadline = time.monotonic() + expected + 2.0 + stream.latency + (max(0.0, held - time.time()) if held else 0.0)
         while not future.done():
             if stopping.done():
-                raise _Stopped
+                raise Stopped
             timeout = deadline - time.monotonic()
             if timeout <= 0 or not stream.active:
                 self._close_stream()
@@ -466,7 +466,7 @@ class SoundDevicePlayer:
         self._close_stream()
 
 
-class _Announcer:
+class Announcer:
     """Calls the playback's on_first_audio once the first speech has been handed over and, for a
     synchronized start, the first sample has been placed on the device's clock (its lateness known)."""
 
@@ -545,7 +545,7 @@ class WavWriter:
         interrupted = False
         announced = False
         try:
-            while (chunk := await _next_chunk(chunks, stopping)) is not None:
+            while (chunk := await next_chunk(chunks, stopping)) is not None:
                 if writer is None:
                     writer = wave.open(str(path), "wb")  # noqa: SIM115 - opened on the first chunk, closed below
                     writer.setnchannels(1)
@@ -557,7 +557,7 @@ class WavWriter:
                 if resampler is None or chunk.sample_rate != resampler.source_rate:
                     resampler = Resampler(chunk.sample_rate, writer.getframerate())
                 frames += _write_wav(writer, scaled(resampler(chunk.samples), playback.gain))
-        except _Stopped:
+        except Stopped:
             interrupted = True
         except OSError as exc:
             raise AudioDeviceError(f"cannot write {path}: {exc}") from exc

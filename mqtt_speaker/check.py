@@ -10,11 +10,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from mqtt_speaker.audio import AudioDeviceError, SoundDevicePlayer
+from mqtt_speaker.audio import AudioDeviceError
 from mqtt_speaker.ducking import describe_server
 from mqtt_speaker.engines.base import SynthesisError
 from mqtt_speaker.engines.registry import EngineChoice
 from mqtt_speaker.mqtt import new_client
+from mqtt_speaker.pulse import sound_player
 from mqtt_speaker.settings import ConfigError, Settings, config_path_from
 
 TIMEOUT = 10.0
@@ -111,7 +112,7 @@ def check_audio(settings: Settings) -> str:
             raise CheckFailed(f"cannot write WAV files to {directory}: {exc}") from exc
         return f"utterances are written to {directory}"
     try:
-        return SoundDevicePlayer(settings.audio).probe()
+        return sound_player(settings.audio).probe()
     except (AudioDeviceError, OSError) as exc:
         raise CheckFailed(str(exc)) from exc
 

@@ -10,7 +10,7 @@ import time
 
 from mqtt_speaker.adapters.homeassistant import HomeAssistantDiscovery
 from mqtt_speaker.adapters.native import NativeTopics
-from mqtt_speaker.audio import Output, SoundDevicePlayer, WavWriter
+from mqtt_speaker.audio import Output, WavWriter
 from mqtt_speaker.cache import AudioCache
 from mqtt_speaker.ducking import Ducker, record_path, tag_own_stream
 from mqtt_speaker.engines.base import Engine
@@ -22,6 +22,7 @@ from mqtt_speaker.models import (
     SayRequest,
 )
 from mqtt_speaker.mqtt import Inbound, MqttLink, Will
+from mqtt_speaker.pulse import sound_player
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speaker import Speaker
 from mqtt_speaker.systemd import Notifier
@@ -37,7 +38,7 @@ def build_output(settings: Settings) -> Output:
     if settings.audio.output_dir is not None:
         return WavWriter(settings.audio.output_dir)
     tag_own_stream(settings.audio.role)
-    return SoundDevicePlayer(settings.audio)
+    return sound_player(settings.audio)
 
 
 def build_ducker(settings: Settings) -> Ducker | None:

@@ -166,12 +166,33 @@ class CacheSettings(BaseModel):
 
 
 class AudioSettings(BaseModel):
+    backend: Literal["auto", "pulse", "portaudio"] = Field(
+        default="auto",
+        description="How audio is played: 'pulse' through the sound server's client library (PulseAudio or "
+        "PipeWire; cheapest on CPU), 'portaudio' through PortAudio (bare ALSA), 'auto' the sound server when "
+        "one answers and no PortAudio device is named, else PortAudio",
+    )
+    sink: str | None = Field(default=None, description="Sound server sink to play on; default: the server's default")
+    buffer: float = Field(
+        default=0.4,
+        ge=0.05,
+        le=2.0,
+        description="Sound server only: seconds queued at the server while speaking (a larger one wakes up less "
+        "often and rides out longer stalls; a stop flushes it, so it does not delay stops)",
+    )
+    prebuffer: float = Field(
+        default=0.01,
+        ge=0.001,
+        le=0.2,
+        description="Sound server only: seconds that must be queued before speech starts (a larger one starts "
+        "later and survives a slower first second)",
+    )
     device: str | int | None = Field(default=None, description="PortAudio output device name or index")
     output_dir: Path | None = Field(default=None, description="Write WAV files here instead of playing")
     sample_rate: int | None = Field(default=None, description="Output sample rate; default: the device's default rate")
     latency: float | str = Field(
         default="low",
-        description="PortAudio output latency: 'low', 'high' or seconds (a larger one wakes up less often, "
+        description="PortAudio only: output latency: 'low', 'high' or seconds (a larger one wakes up less often, "
         "and starts and stops that much later)",
     )
     idle_close: float = Field(

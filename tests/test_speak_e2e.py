@@ -93,7 +93,7 @@ def test_alsa_plugins_loaded_to_list_devices_are_unloaded_before_idle(
 ) -> None:
     # PortAudio opens every PCM ALSA defines to list devices (libasound2-plugins has a dozen, the a52
     # encoder brings libavcodec); the daemon must not keep them, about 10 MB, for the rest of its life.
-    daemon = make_daemon(cartesia_env)
+    daemon = make_daemon({**cartesia_env, "MQTT_SPEAKER_AUDIO__BACKEND": "portaudio"})
     plugins = {name for name in daemon.libraries() if name.startswith("libasound_module_pcm_")}
     assert plugins == set(), plugins
     with pulse.capture() as capture:
@@ -103,3 +103,19 @@ def test_alsa_plugins_loaded_to_list_devices_are_unloaded_before_idle(
     assert sound_regions(x)
     plugins = {name for name in daemon.libraries() if name.startswith("libasound_module_pcm_")}
     assert plugins == {"libasound_module_pcm_pulse.so"}, plugins
+
+
+def test_on_a_sound_server_neither_portaudio_nor_alsa_is_loaded(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], pulse: PulseAudio
+) -> None:
+    # The default backend plays through libpulse: PortAudio (and the ALSA devices it lists) would only
+    # cost memory.
+    daemon = make_daemon(cartesia_env)
+    with pulse.capture() as capture:
+        daemon.say(json.dumps({"id": "served", "text": "Through the sound server"}))
+        spoken_ok(daemon, "served")
+        x = capture.wait_for_sound_then_silence()
+    assert sound_regions(x)
+    libraries = daemon.libraries()
+    assert any(name.startswith("libpulse-simple.so") for name in libraries), libraries
+    assert not {name for name in libraries if "portaudio" in name or name.startswith("libasound")}, libraries

@@ -1,0 +1,590 @@
+"""Playback through the sound server's own client library: libpulse's simple API (PulseAudio, and
+PipeWire's pulse server), called through ctypes.
+
+Why not PortAudio here: through ALSA's pulse plugin, a PortAudio stream that starts at once needs a
+buffer of a few milliseconds, and keeping it full wakes two threads about 2,500 times a second
+(docs/performance.md). Here the server holds the buffer: a writer thread keeps up to `audio.buffer`
+seconds queued and tops it up a quarter at a time, so it wakes about ten times a second, and a stream
+that ran dry starts again as soon as `audio.prebuffer` seconds are written, so speech still starts at
+once. The server also says exactly how long until a sample written now is heard (`delay`), which
+places a synchronized start, tells when the last sample was heard, and finds what is being heard when
+a stop flushes the buffer and fades out from there.
+
+All calls on a stream are made from its writer thread. The event loop hands audio over through a
+lock-protected deque and is woken through call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+
+from mqtt_speaker.audio import (
+    DEFAULT_RATE,
+    Announcer,
+    AudioDeviceError,
+    Playback,
+    Played,
+    Resampler,
+    SoundDevicePlayer,
+    Stopped,
+    next_chunk,
+    scaled,
+)
+from mqtt_speaker.engines.base import AudioChunk, Pcm
+from mqtt_speaker.settings import AudioSettings
+
+LOG = logging.getLogger(__name__)
+
+_PA_STREAM_PLAYBACK = 1
+_PA_SAMPLE_S16LE = 3
+_PA_DEFAULT = 0xFFFFFFFF  # (uint32_t) -1: the server chooses
+FLUSH_LEAD = 0.003  # seconds the flush takes to reach the server: the fade starts that much later
+PLACE_MARGIN = 0.05  # seconds: a synchronized start is placed in two steps, the second this far ahead
+
+
+class _SampleSpec(ctypes.Structure):
+    _fields_ = [("format", ctypes.c_int), ("rate", ctypes.c_uint32), ("channels", ctypes.c_uint8)]
+
+
+class _BufferAttr(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint32) for name in ("maxlength", "tlength", "prebuf", "minreq", "fragsize")]
+
+
+@functools.cache
+def _libraries() -> tuple[Any, Any] | None:
+    """libpulse-simple and libpulse (for pa_strerror), or None when they are not installed."""
+    simple_name, pulse_name = ctypes.util.find_library("pulse-simple"), ctypes.util.find_library("pulse")
+    if simple_name is None or pulse_name is None:
+        return None
+    try:
+        simple, pulse = ctypes.CDLL(simple_name), ctypes.CDLL(pulse_name)
+    except OSError:
+        return None
+    error = ctypes.POINTER(ctypes.c_int)
+    simple.pa_simple_new.restype = ctypes.c_void_p
+    simple.pa_simple_new.argtypes = [
+        ctypes.c_char_p,  # server (NULL: the default, PULSE_SERVER included)
+        ctypes.c_char_p,  # application name
+        ctypes.c_int,  # direction
+        ctypes.c_char_p,  # sink (NULL: the default, PULSE_SINK included)
+        ctypes.c_char_p,  # stream name
+        ctypes.POINTER(_SampleSpec),
+        ctypes.c_void_p,  # channel map (NULL: the default for mono)
+        ctypes.POINTER(_BufferAttr),
+        error,
+    ]
+    simple.pa_simple_write.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, error]
+    simple.pa_simple_flush.argtypes = [ctypes.c_void_p, error]
+    simple.pa_simple_get_latency.restype = ctypes.c_uint64
+    simple.pa_simple_get_latency.argtypes = [ctypes.c_void_p, error]
+    simple.pa_simple_free.argtypes = [ctypes.c_void_p]
+    pulse.pa_strerror.restype = ctypes.c_char_p
+    pulse.pa_strerror.argtypes = [ctypes.c_int]
+    return simple, pulse
+
+
+def available() -> bool:
+    """Whether libpulse is installed (not whether a server answers)."""
+    return _libraries() is not None
+
+
+class PulseStream:
+    """One playback stream on the sound server (libpulse simple API). Not thread-safe: one thread only."""
+
+    def __init__(self, *, rate: int, buffer: float, prebuffer: float, sink: str | None, name: str) -> None:
+        libraries = _libraries()
+        if libraries is None:
+            raise AudioDeviceError("libpulse is not installed (Debian: libpulse0)")
+        self._lib, self._pulse = libraries
+        self.rate = rate
+        spec = _SampleSpec(_PA_SAMPLE_S16LE, rate, 1)
+        attr = _BufferAttr(_PA_DEFAULT, int(buffer * rate) * 2, int(prebuffer * rate) * 2, _PA_DEFAULT, _PA_DEFAULT)
+        error = ctypes.c_int(0)
+        self._handle = self._lib.pa_simple_new(
+            None,
+            b"mqtt-speaker",
+            _PA_STREAM_PLAYBACK,
+            sink.encode() if sink else None,
+            name.encode(),
+            ctypes.byref(spec),
+            None,
+            ctypes.byref(attr),
+            ctypes.byref(error),
+        )
+        if not self._handle:
+            raise AudioDeviceError(f"cannot open a stream on the sound server: {self._error(error)}")
+
+    def _error(self, error: ctypes.c_int) -> str:
+        return str(self._pulse.pa_strerror(error.value).decode(errors="replace"))
+
+    def write(self, samples: Pcm) -> None:
+        """Queue samples (int16); returns at once while they fit in the server's buffer."""
+        error = ctypes.c_int(0)
+        data = np.ascontiguousarray(samples, dtype="<i2")
+        if self._lib.pa_simple_write(self._handle, data.ctypes.data, data.nbytes, ctypes.byref(error)) < 0:
+            raise AudioDeviceError(f"the sound server stopped taking audio: {self._error(error)}")
+
+    def delay(self) -> float:
+        """Seconds until a sample written now is heard (what is queued plus the server's own delay)."""
+        error = ctypes.c_int(0)
+        microseconds = self._lib.pa_simple_get_latency(self._handle, ctypes.byref(error))
+        if microseconds == 2**64 - 1:  # (pa_usec_t) -1
+            raise AudioDeviceError(f"the sound server does not answer: {self._error(error)}")
+        return float(microseconds) / 1e6
+
+    def flush(self) -> None:
+        """Drop everything queued: silence at once."""
+        error = ctypes.c_int(0)
+        if self._lib.pa_simple_flush(self._handle, ctypes.byref(error)) < 0:
+            raise AudioDeviceError(f"the sound server does not answer: {self._error(error)}")
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle:
+            self._lib.pa_simple_free(handle)
+
+
+class _Utterance:
+    """What the writer knows of the utterance being played; shared state, guarded by the writer's lock."""
+
+    def __init__(self, start: float | None, on_placed: Callable[[float], None]) -> None:
+        self.start = start  # a synchronized start's instant (wall clock), until placed
+        self.on_placed = on_placed
+        self.speech_at: int | None = None  # stream position (frames written) of its first sample
+        self.written = 0  # frames of it written
+        self.ended = False  # no more audio will come
+        self.fade: int | None = None  # frames to fade out over: a stop was asked for
+        self.done: Callable[[float], None] | None = None  # called once heard (or faded), with seconds heard
+        self.left: float | None = None  # seconds the last sample still had to go, when last asked
+
+
+class _Writer:
+    """A thread that owns one PulseStream: keeps up to `buffer` seconds queued, topping it up a quarter
+    at a time; ends or fades utterances; closes the stream when told to."""
+
+    def __init__(self, settings: AudioSettings, rate: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._settings = settings
+        self._rate = rate
+        self._loop = loop
+        self._cond = threading.Condition()
+        self._queue: collections.deque[Pcm] = collections.deque()
+        self.queued = 0  # frames waiting here (not yet at the server)
+        self._utterance: _Utterance | None = None
+        self._closing = False
+        self._waiting_for_audio = False
+        self._on_room: tuple[int, Callable[[], None]] | None = None
+        self.failure: AudioDeviceError | None = None
+        self._history: collections.deque[tuple[int, Pcm]] = collections.deque()  # (position, block) written
+        self._position = 0  # frames written to the stream
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(target=self._run, name="mqtt-speaker-writer", daemon=True)
+        self._thread.start()
+
+    # --- event loop side -------------------------------------------------------------------------
+
+    def begin(self, start: float | None, on_placed: Callable[[float], None]) -> None:
+        with self._cond:
+            self._queue.clear()
+            self.queued = 0
+            self._utterance = _Utterance(start, on_placed)
+
+    def put(self, samples: Pcm) -> None:
+        if not samples.size:
+            return
+        with self._cond:
+            self._queue.append(samples)
+            self.queued += samples.size
+            if self._waiting_for_audio:
+                self._cond.notify()
+
+    def when_room(self, below: int, callback: Callable[[], None]) -> None:
+        with self._cond:
+            if self.queued < below:
+                callback()
+            else:
+                self._on_room = (below, callback)
+
+    def end(self, done: Callable[[float], None]) -> None:
+        self._tell(lambda utterance: setattr(utterance, "ended", True), done)
+
+    def fade(self, frames: int, done: Callable[[float], None]) -> None:
+        self._tell(lambda utterance: setattr(utterance, "fade", frames), done)
+
+    def _tell(self, change: Callable[[_Utterance], None], done: Callable[[float], None]) -> None:
+        with self._cond:
+            utterance = self._utterance
+            if utterance is None:
+                done(0.0)
+                return
+            change(utterance)
+            utterance.done = done
+            self._cond.notify()
+
+    def abandon(self) -> None:
+        """Drop the utterance (an exception in the player): flush what is queued."""
+        self.fade(0, lambda _seconds: None)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.failure is None
+
+    # --- writer thread ---------------------------------------------------------------------------
+
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _run(self) -> None:
+        settings = self._settings
+        try:
+            stream = PulseStream(
+                rate=self._rate,
+                buffer=settings.buffer,
+                prebuffer=settings.prebuffer,
+                sink=settings.sink,
+                name=settings.role,
+            )
+        except AudioDeviceError as exc:
+            self.failure = exc
+            self._call(_settle, self.opened, exc)
+            return
+        self._call(_settle, self.opened, None)
+        try:
+            while self._step(stream):
+                pass
+        except AudioDeviceError as exc:
+            LOG.warning("%s", exc)
+            self.failure = exc
+            with self._cond:
+                utterance, self._utterance = self._utterance, None
+            if utterance is not None and utterance.done is not None:
+                self._call(utterance.done, -1.0)
+        finally:
+            stream.close()
+
+    def _step(self, stream: PulseStream) -> bool:
+        """One turn: write, place, end or fade; else wait. False once closed."""
+        delay = stream.delay()
+        target = self._settings.buffer
+        with self._cond:
+            if self._closing:
+                return False
+            utterance = self._utterance
+            if utterance is None or (utterance.fade is None and not self._ready(utterance, delay < target * 0.75)):
+                # Nothing to do until audio comes (or the server has room again) or a request.
+                self._waiting_for_audio = not self._queue
+                self._cond.wait(None if not self._queue else max(0.005, delay - target * 0.75))
+                self._waiting_for_audio = False
+                return True
+            blocks: list[Pcm] = []
+            if utterance.fade is not None:
+                self._queue.clear()
+                self.queued = 0
+            elif utterance.start is None and self._queue:
+                blocks = self._take(int((target - delay) * self._rate))
+        if utterance.fade is not None:
+            self._fade(stream, utterance, delay)
+        elif blocks:
+            self._write(stream, utterance, blocks)
+        elif utterance.start is not None:
+            self._place(stream, utterance, delay)
+        else:
+            self._finish(stream, utterance, delay)
+        return True
+
+    def _ready(self, utterance: _Utterance, room: bool) -> bool:
+        """Whether there is something to do for the utterance (lock held)."""
+        if self._queue:
+            return utterance.start is not None or room
+        return utterance.ended
+
+    def _take(self, frames: int) -> list[Pcm]:
+        """Up to `frames` of what waits (lock held); tells the loop when there is room again."""
+        blocks: list[Pcm] = []
+        while self._queue and frames > 0:
+            block = self._queue.popleft()
+            if block.size > frames:
+                self._queue.appendleft(block[frames:])
+                block = block[:frames]
+            blocks.append(block)
+            frames -= block.size
+            self.queued -= block.size
+        if self._on_room is not None and self.queued < self._on_room[0]:
+            self._call(self._on_room[1])
+            self._on_room = None
+        return blocks
+
+    def _write(self, stream: PulseStream, utterance: _Utterance | None, blocks: list[Pcm]) -> None:
+        """Write (outside the lock: the utterance's counters are only touched by this thread)."""
+        samples = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        if utterance is not None and utterance.speech_at is None:
+            utterance.speech_at = self._position
+        self._send(stream, samples)
+        if utterance is not None:
+            utterance.written += samples.size
+
+    def _send(self, stream: PulseStream, samples: Pcm) -> None:
+        stream.write(samples)
+        self._history.append((self._position, samples))
+        self._position += samples.size
+        keep = self._position - int((self._settings.buffer + 1.0) * self._rate)
+        while self._history and self._history[0][0] + self._history[0][1].size < keep:
+            self._history.popleft()
+
+    def _silence(self, stream: PulseStream, seconds: float) -> None:
+        frames = int(seconds * self._rate)
+        if frames > 0:
+            self._send(stream, np.zeros(frames, dtype=np.int16))
+
+    def _place(self, stream: PulseStream, utterance: _Utterance, delay: float) -> None:
+        """A synchronized start: silence until the first sample is heard at the instant. In two steps:
+        most of the silence first (it starts a stream that ran dry), then, with the server's delay
+        measured on a running stream, the rest."""
+        assert utterance.start is not None
+        ahead = utterance.start - time.time() - delay
+        if ahead > PLACE_MARGIN * 2:
+            self._silence(stream, ahead - PLACE_MARGIN)
+            time.sleep(PLACE_MARGIN / 2)  # the stream started: let its timing settle
+            ahead = utterance.start - time.time() - stream.delay()
+        self._silence(stream, ahead)
+        late, utterance.start = max(0.0, -ahead), None
+        self._call(utterance.on_placed, late)
+
+    def _finish(self, stream: PulseStream, utterance: _Utterance, delay: float) -> None:
+        """Everything is written: pad with the prebuffer's silence once (a stream that ran dry plays
+        only once that much is queued), then wait until the last sample was heard."""
+        if utterance.speech_at is None:  # nothing was written
+            self._done(utterance, 0)
+            return
+        if self._position == utterance.speech_at + utterance.written:
+            self._silence(stream, self._settings.prebuffer * 2)
+            delay = stream.delay()
+        tail = (self._position - utterance.speech_at - utterance.written) / self._rate
+        left = delay - tail
+        # A stream that ran dry (everything handed to the sink) reports the sink's delay from then on,
+        # frozen: done once the delay stops going down, or is down to the padding.
+        if left > 0.002 and (utterance.left is None or left < utterance.left - 0.001):
+            utterance.left = left
+            with self._cond:
+                if utterance.fade is None and not self._closing:
+                    self._cond.wait(left)
+            return
+        self._done(utterance, utterance.written)
+
+    def _fade(self, stream: PulseStream, utterance: _Utterance, delay: float) -> None:
+        """Stop: flush the server's buffer and queue, in its place, `fade` frames of what was about to be
+        heard, ramped down to silence; report the seconds heard."""
+        frames = utterance.fade or 0
+        LOG.debug("fade: delay %.3f", delay)
+        heard = self._position - int(delay * self._rate)
+        start = heard + int(FLUSH_LEAD * self._rate)
+        speech_at = utterance.speech_at if utterance.speech_at is not None else self._position
+        end_of_speech = speech_at + utterance.written
+        tail = self._recent(start, min(frames, max(0, end_of_speech - start)))
+        stream.flush()
+        if tail.size:
+            ramp = np.linspace(1.0, 0.0, tail.size, dtype=np.float32)
+            self._send(stream, (tail * ramp).astype(np.int16))
+        with self._cond:
+            utterance.fade = None
+            utterance.ended = True
+            utterance.left = None
+        utterance.written = max(0, min(start, end_of_speech) - speech_at) + tail.size
+        # What is queued now is the fade: the utterance "ends" where the fade does.
+        utterance.speech_at = self._position - utterance.written
+
+    def _recent(self, start: int, frames: int) -> Pcm:
+        """`frames` of what was written from stream position `start` on (empty if no longer kept)."""
+        parts = [
+            block[max(0, start - position) : start + frames - position]
+            for position, block in self._history
+            if position + block.size > start and position < start + frames
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+    def _done(self, utterance: _Utterance, frames: int) -> None:
+        with self._cond:
+            if self._utterance is utterance:
+                self._utterance = None
+        if utterance.done is not None:
+            self._call(utterance.done, frames / self._rate)
+
+
+def _settle(future: asyncio.Future[Any], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class PulsePlayer:
+    """Plays utterances on the sound server; opens its stream on the first one, closes it after
+    `idle_close` of silence. Without a server it hands the utterance to `fallback` (PortAudio)."""
+
+    def __init__(self, settings: AudioSettings, fallback: Callable[[], SoundDevicePlayer] | None = None) -> None:
+        self._settings = settings
+        self._rate = settings.sample_rate or DEFAULT_RATE
+        self._writer: _Writer | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._fallback_factory = fallback
+        self._fallback: SoundDevicePlayer | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self._rate
+
+    def probe(self) -> str:
+        """Open a stream and close it again without playing anything (PortAudio's, without a server)."""
+        try:
+            stream = self._probe_stream()
+        except AudioDeviceError:
+            if self._fallback_factory is None:
+                raise
+            return f"no sound server answers; PortAudio: {self._fallback_factory().probe()}"
+        try:
+            delay = stream.delay()
+        finally:
+            stream.close()
+        sink = self._settings.sink or "the default sink"
+        return f"the sound server's {sink} opens at {self._rate} Hz (delay {delay * 1000:.0f} ms)"
+
+    def _probe_stream(self) -> PulseStream:
+        return PulseStream(
+            rate=self._rate, buffer=self._settings.buffer, prebuffer=self._settings.prebuffer,
+            sink=self._settings.sink, name="probe",
+        )  # fmt: skip
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Writer:
+        writer = self._writer
+        if writer is None or not writer.alive:
+            writer = self._writer = _Writer(self._settings, self._rate, loop)
+        await writer.opened
+        return writer
+
+    async def play(self, chunks: AsyncIterator[AudioChunk], playback: Playback) -> Played:
+        loop = asyncio.get_running_loop()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        stopping = asyncio.ensure_future(playback.stop.wait())
+        writer: _Writer | None = None
+        resampler: Resampler | None = None
+        announcer = Announcer(playback, loop)
+        limit = int(self._settings.max_buffer_seconds * self._rate)
+        try:
+            while (chunk := await next_chunk(chunks, stopping)) is not None:
+                if not chunk.samples.size:
+                    continue
+                if writer is None:
+                    try:
+                        writer = await self._open(loop)
+                    except AudioDeviceError:
+                        if self._fallback_factory is None:
+                            raise
+                        return await self._play_elsewhere(chunk, chunks, playback)
+                    start = playback.start.at if playback.start is not None else None
+                    writer.begin(start, announcer.placed)
+                if resampler is None or chunk.sample_rate != resampler.source_rate:
+                    if resampler is not None:
+                        writer.put(scaled(resampler.flush(), playback.gain))
+                    resampler = Resampler(chunk.sample_rate, self._rate)
+                writer.put(scaled(resampler(chunk.samples), playback.gain))
+                if chunk.segment >= 0:
+                    announcer.speech()
+                if writer.queued > limit:
+                    room = loop.create_future()
+                    writer.when_room(limit // 2, functools.partial(_settle, room, None))
+                    await _until(room, stopping, writer)
+            if writer is None:
+                return Played(0.0)
+            if resampler is not None:
+                writer.put(scaled(resampler.flush(), playback.gain))
+            heard = loop.create_future()
+            writer.end(functools.partial(_heard, heard))
+            return Played(await _until(heard, stopping, writer))
+        except Stopped:
+            if writer is None:
+                return Played(0.0, interrupted=True)
+            faded = loop.create_future()
+            writer.fade(int(self._settings.fade_ms / 1000 * self._rate), functools.partial(_heard, faded))
+            return Played(await _until(faded, None, writer), interrupted=True)
+        except BaseException:
+            if writer is not None:
+                writer.abandon()
+            raise
+        finally:
+            stopping.cancel()
+            self._idle_timer = loop.call_later(self._settings.idle_close, self._close_writer)
+
+    async def _play_elsewhere(self, first: AudioChunk, rest: AsyncIterator[AudioChunk], playback: Playback) -> Played:
+        """No sound server answers: play through PortAudio (bare ALSA) instead."""
+        assert self._fallback_factory is not None
+        if self._fallback is None:
+            LOG.info("no sound server answers; playing through PortAudio")
+            self._fallback = self._fallback_factory()
+
+        async def chunks() -> AsyncIterator[AudioChunk]:
+            yield first
+            async for chunk in rest:
+                yield chunk
+
+        return await self._fallback.play(chunks(), playback)
+
+    def _close_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._close_writer()
+        if self._fallback is not None:
+            await self._fallback.close()
+
+
+def _heard(future: asyncio.Future[float], seconds: float) -> None:
+    if future.done():
+        return
+    if seconds < 0:
+        future.set_exception(AudioDeviceError("the sound server stopped playing"))
+    else:
+        future.set_result(seconds)
+
+
+async def _until(future: asyncio.Future[Any], stopping: asyncio.Future[Any] | None, writer: _Writer) -> Any:
+    """The future's result; Stopped when a stop comes first; the writer's failure if it failed."""
+    waits = {future} if stopping is None else {future, stopping}
+    while not future.done():
+        if stopping is not None and stopping.done():
+            raise Stopped
+        if not writer.alive:
+            raise writer.failure or AudioDeviceError("the sound server stopped playing")
+        await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+    return future.result()
+
+
+def sound_player(settings: AudioSettings) -> PulsePlayer | SoundDevicePlayer:
+    """The player `audio.backend` asks for: the sound server when it can be used, else PortAudio."""
+    named_device = settings.device not in (None, "pulse", "default")
+    if settings.backend == "portaudio" or (settings.backend == "auto" and (named_device or not available())):
+        return SoundDevicePlayer(settings)
+    return PulsePlayer(settings, fallback=(lambda: SoundDevicePlayer(settings)) if settings.backend == "auto" else None)
