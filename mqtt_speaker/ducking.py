@@ -163,6 +163,7 @@ class Ducker:
         self._level = 0.0  # dB the others are down by now (worker thread)
         self._steady: float | None = None  # dB the others are held down by, no fade under way (under _cond)
         self._unlinked = False  # a stream is on no sink yet (worker thread)
+        self._event_seen = False  # a sink input came, went or changed since the last look (worker thread)
         self._pid = str(os.getpid())
 
     # ----------------------------------------------------------------------------- event loop side
@@ -267,7 +268,10 @@ class Ducker:
             if progress < 1.0:
                 time.sleep(STEP)
                 return fade, False
-        self._apply(self._level)
+        if self._steady != self._level or self._event_seen or self._unlinked:
+            # Held and nothing changed (no stream came or went): the server is not asked again.
+            self._event_seen = False
+            self._apply(self._level)
         with self._cond:
             self._resolve(self._wanted)
             self._steady = self._level if self._level == self._wanted.depth else None
@@ -290,7 +294,7 @@ class Ducker:
         try:
             self._pulse = _connect("mqtt-speaker-ducking")
             self._pulse.event_mask_set("sink_input")
-            self._pulse.event_callback_set(_stop_listening)
+            self._pulse.event_callback_set(self._on_event)
         except ConnectionError as exc:
             if first or self._available:  # said once: at start (plain ALSA: expected), or when it goes away
                 LOG.log(
@@ -322,6 +326,12 @@ class Ducker:
         if pulse is not None:
             with contextlib.suppress(Exception):
                 pulse.close()
+
+    def _on_event(self, _event: Any) -> None:
+        import pulsectl
+
+        self._event_seen = True
+        raise pulsectl.PulseLoopStop
 
     def _listen(self) -> None:
         """While held: wait for a sink input event (a new stream: lowered at once) or HELD_POLL."""
@@ -478,12 +488,6 @@ def _close(a: list[float], b: list[float], tolerance: float = TOLERANCE) -> bool
 
 def _name(props: dict[str, str]) -> str:
     return props.get("application.name") or props.get("media.name") or "a stream"
-
-
-def _stop_listening(_event: Any) -> None:
-    import pulsectl
-
-    raise pulsectl.PulseLoopStop
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

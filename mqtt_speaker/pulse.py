@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,49 @@ _PA_STREAM_PLAYBACK = 1
 _PA_SAMPLE_S16LE = 3
 _PA_DEFAULT = 0xFFFFFFFF  # (uint32_t) -1: the server chooses
 FLUSH_LEAD = 0.003  # seconds the flush takes to reach the server: the fade starts that much later
+QUOTA_MARGIN = 0.02  # seconds queued beyond the longest pause a CPU quota can impose
 PLACE_MARGIN = 0.05  # seconds: a synchronized start is placed in two steps, the second this far ahead
+
+
+def cpu_quota_pause(cgroup_root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> float:
+    """How long (seconds) a CPU quota on this process's cgroup, or a parent's, can pause it: the quota
+    period minus the quota, for the strictest one (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`); 0 without.
+    A systemd unit's CPUQuota=, or a container's CPU limit, sets one."""
+    pause = 0.0
+    files: tuple[str, ...]
+    try:
+        lines = own.read_text().splitlines()
+    except OSError:
+        return 0.0
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, files = cgroup_root, ("cpu.max",)
+        elif "cpu" in controllers.split(","):
+            base, files = cgroup_root / controllers, ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+            if not base.exists():
+                base = cgroup_root / "cpu"
+        else:
+            continue
+        group = base / path.lstrip("/")
+        while True:
+            pause = max(pause, _pause_of(group, files))
+            if group == base or base not in group.parents:
+                break
+            group = group.parent
+    return pause
+
+
+def _pause_of(group: Path, files: tuple[str, ...]) -> float:
+    try:
+        if len(files) == 1:
+            quota_text, period_text = (group / files[0]).read_text().split()
+        else:
+            quota_text, period_text = ((group / name).read_text().strip() for name in files)
+        quota, period = int(quota_text), int(period_text)
+    except (OSError, ValueError):  # no such file, or "max": no quota
+        return 0.0
+    return max(0, period - quota) / 1e6 if quota > 0 else 0.0
 
 
 class _SampleSpec(ctypes.Structure):
@@ -189,6 +232,14 @@ class _Writer:
         self._history: collections.deque[tuple[int, Pcm]] = collections.deque()  # (position, block) written
         self._position = 0  # frames written to the stream
         self.opened: asyncio.Future[None] = loop.create_future()
+        # Speech starts once this much is queued. Held to a CPU quota, the process can be paused for
+        # most of the quota's period (97 ms of every 100 at 3 %), the writer with it: what is queued
+        # must outlast that, or the first words break up.
+        pause = cpu_quota_pause()
+        self._prebuffer = min(max(settings.prebuffer, pause + QUOTA_MARGIN if pause else 0.0), settings.buffer / 2)
+        if pause:
+            LOG.info("a CPU quota can pause us for %.0f ms: speech starts once %.0f ms are queued", pause * 1000,
+                     self._prebuffer * 1000)  # fmt: skip
         self._thread = threading.Thread(target=self._run, name="mqtt-speaker-writer", daemon=True)
         self._thread.start()
 
@@ -226,7 +277,7 @@ class _Writer:
         with self._cond:
             utterance = self._utterance
             if utterance is None:
-                done(0.0)
+                done(0.0 if self.failure is None else -1.0)
                 return
             change(utterance)
             utterance.done = done
@@ -257,7 +308,7 @@ class _Writer:
             stream = PulseStream(
                 rate=self._rate,
                 buffer=settings.buffer,
-                prebuffer=settings.prebuffer,
+                prebuffer=self._prebuffer,
                 sink=settings.sink,
                 name=settings.role,
             )
@@ -269,9 +320,12 @@ class _Writer:
         try:
             while self._step(stream):
                 pass
-        except AudioDeviceError as exc:
-            LOG.warning("%s", exc)
-            self.failure = exc
+        except Exception as exc:
+            if isinstance(exc, AudioDeviceError):
+                LOG.warning("%s", exc)
+            else:
+                LOG.exception("the writer failed")
+            self.failure = exc if isinstance(exc, AudioDeviceError) else AudioDeviceError(f"the writer failed: {exc!r}")
             with self._cond:
                 utterance, self._utterance = self._utterance, None
             if utterance is not None and utterance.done is not None:
@@ -374,7 +428,7 @@ class _Writer:
             self._done(utterance, 0)
             return
         if self._position == utterance.speech_at + utterance.written:
-            self._silence(stream, self._settings.prebuffer * 2)
+            self._silence(stream, self._prebuffer)
             delay = stream.delay()
         tail = (self._position - utterance.speech_at - utterance.written) / self._rate
         left = delay - tail
@@ -447,6 +501,7 @@ class PulsePlayer:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._fallback_factory = fallback
         self._fallback: SoundDevicePlayer | None = None
+        self._announcing: asyncio.TimerHandle | None = None  # a synchronized start's "started", at its instant
 
     @property
     def sample_rate(self) -> int:
@@ -501,12 +556,14 @@ class PulsePlayer:
                             raise
                         return await self._play_elsewhere(chunk, chunks, playback)
                     start = playback.start.at if playback.start is not None else None
-                    writer.begin(start, announcer.placed)
+                    writer.begin(start, functools.partial(self._placed, loop, start, announcer))
                 if resampler is None or chunk.sample_rate != resampler.source_rate:
                     if resampler is not None:
                         writer.put(scaled(resampler.flush(), playback.gain))
                     resampler = Resampler(chunk.sample_rate, self._rate)
                 writer.put(scaled(resampler(chunk.samples), playback.gain))
+                if writer.failure is not None:
+                    raise writer.failure
                 if chunk.segment >= 0:
                     announcer.speech()
                 if writer.queued > limit:
@@ -532,7 +589,16 @@ class PulsePlayer:
             raise
         finally:
             stopping.cancel()
+            if self._announcing is not None:
+                self._announcing.cancel()
+                self._announcing = None
             self._idle_timer = loop.call_later(self._settings.idle_close, self._close_writer)
+
+    def _placed(self, loop: asyncio.AbstractEventLoop, start: float | None, announcer: Announcer, late: float) -> None:
+        """A synchronized start was placed (on the loop): its first sample is heard at the instant, so that
+        is when it starts; a stop before then cancels the announcement."""
+        assert start is not None
+        self._announcing = loop.call_later(max(0.0, start - time.time()), announcer.placed, late)
 
     async def _play_elsewhere(self, first: AudioChunk, rest: AsyncIterator[AudioChunk], playback: Playback) -> Played:
         """No sound server answers: play through PortAudio (bare ALSA) instead."""
