@@ -119,6 +119,28 @@ class Resampler:
         return out
 
 
+class Feed:
+    """An utterance's chunks as samples at the device's rate and the playback's gain: one resampler per
+    source rate (the chime's may differ from the voice's), flushed when the rate changes and at the end."""
+
+    def __init__(self, rate: int, gain: float) -> None:
+        self._rate = rate
+        self._gain = gain
+        self._resampler: Resampler | None = None
+
+    def __call__(self, chunk: AudioChunk) -> list[Pcm]:
+        out: list[Pcm] = []
+        if self._resampler is None or chunk.sample_rate != self._resampler.source_rate:
+            if self._resampler is not None:
+                out.append(scaled(self._resampler.flush(), self._gain))
+            self._resampler = Resampler(chunk.sample_rate, self._rate)
+        out.append(scaled(self._resampler(chunk.samples), self._gain))
+        return out
+
+    def end(self) -> Pcm:
+        return _EMPTY if self._resampler is None else scaled(self._resampler.flush(), self._gain)
+
+
 def to_float(samples: Pcm) -> Samples:
     return (samples.astype(np.float32) / 32768.0).astype(np.float32)
 
@@ -382,7 +404,7 @@ class SoundDevicePlayer:
         stopping = asyncio.ensure_future(playback.stop.wait())
         stream: Any = None
         drained = loop.create_future()
-        resampler: Resampler | None = None
+        feed = Feed(self._rate, playback.gain)
         announcer = Announcer(playback, loop)
         limit = int(self._settings.max_buffer_seconds * self._rate)
         try:
@@ -395,19 +417,15 @@ class SoundDevicePlayer:
                     fifo.begin(lambda: _resolve_threadsafe(loop, drained))
                     if playback.start is not None:
                         fifo.hold_until(playback.start.at, self._rate, announcer.placed_threadsafe)
-                if resampler is None or chunk.sample_rate != resampler.source_rate:
-                    if resampler is not None:
-                        fifo.write(to_float(scaled(resampler.flush(), playback.gain)))
-                    resampler = Resampler(chunk.sample_rate, self._rate)
-                fifo.write(to_float(scaled(resampler(chunk.samples), playback.gain)))
+                for samples in feed(chunk):
+                    fifo.write(to_float(samples))
                 if chunk.segment >= 0:
                     announcer.speech()
                 if fifo.buffered > limit:
                     await self._wait_for_room(loop, limit // 2, stream, stopping)
             if stream is None:
                 return Played(0.0)
-            if resampler is not None:
-                fifo.write(to_float(scaled(resampler.flush(), playback.gain)))
+            fifo.write(to_float(feed.end()))
             fifo.end()
             await self._wait_playing(drained, stream, fifo.buffered / self._rate, stopping)
             # The last samples have left our buffer; let them pass PortAudio's own latency too.

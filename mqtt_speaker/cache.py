@@ -117,10 +117,18 @@ class AudioCache:
 
 
 def _encode(chunks: list[AudioChunk]) -> bytes:
+    """One part per run of chunks of the same segment and rate: a hit replays as a few large chunks,
+    not as the engine's many small ones (each costs the event loop a turn)."""
     data = b"".join(c.samples.astype("<i2").tobytes() for c in chunks)
+    parts: list[list[int]] = []
+    for c in chunks:
+        if parts and parts[-1][0] == c.segment and parts[-1][2] == c.sample_rate:
+            parts[-1][1] += c.samples.size
+        else:
+            parts.append([c.segment, c.samples.size, c.sample_rate])
     header = {
         "rate": chunks[0].sample_rate,
-        "parts": [[c.segment, c.samples.size, c.sample_rate] for c in chunks],
+        "parts": parts,
         "sha256": hashlib.sha256(data).hexdigest(),
         "created": time.time(),
     }

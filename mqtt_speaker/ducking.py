@@ -41,7 +41,7 @@ FADE_DOWN = 0.25  # seconds: before the first sample (the chime's or the voice's
 FADE_UP = 0.8  # seconds: slower on the way back, as radio does
 LINGER = 1.0  # seconds the music stays down after the last word, for the next request in the queue
 STEP = 0.01  # seconds between two volume steps of a fade (the server applies them per mixing block)
-HELD_POLL = 0.1  # seconds: how often a held duck looks at what the loop wants (server events wake it at once)
+HELD_POLL = 0.25  # seconds: how often a held duck looks at what the loop wants (server events wake it at once)
 TOLERANCE = 0.002  # of full volume: a stream further than this from what we set was changed by someone else
 
 

@@ -35,13 +35,12 @@ from mqtt_speaker.audio import (
     DEFAULT_RATE,
     Announcer,
     AudioDeviceError,
+    Feed,
     Playback,
     Played,
-    Resampler,
     SoundDevicePlayer,
     Stopped,
     next_chunk,
-    scaled,
 )
 from mqtt_speaker.engines.base import AudioChunk, Pcm
 from mqtt_speaker.settings import AudioSettings
@@ -541,7 +540,7 @@ class PulsePlayer:
             self._idle_timer.cancel()
         stopping = asyncio.ensure_future(playback.stop.wait())
         writer: _Writer | None = None
-        resampler: Resampler | None = None
+        feed = Feed(self._rate, playback.gain)
         announcer = Announcer(playback, loop)
         limit = int(self._settings.max_buffer_seconds * self._rate)
         try:
@@ -557,11 +556,8 @@ class PulsePlayer:
                         return await self._play_elsewhere(chunk, chunks, playback)
                     start = playback.start.at if playback.start is not None else None
                     writer.begin(start, functools.partial(self._placed, loop, start, announcer))
-                if resampler is None or chunk.sample_rate != resampler.source_rate:
-                    if resampler is not None:
-                        writer.put(scaled(resampler.flush(), playback.gain))
-                    resampler = Resampler(chunk.sample_rate, self._rate)
-                writer.put(scaled(resampler(chunk.samples), playback.gain))
+                for samples in feed(chunk):
+                    writer.put(samples)
                 if writer.failure is not None:
                     raise writer.failure
                 if chunk.segment >= 0:
@@ -572,8 +568,7 @@ class PulsePlayer:
                     await _until(room, stopping, writer)
             if writer is None:
                 return Played(0.0)
-            if resampler is not None:
-                writer.put(scaled(resampler.flush(), playback.gain))
+            writer.put(feed.end())
             heard = loop.create_future()
             writer.end(functools.partial(_heard, heard))
             return Played(await _until(heard, stopping, writer))

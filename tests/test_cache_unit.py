@@ -27,3 +27,15 @@ def test_a_hit_is_returned_even_when_its_time_cannot_be_updated(
     hit = cache.get("k")
     assert hit is not None
     assert np.array_equal(np.concatenate([c.samples for c in hit]), samples)
+
+
+def test_a_hit_replays_one_chunk_per_segment_and_rate_with_every_sample(tmp_path: Path) -> None:
+    # The engine's 20 ms chunks would each cost the event loop a turn when replayed.
+    cache = AudioCache(CacheSettings(dir=tmp_path))
+    chime = [AudioChunk(np.full(441, 7, dtype=np.int16), 44100, -1)]
+    voice = [AudioChunk(np.arange(n * 100, n * 100 + 100, dtype=np.int16), 24000, n // 3) for n in range(6)]
+    cache.put("k", chime + voice)
+    hit = cache.get("k")
+    assert hit is not None
+    assert [(c.segment, c.sample_rate, c.samples.size) for c in hit] == [(-1, 44100, 441), (0, 24000, 300), (1, 24000, 300)]
+    assert np.array_equal(np.concatenate([c.samples for c in hit[1:]]), np.arange(600, dtype=np.int16))
