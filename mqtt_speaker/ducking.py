@@ -41,7 +41,7 @@ FADE_DOWN = 0.25  # seconds: before the first sample (the chime's or the voice's
 FADE_UP = 0.8  # seconds: slower on the way back, as radio does
 LINGER = 1.0  # seconds the music stays down after the last word, for the next request in the queue
 STEP = 0.01  # seconds between two volume steps of a fade (the server applies them per mixing block)
-HELD_POLL = 0.25  # seconds: how often a held duck looks at what the loop wants (server events wake it at once)
+HELD_POLL = 0.1  # seconds: how often a held duck looks at what the loop wants (server events wake it at once)
 TOLERANCE = 0.002  # of full volume: a stream further than this from what we set was changed by someone else
 
 
@@ -163,7 +163,6 @@ class Ducker:
         self._level = 0.0  # dB the others are down by now (worker thread)
         self._steady: float | None = None  # dB the others are held down by, no fade under way (under _cond)
         self._unlinked = False  # a stream is on no sink yet (worker thread)
-        self._event_seen = False  # a sink input came, went or changed since the last look (worker thread)
         self._pid = str(os.getpid())
 
     # ----------------------------------------------------------------------------- event loop side
@@ -268,10 +267,7 @@ class Ducker:
             if progress < 1.0:
                 time.sleep(STEP)
                 return fade, False
-        if self._steady != self._level or self._event_seen or self._unlinked:
-            # Held and nothing changed (no stream came or went): the server is not asked again.
-            self._event_seen = False
-            self._apply(self._level)
+        self._apply(self._level)
         with self._cond:
             self._resolve(self._wanted)
             self._steady = self._level if self._level == self._wanted.depth else None
@@ -294,7 +290,7 @@ class Ducker:
         try:
             self._pulse = _connect("mqtt-speaker-ducking")
             self._pulse.event_mask_set("sink_input")
-            self._pulse.event_callback_set(self._on_event)
+            self._pulse.event_callback_set(_stop_listening)
         except ConnectionError as exc:
             if first or self._available:  # said once: at start (plain ALSA: expected), or when it goes away
                 LOG.log(
@@ -326,12 +322,6 @@ class Ducker:
         if pulse is not None:
             with contextlib.suppress(Exception):
                 pulse.close()
-
-    def _on_event(self, _event: Any) -> None:
-        import pulsectl
-
-        self._event_seen = True
-        raise pulsectl.PulseLoopStop
 
     def _listen(self) -> None:
         """While held: wait for a sink input event (a new stream: lowered at once) or HELD_POLL."""
@@ -488,6 +478,12 @@ def _close(a: list[float], b: list[float], tolerance: float = TOLERANCE) -> bool
 
 def _name(props: dict[str, str]) -> str:
     return props.get("application.name") or props.get("media.name") or "a stream"
+
+
+def _stop_listening(_event: Any) -> None:
+    import pulsectl
+
+    raise pulsectl.PulseLoopStop
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
