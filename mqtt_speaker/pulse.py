@@ -231,14 +231,7 @@ class _Writer:
         self._history: collections.deque[tuple[int, Pcm]] = collections.deque()  # (position, block) written
         self._position = 0  # frames written to the stream
         self.opened: asyncio.Future[None] = loop.create_future()
-        # Speech starts once this much is queued. Held to a CPU quota, the process can be paused for
-        # most of the quota's period (97 ms of every 100 at 3 %), the writer with it: what is queued
-        # must outlast that, or the first words break up.
-        pause = cpu_quota_pause()
-        self._prebuffer = min(max(settings.prebuffer, pause + QUOTA_MARGIN if pause else 0.0), settings.buffer / 2)
-        if pause:
-            LOG.info("a CPU quota can pause us for %.0f ms: speech starts once %.0f ms are queued", pause * 1000,
-                     self._prebuffer * 1000)  # fmt: skip
+        self._prebuffer = settings.prebuffer  # set again by the writer thread before it opens the stream
         self._thread = threading.Thread(target=self._run, name="mqtt-speaker-writer", daemon=True)
         self._thread.start()
 
@@ -303,6 +296,14 @@ class _Writer:
 
     def _run(self) -> None:
         settings = self._settings
+        # Speech starts once this much is queued. Held to a CPU quota, the process can be paused for
+        # most of the quota's period (97 ms of every 100 at 3 %), the writer with it: what is queued
+        # must outlast that, or the first words break up. (Read here: files, not on the event loop.)
+        pause = cpu_quota_pause()
+        self._prebuffer = min(max(settings.prebuffer, pause + QUOTA_MARGIN if pause else 0.0), settings.buffer / 2)
+        if pause:
+            LOG.info("a CPU quota can pause us for %.0f ms: speech starts once %.0f ms are queued", pause * 1000,
+                     self._prebuffer * 1000)  # fmt: skip
         try:
             stream = PulseStream(
                 rate=self._rate,
@@ -445,7 +446,6 @@ class _Writer:
         """Stop: flush the server's buffer and queue, in its place, `fade` frames of what was about to be
         heard, ramped down to silence; report the seconds heard."""
         frames = utterance.fade or 0
-        LOG.debug("fade: delay %.3f", delay)
         heard = self._position - int(delay * self._rate)
         start = heard + int(FLUSH_LEAD * self._rate)
         speech_at = utterance.speech_at if utterance.speech_at is not None else self._position
