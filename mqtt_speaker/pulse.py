@@ -385,14 +385,13 @@ class _Writer:
             self._on_room = None
         return blocks
 
-    def _write(self, stream: PulseStream, utterance: _Utterance | None, blocks: list[Pcm]) -> None:
+    def _write(self, stream: PulseStream, utterance: _Utterance, blocks: list[Pcm]) -> None:
         """Write (outside the lock: the utterance's counters are only touched by this thread)."""
         samples = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-        if utterance is not None and utterance.speech_at is None:
+        if utterance.speech_at is None:
             utterance.speech_at = self._position
         self._send(stream, samples)
-        if utterance is not None:
-            utterance.written += samples.size
+        utterance.written += samples.size
 
     def _send(self, stream: PulseStream, samples: Pcm) -> None:
         stream.write(samples)
