@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 from tests.sound import RATE, SINK, PulseAudio, terminate, wait_until
@@ -37,13 +38,17 @@ class PipeWire(PulseAudio):
             raise RuntimeError(f"PipeWire is not installed (needs {', '.join(PROGRAMS)})")
         env = {**os.environ, **self._own_env}
         bus = ["dbus-daemon", "--session", f"--address={self._own_env['DBUS_SESSION_BUS_ADDRESS']}", "--nofork"]
+        # One after the other, each once the one before answers: a WirePlumber started before PipeWire's
+        # socket exists says "Failed to connect to PipeWire" and exits, and then nothing links any stream.
+        steps: list[tuple[list[str], Callable[[], bool], str]] = [
+            ([*bus, "--nopidfile"], (self.dir / "bus").exists, "the session bus"),
+            (["pipewire"], (self.dir / "pipewire-0").exists, "PipeWire's socket"),
+            (["pipewire-pulse"], lambda: self.pactl("info").returncode == 0, "pipewire-pulse to answer"),
+            (["wireplumber"], lambda: "WirePlumber" in self.pactl("list", "clients").stdout, "WirePlumber"),
+        ]
         try:
-            for command in ([*bus, "--nopidfile"], ["pipewire"], ["wireplumber"], ["pipewire-pulse"]):
-                log = (self.dir / f"{command[0]}.log").open("wb")
-                self._procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
-                if command[0] == "dbus-daemon":
-                    wait_until((self.dir / "bus").exists, 10, "the session bus")
-            wait_until(lambda: self.pactl("info").returncode == 0, 20, "pipewire-pulse to answer")
+            for command, ready, what in steps:
+                self._launch(command, env, ready, what)
             # never suspended when idle (WirePlumber's default is after 5 s): its monitor must always stream
             sink = f"sink_name={SINK} rate={RATE} channels=1 format=s16le"
             sink += " sink_properties=session.suspend-timeout-seconds=0"
@@ -56,6 +61,21 @@ class PipeWire(PulseAudio):
             self.stop()
             raise
         return self
+
+    def _launch(self, command: list[str], env: dict[str, str], ready: Callable[[], bool], what: str) -> None:
+        """Start `command` and wait until `ready`; fail at once, with its log, if it exits meanwhile."""
+        path = self.dir / f"{command[0]}.log"
+        with path.open("wb") as log:
+            proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        self._procs.append(proc)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                tail = path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{command[0]} exited with {proc.returncode}: {tail}")
+            return ready()
+
+        wait_until(up, 20, what)
 
     def stop(self) -> None:
         for proc in reversed(self._procs):
