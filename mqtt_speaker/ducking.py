@@ -162,7 +162,11 @@ class Ducker:
         self._gone: list[_Stream] = []  # lowered streams that ended while we hold (see _inherited)
         self._level = 0.0  # dB the others are down by now (worker thread)
         self._steady: float | None = None  # dB the others are held down by, no fade under way (under _cond)
-        self._unlinked = False  # a stream is on no sink yet (worker thread)
+        # Look again after this many seconds even without a server event (worker thread): PipeWire sends
+        # none when it links a new stream to a sink, nor, it seems, when it then sets its volume.
+        self._recheck: float | None = None
+        self._event_seen = True  # a sink input came, went or changed since the last look (worker thread)
+        self._left_alone: set[int] = set()  # streams whose volume someone else changed while held (worker)
         self._pid = str(os.getpid())
 
     # ----------------------------------------------------------------------------- event loop side
@@ -267,7 +271,10 @@ class Ducker:
             if progress < 1.0:
                 time.sleep(STEP)
                 return fade, False
-        self._apply(self._level)
+        if self._steady != self._level or self._event_seen or self._recheck is not None:
+            # Held and the server reported no change (no stream came, went or changed): not asked again.
+            self._event_seen = False
+            self._apply(self._level)
         with self._cond:
             self._resolve(self._wanted)
             self._steady = self._level if self._level == self._wanted.depth else None
@@ -290,7 +297,7 @@ class Ducker:
         try:
             self._pulse = _connect("mqtt-speaker-ducking")
             self._pulse.event_mask_set("sink_input")
-            self._pulse.event_callback_set(_stop_listening)
+            self._pulse.event_callback_set(self._on_event)
         except ConnectionError as exc:
             if first or self._available:  # said once: at start (plain ALSA: expected), or when it goes away
                 LOG.log(
@@ -317,15 +324,23 @@ class Ducker:
         with self._cond:
             self._steady = None
         pulse, self._pulse = self._pulse, None
+        self._event_seen = True
         self._streams.clear()
         self._level = 0.0
         if pulse is not None:
             with contextlib.suppress(Exception):
                 pulse.close()
 
+    def _on_event(self, _event: Any) -> None:
+        import pulsectl
+
+        self._event_seen = True
+        raise pulsectl.PulseLoopStop
+
     def _listen(self) -> None:
-        """While held: wait for a sink input event (a new stream: lowered at once) or HELD_POLL."""
-        self._pulse.event_listen(timeout=STEP if self._unlinked else HELD_POLL)
+        """While held: wait for a sink input event (a new stream: lowered at once), HELD_POLL at most (to see
+        what the loop wants), or less while a stream is being set up (see `_recheck`)."""
+        self._pulse.event_listen(timeout=self._recheck or HELD_POLL)
 
     def _our_sink(self, inputs: Iterable[Any], sinks: list[Any]) -> int | None:
         """The sink we play to: our own stream's, else $PULSE_SINK, else the server's default sink. (A stream
@@ -346,24 +361,26 @@ class Ducker:
         sinks = self._pulse.sink_list()
         sink = self._our_sink(inputs, sinks)
         linked = {int(s.index) for s in sinks}
-        # A stream on no sink yet is being linked (PipeWire): look again soon, not at the next poll.
-        self._unlinked = any(int(s.sink) not in linked for s in inputs)
+        # A stream on no sink yet is being linked (PipeWire): look again soon.
+        self._recheck = STEP if any(int(s.sink) not in linked for s in inputs) else None
         present = {int(s.index) for s in inputs}
         changed = False
         for gone in [i for i in self._streams if i not in present]:
             self._gone = [*self._gone[-15:], self._streams.pop(gone)]
             changed = True
         updates: list[tuple[_Stream, list[float]]] = []
+        self._left_alone &= present
         for info in inputs:
             index = int(info.index)
             props = info.proplist
-            if props.get("application.process.id") == self._pid:
+            if props.get("application.process.id") == self._pid or index in self._left_alone:
                 continue
             now = list(info.volume.values)
             stream = self._streams.get(index)
             if stream is not None and stream.set_to is not None and not _close(now, stream.set_to):
                 LOG.info("ducking: %s's volume was changed meanwhile; left as it is now", _name(props))
                 del self._streams[index]
+                self._left_alone.add(index)
                 changed = True
                 continue
             if int(info.sink) != sink:  # moved to another sink: it is no longer ours to lower
@@ -375,6 +392,9 @@ class Ducker:
             if stream is None:
                 if self._level == 0:
                     continue
+                if not any(now):  # nothing to lower; and on PipeWire a new stream shows at 0 for a moment
+                    self._recheck = self._recheck or HELD_POLL  # before its own volume is set (taken as its
+                    continue  # volume, it would come back at 0): looked at again until it has one
                 app, role = props.get("application.name"), props.get("media.role")
                 original = self._inherited(app, role, now) or now
                 stream = _Stream(index, props.get("application.process.id"), app, role, original)
@@ -391,6 +411,7 @@ class Ducker:
                 changed = True
         if self._level == 0:
             self._gone.clear()
+            self._left_alone.clear()
         if changed:
             self._save()  # before lowering: a SIGKILL right after must still find what to restore
         for stream, want in updates:
@@ -478,12 +499,6 @@ def _close(a: list[float], b: list[float], tolerance: float = TOLERANCE) -> bool
 
 def _name(props: dict[str, str]) -> str:
     return props.get("application.name") or props.get("media.name") or "a stream"
-
-
-def _stop_listening(_event: Any) -> None:
-    import pulsectl
-
-    raise pulsectl.PulseLoopStop
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

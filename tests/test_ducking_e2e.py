@@ -33,6 +33,7 @@ WINDOW = 441  # 10 ms
 DEPTH = 12.0
 SENTENCE = "This announcement is long enough to hear the music stay down under it for a while."
 FULL_DB = 20 * np.log10(MUSIC_AMPLITUDE)
+NO_SINK = "4294967295"  # pactl's sink index of a stream on no sink (PA_INVALID_INDEX)
 
 
 class Music:
@@ -55,8 +56,13 @@ class Music:
             ["paplay", "--property=media.role=music", "--property=application.name=test-music", str(self.path)],
             env={**os.environ, **self._pulse.env},
         )
-        wait_until(lambda: self.sink_input() is not None, 10, "the music's stream to appear")
+        # On PipeWire a new stream shows on no sink and at 0 % until WirePlumber has linked it.
+        wait_until(self._playing, 10, "the music's stream to play")
         return self
+
+    def _playing(self) -> bool:
+        stream = self.sink_input()
+        return stream is not None and stream["sink"] != NO_SINK and not stream["volume"].startswith("mono: 0 ")
 
     def sink_input(self) -> dict[str, str] | None:
         """The music's sink input: its properties, plus 'index' and 'volume' (pactl's text)."""
@@ -74,12 +80,14 @@ class Music:
 
 
 def sink_inputs(pulse: PulseAudio) -> list[dict[str, str]]:
-    """`pactl list sink-inputs`, parsed: each input's properties, its index and its volume line."""
+    """`pactl list sink-inputs`, parsed: each input's properties, its index, sink and volume line."""
     result: list[dict[str, str]] = []
     for line in pulse.pactl("list", "sink-inputs").stdout.splitlines():
         stripped = line.strip()
         if stripped.startswith("Sink Input #"):
             result.append({"index": stripped.removeprefix("Sink Input #")})
+        elif result and stripped.startswith("Sink:"):
+            result[-1]["sink"] = stripped.removeprefix("Sink:").strip()
         elif result and stripped.startswith("Volume:"):
             result[-1]["volume"] = stripped.removeprefix("Volume:").strip()
         elif result and " = " in stripped:
