@@ -15,10 +15,12 @@ import logging
 import string
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 from cartesia import AsyncCartesia
 from cartesia.resources.tts import AsyncTTSResourceConnection
 from cartesia.types import GenerationConfigParam
@@ -356,7 +358,7 @@ class CartesiaEngine:
                 if isinstance(item, BaseException):
                     raise item
                 record = item
-                while (audio := await record.out.get()) is not None:
+                while (audio := await record.out.take()) is not None:
                     if isinstance(audio, BaseException):
                         raise audio
                     self._last_used = time.monotonic()
@@ -435,7 +437,7 @@ class CartesiaEngine:
                     record.heard = True
                     record.received += samples.size
                     record.last_audio = time.monotonic()
-                    record.out.put_nowait(samples)
+                    record.out.put(samples)
                 elif kind == "timestamps" and event.word_timestamps is not None:
                     record.words += zip(event.word_timestamps.words, event.word_timestamps.end, strict=False)
                 elif kind == "flush_done":
@@ -444,7 +446,7 @@ class CartesiaEngine:
                 elif kind == "done":
                     self._proven = True
                     record.done = True
-                    record.out.put_nowait(None)
+                    record.out.put(None)
                     await _release(events)
                     return
                 elif kind == "error":
@@ -452,9 +454,9 @@ class CartesiaEngine:
                     await _release(events)
                     raise _error_frame(event)
         except WebSocketException as exc:
-            record.out.put_nowait(record.lost(record.heard, f"closed the socket ({exc})", rate))
+            record.out.put(record.lost(record.heard, f"closed the socket ({exc})", rate))
         except (_Lost, SynthesisError) as exc:
-            record.out.put_nowait(exc)
+            record.out.put(exc)
         finally:
             if step is not None and not step.done():  # we were cancelled (the request was interrupted)
                 step.cancel()
@@ -478,6 +480,34 @@ async def _next(
     raise _Lost(segment, False, "closed the socket", offset)
 
 
+class _Inbox:
+    """What a context's reader hands to the player: PCM, then None at its `done` or the exception that
+    ended it (bounded by the stream's length cap). The player takes all the PCM that has come meanwhile
+    as one chunk: Cartesia sends faster than real time in small messages, and each chunk costs the
+    player's path the same however long it is."""
+
+    def __init__(self) -> None:
+        self._items: deque[Pcm | BaseException | None] = deque()
+        self._arrived = asyncio.Event()
+
+    def put(self, item: Pcm | BaseException | None) -> None:
+        self._items.append(item)
+        self._arrived.set()
+
+    async def take(self) -> Pcm | BaseException | None:
+        while not self._items:
+            self._arrived.clear()
+            await self._arrived.wait()
+        first = self._items.popleft()
+        if not isinstance(first, np.ndarray):
+            return first
+        parts = [first]
+        while self._items and isinstance(following := self._items[0], np.ndarray):
+            parts.append(following)
+            self._items.popleft()
+        return first if len(parts) == 1 else np.concatenate(parts)
+
+
 class _Context:
     """One Cartesia context: the run it speaks (from `offset` of run `segment`), what was pushed, and
     how far the service has got (a flush after each push tells when everything pushed was spoken)."""
@@ -496,7 +526,7 @@ class _Context:
         self.words: list[tuple[str, float]] = []  # (word, end in seconds), from the timestamps events
         self.last_audio = time.monotonic()
         self.asking = asyncio.Event()  # set when its first input is sent
-        self.out: asyncio.Queue[Pcm | BaseException | None] = asyncio.Queue()  # bounded by the stream's length cap
+        self.out = _Inbox()
         self.pump: asyncio.Task[None]
 
     @property
