@@ -53,6 +53,7 @@ _PA_DEFAULT = 0xFFFFFFFF  # (uint32_t) -1: the server chooses
 FLUSH_LEAD = 0.003  # seconds the flush takes to reach the server: the fade starts that much later
 QUOTA_MARGIN = 0.02  # seconds queued beyond the longest pause a CPU quota can impose
 PLACE_MARGIN = 0.05  # seconds: a synchronized start is placed in two steps, the second this far ahead
+TOP_UP = 0.5  # the server's buffer is filled up again once it holds less than this share of audio.buffer
 
 
 def cpu_quota_pause(cgroup_root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> float:
@@ -341,10 +342,10 @@ class _Writer:
             if self._closing:
                 return False
             utterance = self._utterance
-            if utterance is None or (utterance.fade is None and not self._ready(utterance, delay < target * 0.75)):
+            if utterance is None or (utterance.fade is None and not self._ready(utterance, delay < target * TOP_UP)):
                 # Nothing to do until audio comes (or the server has room again) or a request.
                 self._waiting_for_audio = not self._queue
-                self._cond.wait(None if not self._queue else max(0.005, delay - target * 0.75))
+                self._cond.wait(None if not self._queue else max(0.005, delay - target * TOP_UP))
                 self._waiting_for_audio = False
                 return True
             blocks: list[Pcm] = []
