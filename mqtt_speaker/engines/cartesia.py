@@ -1,29 +1,34 @@
 """Cartesia over one warm WebSocket, through the official SDK (AsyncCartesia).
 
-The SDK never reconnects a TTS socket and its async receive() hangs when the socket closes, so this
-engine owns the socket's life: it watches it close, reopens it before it goes stale, times out every
-wait, and treats a context that ends without `done` as a failure. One context per run of equal voice
-settings (Cartesia's advice for emotion changes), fed sentence by sentence with continuations as the
-text arrives; the next run's context opens while the current one plays, so the joins are gapless.
+The SDK opens the socket and sends on it; the engine reads it itself (`recv_bytes`): one reader per
+socket hands each message to its context by id. (The SDK's own reader parses every message into a
+model, a good part of the CPU of speaking, and its per-context receive() hangs when the socket closes.)
+The engine owns the socket's life: it sees it close (its reader ends), reopens it
+before it goes stale, gives every context a deadline, and treats a context whose socket closed before
+`done` as lost. One context per run of equal voice settings (Cartesia's advice for emotion changes), fed
+sentence by sentence with continuations as the text arrives; the next run's context opens while the
+current one plays, so the joins are gapless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
 import string
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from cartesia import AsyncCartesia
 from cartesia.resources.tts import AsyncTTSResourceConnection
-from cartesia.types import GenerationConfigParam
+from cartesia.types import GenerationConfigParam, GenerationRequestParam
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from mqtt_speaker.engines.base import AudioChunk, Pcm, PcmAssembler, SynthesisError, Voicing
@@ -41,14 +46,6 @@ STABLE_AFTER = 10.0  # a socket the service closes sooner, before any `done`, co
 def output_rate(device_rate: int) -> int:
     """The rate to ask Cartesia for: the device's own when Cartesia offers it, so nothing is resampled."""
     return device_rate if device_rate in SAMPLE_RATES else 48000
-
-
-def _closed_waiter(ws: AsyncTTSResourceConnection) -> asyncio.Task[None]:
-    """A task that ends when the socket closes.
-
-    The SDK has no public hook for this; `_connection` is its websockets ClientConnection.
-    """
-    return asyncio.ensure_future(ws._connection.wait_closed())
 
 
 def _handshake_error(exc: BaseException) -> SynthesisError:
@@ -96,13 +93,6 @@ def spoken_prefix(text: str, words: Sequence[str]) -> int:
     return position
 
 
-async def _release(events: AsyncIterator[Any]) -> None:
-    """Let the SDK's receive() run on past its last event: only then does it drop the context's queue
-    (closed where it stands, it keeps one per context for the life of the socket)."""
-    with contextlib.suppress(StopAsyncIteration):
-        await anext(events)
-
-
 class _Lost(Exception):
     """The socket closed, went silent, or a context ended without `done`; `spoken_chars` of the
     segment's text had been delivered whole by then."""
@@ -133,7 +123,8 @@ class CartesiaEngine:
         key = settings.api_key.get_secret_value() if settings.api_key else None
         self._client = AsyncCartesia(api_key=key, websocket_base_url=settings.url)
         self._ws: AsyncTTSResourceConnection | None = None
-        self._closed: asyncio.Task[None] | None = None
+        self._closed: asyncio.Task[None] | None = None  # the socket's reader: done once it closed
+        self._contexts: dict[str, _Context] = {}  # open on the socket, by id (prefetch_segments per request)
         self._last_used = 0.0
         self._opened_at = 0.0
         self._proven = False  # a context has finished on the current socket
@@ -164,7 +155,8 @@ class CartesiaEngine:
             LOG.info("Cartesia socket open again after %d failed attempts", self._failures)
         self._last_error = None
         self._ws = ws
-        self._closed = _closed_waiter(ws)
+        self._contexts = {}  # a new dict: the old socket's reader still ends the contexts on the old one
+        self._closed = asyncio.create_task(self._read(ws, self._contexts), name="cartesia-reader")
         self._last_used = self._opened_at = time.monotonic()
         self._proven = False
         LOG.debug("Cartesia socket open")
@@ -287,7 +279,7 @@ class CartesiaEngine:
                 LOG.info("Cartesia %s before segment %d spoke; retrying on a fresh socket", lost.reason, lost.segment)
 
     def _context(
-        self, ws: AsyncTTSResourceConnection, closed: asyncio.Task[None], piece: Piece, voicing: Voicing, rate: int
+        self, ws: AsyncTTSResourceConnection, contexts: dict[str, _Context], piece: Piece, voicing: Voicing, rate: int
     ) -> _Context:
         segment = piece.voice
         config: GenerationConfigParam = {"emotion": segment.emotion or voicing.emotion}
@@ -295,18 +287,21 @@ class CartesiaEngine:
             config["speed"] = segment.speed
         if segment.volume is not None:
             config["volume"] = segment.volume
-        ctx = ws.context(
-            f"mqtt-speaker-{uuid.uuid4().hex}",
-            model_id=self._settings.model,
-            voice=voicing.voice,
-            output_format={"container": "raw", "encoding": "pcm_s16le", "sample_rate": rate},
-            language=voicing.language,
-            generation_config=config,  # on the context: every input of it, the closing one too, carries it
-            max_buffer_delay_ms=0,  # we push whole sentences, then whole words (text.py): spoken at once
-            add_timestamps=True,  # word ends: where a fallback engine goes on if the socket is lost
-        )
-        record = _Context(ctx, piece.segment, piece.offset)
-        record.pump = asyncio.create_task(self._pump(record, closed, rate), name="cartesia-context")
+        context_id = f"mqtt-speaker-{uuid.uuid4().hex}"
+        request: GenerationRequestParam = {
+            "context_id": context_id,
+            "model_id": self._settings.model,
+            "voice": voicing.voice,
+            "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": cast(Any, rate)},
+            "language": voicing.language,
+            "generation_config": config,  # on every input of the context, the closing one too
+            "max_buffer_delay_ms": 0,  # we push whole sentences, then whole words (text.py): spoken at once
+            "add_timestamps": True,  # word ends: where a fallback engine goes on if the socket is lost
+            "transcript": "",
+        }
+        record = _Context(ws, request, piece.segment, piece.offset, rate)
+        contexts[context_id] = record
+        record.watch = asyncio.create_task(self._watch(record), name="cartesia-context")
         return record
 
     async def _stream(
@@ -318,7 +313,7 @@ class CartesiaEngine:
         comes later goes on in a new one: nothing is ever sent to an expired context."""
         rate = output_rate(sample_rate)
         ws = await self._socket(fresh=fresh)
-        closed = self._closed
+        closed, contexts = self._closed, self._contexts
         assert closed is not None
         ahead: asyncio.Queue[_Context | BaseException | None] = asyncio.Queue()  # bounded by `in_flight`
         in_flight = asyncio.Semaphore(self._settings.prefetch_segments)  # contexts opened and not yet done
@@ -336,7 +331,7 @@ class CartesiaEngine:
                         if not piece.text and piece.closes:
                             continue  # nothing to say and nothing to close
                         await in_flight.acquire()
-                        current = self._context(ws, closed, piece, voicing, rate)
+                        current = self._context(ws, contexts, piece, voicing, rate)
                         opened.append(current)
                         await ahead.put(current)
                     await current.push(piece.text, closes=piece.closes)
@@ -369,98 +364,86 @@ class CartesiaEngine:
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
             for context in opened:
-                context.pump.cancel()
-                await asyncio.gather(context.pump, return_exceptions=True)
+                context.watch.cancel()
+                await asyncio.gather(context.watch, return_exceptions=True)
+                contexts.pop(context.id, None)
                 if not context.done and not closed.done():
                     try:
-                        await context.ctx.cancel()
+                        await context.cancel()
                     except (OSError, WebSocketException) as exc:
                         LOG.debug("cancelling context: %s", exc)
 
-    async def _pump(self, record: _Context, closed: asyncio.Task[None], rate: int) -> None:
-        """Read one context's events as they come (whether or not its audio is playing yet) into
-        `record.out`: PCM, then None at its `done`, or the _Lost / SynthesisError that ended it. While
-        the writer pauses (everything pushed has been spoken) no audio is due; CLOSE_IDLE after its last
-        audio the context is closed, well before the service would let it expire."""
-        events = record.ctx.receive()
-        pcm = PcmAssembler()
-        step: asyncio.Future[Any] | None = None  # kept across waits: a cancelled anext() ends the SDK's generator
+    async def _read(self, ws: AsyncTTSResourceConnection, contexts: dict[str, _Context]) -> None:
+        """The socket's only reader (the SDK's own, started by its contexts' pushes, is not used): each
+        message goes to its context as it comes, until the socket closes; then every context still open
+        on it is lost. This task's end is how the engine sees the socket close."""
+        reason = "closed the socket"
         try:
             while True:
-                waiting_for_text = record.idle or not record.asked
-                timeout: float | None
-                if not record.asked:  # opened ahead, its first input not sent yet: nothing is due
-                    timeout = None
-                elif record.idle:
-                    timeout = max(0.0, record.last_audio + CLOSE_IDLE - time.monotonic())
-                else:
-                    timeout = self._settings.chunk_timeout if record.heard else self._settings.first_chunk_timeout
-                if step is None:
-                    step = asyncio.ensure_future(anext(events))
-                waits: set[asyncio.Future[Any]] = {step, closed}
-                if not record.asked:
-                    waits.add(asyncio.ensure_future(record.asking.wait()))
-                try:
-                    finished, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for waiter in waits - {step, closed}:
-                        waiter.cancel()
-                if step not in finished and closed in finished:
-                    # The SDK's reader has stopped: whatever it queued for this context is there already.
-                    await asyncio.wait({step}, timeout=0.05)
-                if not step.done():
-                    if finished - {step, closed}:  # its first input has just been sent: audio is due from now on
-                        continue
-                    if closed.done():
-                        raise record.lost(record.heard, "closed the socket", rate)
-                    if waiting_for_text or record.idle:
-                        if record.idle and time.monotonic() - record.last_audio >= CLOSE_IDLE:
-                            await record.close()
-                        continue
-                    if record.heard:
-                        raise record.lost(True, f"sent no audio for {timeout:.0f} s", rate)
-                    # Silent before any audio: retried once on a fresh socket, like a socket lost then.
-                    raise record.lost(
-                        False, f"sent no audio within {timeout:.0f} s", rate, code=ErrorCode.SYNTHESIS_TIMEOUT
-                    )
-                finished_step, step = step, None
-                try:
-                    event = finished_step.result()
-                except StopAsyncIteration:
-                    # The SDK drops every context's queue when a push finds the socket closed.
-                    await asyncio.wait({closed}, timeout=0.1)
-                    reason = "closed the socket" if closed.done() else "ended a context without 'done'"
-                    raise record.lost(record.heard, reason, rate) from None
-                kind = getattr(event, "type", None)
-                if kind == "chunk" and event.audio:
-                    samples = pcm.feed(event.audio)
-                    record.heard = True
-                    record.received += samples.size
-                    record.last_audio = time.monotonic()
-                    record.out.put(samples)
-                elif kind == "timestamps" and event.word_timestamps is not None:
-                    record.words += zip(event.word_timestamps.words, event.word_timestamps.end, strict=False)
-                elif kind == "flush_done":
-                    record.flushed += 1
-                    record.last_audio = time.monotonic()
-                elif kind == "done":
-                    self._proven = True
-                    record.done = True
-                    record.out.put(None)
-                    await _release(events)
-                    return
-                elif kind == "error":
-                    record.done = True
-                    await _release(events)
-                    raise _error_frame(event)
+                self._dispatch(ws, contexts, await ws.recv_bytes())
         except WebSocketException as exc:
-            record.out.put(record.lost(record.heard, f"closed the socket ({exc})", rate))
-        except (_Lost, SynthesisError) as exc:
-            record.out.put(exc)
+            reason = f"closed the socket ({exc})"
+        except Exception:
+            LOG.exception("reading the Cartesia socket failed")
         finally:
-            if step is not None and not step.done():  # we were cancelled (the request was interrupted)
-                step.cancel()
-                await asyncio.gather(step, return_exceptions=True)
+            for record in list(contexts.values()):
+                record.end(record.lost(record.heard, reason))
+            contexts.clear()
+
+    def _dispatch(self, ws: AsyncTTSResourceConnection, contexts: dict[str, _Context], raw: bytes) -> None:
+        try:
+            message = json.loads(raw)
+            context_id, kind = message.get("context_id"), message.get("type")
+        except (ValueError, AttributeError):
+            LOG.warning("Cartesia sent a message that is not a JSON object: %.100r", raw)
+            return
+        record = contexts.get(context_id) if isinstance(context_id, str) else None
+        if record is None:  # a context we cancelled or gave up on (or a stray error)
+            if kind == "error":
+                LOG.warning("%s (for no open context)", _error_frame(ws.parse_event(raw)).message)
+            return
+        try:
+            if kind == "error":
+                record.done = True
+                record.end(_error_frame(ws.parse_event(raw)))
+            elif record.receive(kind, message):
+                self._proven = True
+        except (TypeError, ValueError, KeyError) as exc:
+            record.end(
+                SynthesisError(ErrorCode.SYNTHESIS_FAILED, f"Cartesia sent a {kind} message not understood: {exc}")
+            )
+        if record.over:
+            del contexts[context_id]
+
+    async def _watch(self, record: _Context) -> None:
+        """A context's deadlines. No audio within first_chunk_timeout of its first input: lost before it
+        spoke (retried once on a fresh socket, like a socket lost then); none for chunk_timeout in the
+        middle: lost. While the writer pauses (everything pushed has been spoken) no audio is due, and
+        CLOSE_IDLE after its last audio the context is closed, well before the service would let it
+        expire. It wakes at a deadline or when the context changes state, not per message."""
+        try:
+            while not record.over:
+                wait: float | None = None
+                if record.idle:
+                    wait = record.last_audio + CLOSE_IDLE - time.monotonic()
+                    if wait <= 0:
+                        await record.close()
+                        continue
+                elif record.asked:
+                    timeout = self._settings.chunk_timeout if record.heard else self._settings.first_chunk_timeout
+                    wait = record.last_event + timeout - time.monotonic()
+                    if wait <= 0:
+                        if record.heard:
+                            record.end(record.lost(True, f"sent no audio for {timeout:.0f} s"))
+                        else:
+                            code = ErrorCode.SYNTHESIS_TIMEOUT
+                            record.end(record.lost(False, f"sent no audio within {timeout:.0f} s", code=code))
+                        return
+                record.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(record.changed.wait(), wait)
+        except WebSocketException as exc:  # closing it found the socket closed
+            record.end(record.lost(record.heard, f"closed the socket ({exc})"))
 
 
 async def _next(
@@ -512,49 +495,100 @@ class _Context:
     """One Cartesia context: the run it speaks (from `offset` of run `segment`), what was pushed, and
     how far the service has got (a flush after each push tells when everything pushed was spoken)."""
 
-    def __init__(self, ctx: Any, segment: int, offset: int) -> None:
-        self.ctx = ctx
+    def __init__(
+        self, ws: AsyncTTSResourceConnection, request: GenerationRequestParam, segment: int, offset: int, rate: int
+    ) -> None:
+        self._ws = ws
+        self._request = request
+        self.id = request["context_id"]
         self.segment = segment
         self.offset = offset
+        self.rate = rate
         self.transcript = ""
         self.flushes = 0
         self.flushed = 0
+        self.asked = False  # its first input was sent
         self.closing = False
-        self.done = False
+        self.done = False  # the service said `done` (or `error`): nothing to cancel
+        self.over = False  # nothing more for the player: `out` has its end
         self.heard = False
         self.received = 0  # samples
-        self.words: list[tuple[str, float]] = []  # (word, end in seconds), from the timestamps events
-        self.last_audio = time.monotonic()
-        self.asking = asyncio.Event()  # set when its first input is sent
+        self.words: list[tuple[str, float]] = []  # (word, end in seconds), from the timestamps messages
+        self.last_audio = self.last_event = time.monotonic()
+        self.changed = asyncio.Event()  # asked, idle or over: the watch looks again
         self.out = _Inbox()
-        self.pump: asyncio.Task[None]
+        self.watch: asyncio.Task[None]
+        self._pcm = PcmAssembler()
 
     @property
     def idle(self) -> bool:
         """Open, and everything pushed has been spoken: it waits for the writer."""
         return not self.closing and self.flushes > 0 and self.flushed >= self.flushes
 
-    @property
-    def asked(self) -> bool:
-        return self.asking.is_set()
+    def receive(self, kind: object, message: dict[str, Any]) -> bool:
+        """One message from the service for this context; True at its `done`."""
+        self.last_event = time.monotonic()
+        if kind == "chunk":
+            data = message.get("data")
+            if data:
+                samples = self._pcm.feed(base64.b64decode(data))
+                self.heard = True
+                self.received += samples.size
+                self.last_audio = self.last_event
+                self.out.put(samples)
+        elif kind == "timestamps":
+            words = message.get("word_timestamps")
+            if words:
+                self.words += zip(words["words"], words["end"], strict=False)
+        elif kind == "flush_done":
+            self.flushed += 1
+            self.last_audio = self.last_event
+            self.changed.set()
+        elif kind == "done":
+            self.done = True
+            self.end(None)
+            return True
+        return False
+
+    def end(self, outcome: BaseException | None) -> None:
+        """Nothing more comes: None after `done`, or why it ended."""
+        if not self.over:
+            self.over = True
+            self.out.put(outcome)
+            self.changed.set()
 
     async def push(self, text: str, *, closes: bool) -> None:
-        # The bookkeeping first: the reader must not find the context idle while the push is on its way.
+        # The bookkeeping first: the watch must not find the context idle while the push is on its way.
         self.transcript += text
-        self.asking.set()
         if closes:
-            self.closing = True
-            await self.ctx.push(text, continue_=False)
+            await self.close(text)
             return
         self.flushes += 1
-        await self.ctx.push(text)
-        await self.ctx.push("", flush=True)
+        self._asking()
+        await self._send(text, True)
+        await self._send("", True, flush=True)
 
-    async def close(self) -> None:
+    async def close(self, text: str = "") -> None:
         self.closing = True
-        self.asking.set()
-        await self.ctx.push("", continue_=False)
+        self._asking()
+        await self._send(text, False)
 
-    def lost(self, partial: bool, reason: str, rate: int, code: ErrorCode = ErrorCode.CARTESIA_UNREACHABLE) -> _Lost:
-        whole = [word for word, end in self.words if end * rate <= self.received]
+    async def cancel(self) -> None:
+        await self._ws.send({"context_id": self.id, "cancel": True})
+
+    def _asking(self) -> None:
+        self.asked = True
+        self.last_event = time.monotonic()
+        self.changed.set()
+
+    async def _send(self, transcript: str, more: bool, flush: bool = False) -> None:
+        request = self._request.copy()
+        request["transcript"] = transcript
+        request["continue"] = more
+        if flush:
+            request["flush"] = True
+        await self._ws.send(request)
+
+    def lost(self, partial: bool, reason: str, code: ErrorCode = ErrorCode.CARTESIA_UNREACHABLE) -> _Lost:
+        whole = [word for word, end in self.words if end * self.rate <= self.received]
         return _Lost(self.segment, partial, reason, self.offset + spoken_prefix(self.transcript, whole), code)
