@@ -41,7 +41,7 @@ FADE_DOWN = 0.25  # seconds: before the first sample (the chime's or the voice's
 FADE_UP = 0.8  # seconds: slower on the way back, as radio does
 LINGER = 1.0  # seconds the music stays down after the last word, for the next request in the queue
 STEP = 0.01  # seconds between two volume steps of a fade (the server applies them per mixing block)
-HELD_POLL = 0.1  # seconds: how often a held duck looks at what the loop wants (server events wake it at once)
+HELD_POLL = 0.5  # seconds: a held duck looks at least this often (the loop's wishes and server events wake it)
 TOLERANCE = 0.002  # of full volume: a stream further than this from what we set was changed by someone else
 
 
@@ -166,6 +166,8 @@ class Ducker:
         # none when it links a new stream to a sink, nor, it seems, when it then sets its volume.
         self._recheck: float | None = None
         self._event_seen = True  # a sink input came, went or changed since the last look (worker thread)
+        self._nudged = False  # the loop changed what it wants since the worker last looked (under _cond)
+        self._listening = False  # the worker waits for server events (under _cond)
         self._left_alone: set[int] = set()  # streams whose volume someone else changed while held (worker)
         self._pid = str(os.getpid())
 
@@ -188,7 +190,7 @@ class Ducker:
                 done.set_result(None)
             else:
                 self._wanted.waiters.append((loop, done))
-            self._cond.notify()
+            self._nudge()
         return Lowering(done, loop.time() + FADE_DOWN)
 
     def release(self) -> None:
@@ -201,7 +203,16 @@ class Ducker:
         self._linger = None
         with self._cond:
             self._wanted.depth = depth_db
-            self._cond.notify()
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake the worker to look at what the loop wants now (called with the condition held). Waiting for
+        server events, it is stopped through libpulse's wakeup; pulsectl may miss one that comes just as
+        it begins to wait: HELD_POLL bounds that."""
+        self._nudged = True
+        self._cond.notify()
+        if self._listening and self._pulse is not None:
+            self._pulse.event_listen_stop()
 
     async def close(self) -> None:
         """Bring everything back now (a short fade) and end the thread."""
@@ -210,7 +221,7 @@ class Ducker:
         with self._cond:
             self._wanted.depth = 0.0
             self._wanted.closing = True
-            self._cond.notify()
+            self._nudge()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, FADE_UP + 5)
 
@@ -244,6 +255,7 @@ class Ducker:
     def _step(self, fade: _Fade | None) -> tuple[_Fade | None, bool]:
         """One step towards what the loop wants: (the fade under way, True when closed)."""
         with self._cond:
+            self._nudged = False
             wanted = self._wanted
             if not wanted.closing and wanted.depth == self._level == 0.0 and fade is None:
                 self._resolve(wanted)
@@ -321,9 +333,9 @@ class Ducker:
         return True
 
     def _drop_connection(self) -> None:
-        with self._cond:
+        with self._cond:  # not while the loop may be stopping its wait
             self._steady = None
-        pulse, self._pulse = self._pulse, None
+            pulse, self._pulse = self._pulse, None
         self._event_seen = True
         self._streams.clear()
         self._level = 0.0
@@ -338,9 +350,17 @@ class Ducker:
         raise pulsectl.PulseLoopStop
 
     def _listen(self) -> None:
-        """While held: wait for a sink input event (a new stream: lowered at once), HELD_POLL at most (to see
-        what the loop wants), or less while a stream is being set up (see `_recheck`)."""
-        self._pulse.event_listen(timeout=self._recheck or HELD_POLL)
+        """While held: wait for a sink input event (a new stream: lowered at once), the loop's nudge, or
+        HELD_POLL; less while a stream is being set up (see `_recheck`)."""
+        with self._cond:
+            if self._nudged:
+                return
+            self._listening = True
+        try:
+            self._pulse.event_listen(timeout=self._recheck or HELD_POLL)
+        finally:
+            with self._cond:
+                self._listening = False
 
     def _our_sink(self, inputs: Iterable[Any], sinks: list[Any]) -> int | None:
         """The sink we play to: our own stream's, else $PULSE_SINK, else the server's default sink. (A stream
