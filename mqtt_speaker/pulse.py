@@ -4,7 +4,7 @@ PipeWire's pulse server), called through ctypes.
 Why not PortAudio here: through ALSA's pulse plugin, a PortAudio stream that starts at once needs a
 buffer of a few milliseconds, and keeping it full wakes two threads about 2,500 times a second
 (docs/performance.md). Here the server holds the buffer: a writer thread keeps up to `audio.buffer`
-seconds queued and tops it up a quarter at a time, so it wakes about ten times a second, and a stream
+seconds queued and tops it up half a buffer at a time, so it wakes about five times a second, and a stream
 that ran dry starts again as soon as `audio.prebuffer` seconds are written, so speech still starts at
 once. The server also says exactly how long until a sample written now is heard (`delay`), which
 places a synchronized start, tells when the last sample was heard, and finds what is being heard when
