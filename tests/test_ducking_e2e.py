@@ -394,6 +394,7 @@ def test_a_volume_change_made_while_ducked_stands(
         stream = music.sink_input()
         assert stream is not None
         assert server.pactl("set-sink-input-volume", stream["index"], "50%").returncode == 0
+        changed_at = capture.signal().size // WINDOW
         chosen = music.volume()
         spoken_ok(daemon, "duck-6")
         # 50% on PulseAudio's cubic scale is about -18 dB; it is not raised back to full.
@@ -401,7 +402,30 @@ def test_a_volume_change_made_while_ducked_stands(
         wait_until(lambda: capture.signal().size > x.size + (LINGER + FADE_UP) * RATE, 10, "the would-be fade up")
         x = capture.signal()
     assert np.all(np.abs(music_level(x)[-50:] - (FULL_DB - 18.06)) <= 1.0)
+    # ... nor lowered again for the rest of the announcement (from 0.1 s after the change on).
+    after = steady(music_level(x))[changed_at + 10 :]
+    assert np.all(np.abs(after - (FULL_DB - 18.06)) <= 2.0), (after.min(), after.max())
     assert music.volume() == chosen
+
+
+def test_a_stream_at_volume_0_is_lowered_once_it_has_a_volume_and_comes_back_to_it(
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
+) -> None:
+    """Nothing to lower at 0 (and PipeWire shows a new stream at 0 before it sets its volume): taken for
+    the stream's volume, 0 would be what it is brought back to. It is taken in once it has a volume."""
+    daemon = make_daemon(env, AUDIO__DUCK_DB=str(DEPTH))
+    before = music.start().volume()
+    stream = music.sink_input()
+    assert stream is not None
+    assert server.pactl("set-sink-input-volume", stream["index"], "0%").returncode == 0
+    with server.capture() as capture:
+        daemon.say(json.dumps({"id": "duck-0", "text": SENTENCE * 2}))
+        daemon.wait_for_event("duck-0", "started")
+        assert server.pactl("set-sink-input-volume", stream["index"], "100%").returncode == 0
+        wait_level(capture, at(FULL_DB - DEPTH, 1.0), "the music lowered once it has a volume")
+        spoken_ok(daemon, "duck-0")
+        wait_level(capture, at(FULL_DB), "the music back at full level")
+    assert music.volume() == before
 
 
 def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
