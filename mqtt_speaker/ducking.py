@@ -338,6 +338,7 @@ class Ducker:
             pulse, self._pulse = self._pulse, None
         self._event_seen = True
         self._streams.clear()
+        self._left_alone.clear()  # the indices of a server we connect to again may be another's
         self._level = 0.0
         if pulse is not None:
             with contextlib.suppress(Exception):
