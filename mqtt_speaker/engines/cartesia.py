@@ -402,6 +402,9 @@ class CartesiaEngine:
             if kind == "error":
                 LOG.warning("%s (for no open context)", _error_frame(ws.parse_event(raw)).message)
             return
+        if record.over:  # its watch gave up on it: what comes late is not played
+            del contexts[context_id]
+            return
         try:
             if kind == "error":
                 record.done = True
