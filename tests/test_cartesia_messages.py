@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -82,3 +83,24 @@ def test_what_is_not_json_or_for_no_open_context_is_passed_over() -> None:
     contexts, (a,) = run([b"not json", b"[1, 2]", chunk("gone", [1]), chunk("a", [5])], "a")
     assert list(contexts) == ["a"] and not a.over
     assert a.received == 1
+
+
+def test_a_held_take_merges_what_comes_meanwhile_and_ends_early_at_the_end() -> None:
+    """While the listener is far ahead, the engine holds off taking: the audio that comes meanwhile goes
+    up as one chunk, and the context's end (or error) is not held back."""
+
+    async def main() -> tuple[list[int], float, Any]:
+        record = _Context(None, {"context_id": "a"}, 0, 0, 24000)  # type: ignore[arg-type, typeddict-item]
+        loop = asyncio.get_running_loop()
+        record.out.put(np.array([1], dtype=np.int16))
+        loop.call_later(0.05, record.out.put, np.array([2], dtype=np.int16))
+        loop.call_later(0.1, record.out.put, np.array([3], dtype=np.int16))
+        merged = await record.out.take(hold=0.3)
+        started = time.monotonic()
+        loop.call_later(0.05, record.out.put, None)
+        end = await record.out.take(hold=60)
+        return merged.tolist(), time.monotonic() - started, end  # type: ignore[union-attr]
+
+    merged, waited, end = asyncio.run(main())
+    assert merged == [1, 2, 3]
+    assert end is None and waited < 30

@@ -13,7 +13,7 @@ current one plays, so the joins are gapless.
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -41,6 +41,8 @@ SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 BACKOFF_MAX = 60.0
 CLOSE_IDLE = 0.5  # a context that has said everything is closed after this (Cartesia: it expires after 1 s)
 STABLE_AFTER = 10.0  # a socket the service closes sooner, before any `done`, counts as a failed attempt
+LEAD = 0.3  # seconds of audio ahead of the listener: beyond this, what arrives is handed over in batches
+BATCH_MIN = 0.02  # seconds: a shorter hold is not worth a timer
 
 
 def output_rate(device_rate: int) -> int:
@@ -318,6 +320,7 @@ class CartesiaEngine:
         ahead: asyncio.Queue[_Context | BaseException | None] = asyncio.Queue()  # bounded by `in_flight`
         in_flight = asyncio.Semaphore(self._settings.prefetch_segments)  # contexts opened and not yet done
         opened: list[_Context] = []
+        heard_by = 0.0  # when the audio handed over so far will have been heard, at the earliest (monotonic)
 
         async def feed() -> None:
             current: _Context | None = None
@@ -353,10 +356,11 @@ class CartesiaEngine:
                 if isinstance(item, BaseException):
                     raise item
                 record = item
-                while (audio := await record.out.take()) is not None:
+                while (audio := await record.out.take(hold=heard_by - time.monotonic() - LEAD)) is not None:
                     if isinstance(audio, BaseException):
                         raise audio
-                    self._last_used = time.monotonic()
+                    self._last_used = now = time.monotonic()
+                    heard_by = max(heard_by, now) + audio.size / rate
                     yield AudioChunk(samples=audio, sample_rate=rate, segment=record.segment)
                 in_flight.release()
         finally:
@@ -470,17 +474,27 @@ class _Inbox:
     """What a context's reader hands to the player: PCM, then None at its `done` or the exception that
     ended it (bounded by the stream's length cap). The player takes all the PCM that has come meanwhile
     as one chunk: Cartesia sends faster than real time in small messages, and each chunk costs the
-    player's path the same however long it is."""
+    player's path the same however long it is. While more than LEAD seconds of audio are ahead of the
+    listener, the engine holds off taking (`hold`): a fast socket's audio goes up in a few large chunks,
+    not fifty a second."""
 
     def __init__(self) -> None:
         self._items: deque[Pcm | BaseException | None] = deque()
         self._arrived = asyncio.Event()
+        self._ended = asyncio.Event()  # its end is in: nothing to wait for
 
     def put(self, item: Pcm | BaseException | None) -> None:
         self._items.append(item)
         self._arrived.set()
+        if not isinstance(item, np.ndarray):
+            self._ended.set()
 
-    async def take(self) -> Pcm | BaseException | None:
+    async def take(self, hold: float = 0.0) -> Pcm | BaseException | None:
+        """All the PCM in (merged), or the end; after `hold` seconds, or at once when the end is in."""
+        if hold >= BATCH_MIN and not self._ended.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(hold):
+                    await self._ended.wait()
         while not self._items:
             self._arrived.clear()
             await self._arrived.wait()
@@ -534,7 +548,7 @@ class _Context:
         if kind == "chunk":
             data = message.get("data")
             if data:
-                samples = self._pcm.feed(base64.b64decode(data))
+                samples = self._pcm.feed(binascii.a2b_base64(data))
                 self.heard = True
                 self.received += samples.size
                 self.last_audio = self.last_event
