@@ -25,6 +25,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
+import httpx
 import numpy as np
 from cartesia import AsyncCartesia
 from cartesia.resources.tts import AsyncTTSResourceConnection
@@ -95,6 +96,24 @@ def spoken_prefix(text: str, words: Sequence[str]) -> int:
     return position
 
 
+class _HttpOnDemand(httpx.AsyncBaseTransport):
+    """The SDK client's HTTP transport, made at its first request. The engine only speaks over the
+    WebSocket, and httpx's default transport loads its libraries and a CA bundle when the client is
+    made: 3 MB of an idle speaker's memory, for nothing."""
+
+    def __init__(self) -> None:
+        self._transport: httpx.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            self._transport = httpx.AsyncHTTPTransport()
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+
+
 class _Lost(Exception):
     """The socket closed, went silent, or a context ended without `done`; `spoken_chars` of the
     segment's text had been delivered whole by then."""
@@ -123,7 +142,8 @@ class CartesiaEngine:
     def __init__(self, settings: CartesiaSettings) -> None:
         self._settings = settings
         key = settings.api_key.get_secret_value() if settings.api_key else None
-        self._client = AsyncCartesia(api_key=key, websocket_base_url=settings.url)
+        http = httpx.AsyncClient(transport=_HttpOnDemand())
+        self._client = AsyncCartesia(api_key=key, websocket_base_url=settings.url, http_client=http)
         self._ws: AsyncTTSResourceConnection | None = None
         self._closed: asyncio.Task[None] | None = None  # the socket's reader: done once it closed
         self._contexts: dict[str, _Context] = {}  # open on the socket, by id (prefetch_segments per request)
@@ -253,6 +273,7 @@ class CartesiaEngine:
             await asyncio.gather(self._keeper, return_exceptions=True)
         async with self._lock:
             await self._drop_socket()
+        await self._client.close()  # its HTTP transport, if a request ever made one
 
     # -------------------------------------------------------------- synthesis
 
