@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
+import time
+import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +36,25 @@ def test_wav_files_are_written_to_output_dir(make_daemon: Callable[..., Daemon],
     spoken_ok(daemon, "to-file")
     [wav] = [p for p in out.glob("*.wav") if "to-file" in p.name]
     assert wav.stat().st_size > 10_000  # a header and well over a tenth of a second of speech
+
+
+def test_a_wav_file_is_written_as_fast_as_cartesia_sends_not_at_the_pace_of_speech(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], workdir: Path
+) -> None:
+    """The engine holds a context's audio back while the listener is far ahead (to hand it over in a few
+    large chunks), never past the context's end: a file is done when Cartesia is, not when the speech
+    would have been heard (the emulator makes a second of speech in 0.2 s)."""
+    out = workdir / "wav"
+    daemon = make_daemon({**cartesia_env, "MQTT_SPEAKER_AUDIO__OUTPUT_DIR": str(out)})
+    started = time.monotonic()
+    daemon.say(json.dumps({"id": "long-file", "text": LONG * 2, "cache": False}))
+    spoken_ok(daemon, "long-file")
+    took = time.monotonic() - started
+    [wav] = [p for p in out.glob("*.wav") if "long-file" in p.name]
+    with wave.open(str(wav)) as audio:
+        seconds = audio.getnframes() / audio.getframerate()
+    assert seconds > 6
+    assert took < seconds / 2, f"{seconds:.1f} s of speech took {took:.1f} s to write"
 
 
 def test_retained_settings_are_applied_at_start(make_daemon: Callable[..., Daemon], observer: Observer) -> None:

@@ -168,6 +168,9 @@ class CartesiaEngine:
             "ping_timeout": 10,
             "close_timeout": 2,
             "max_size": 16 * 1024 * 1024,
+            # Not offered: inflating every audio message (base64 PCM, which compresses little) was a tenth of
+            # the CPU of speaking; a Raspberry Pi has more bandwidth to spare than CPU (128 kB/s at 48 kHz).
+            "compression": None,
         }
         try:
             ws = await self._client.tts.websocket_connect(websocket_connection_options=options).enter()
