@@ -153,12 +153,9 @@ class PulseStream:
         self._lib, self._pulse = libraries
         self.rate = rate
         spec = _SampleSpec(_PA_SAMPLE_S16LE, rate, 1)
-        # The server asks for more each time `minreq` has played: its default, 20 ms, woke libpulse's thread
-        # 50 times a second, for a writer that tops up every 200 ms. A quarter of the buffer, not half: the
-        # simple API's streams adjust the sink's latency to (tlength - 2 minreq) / 2, and half would ask the
-        # sink (a Pi's sound card) for its smallest latency.
-        tlength, prebuf, minreq = (int(seconds * rate) * 2 for seconds in (buffer, prebuffer, buffer / 4))
-        attr = _BufferAttr(_PA_DEFAULT, tlength, prebuf, minreq, _PA_DEFAULT)
+        # `minreq` is left to the server (20 ms): a quarter of the buffer woke libpulse's thread five times
+        # less often, but under a CPU quota speech broke up (docs/performance.md).
+        attr = _BufferAttr(_PA_DEFAULT, int(buffer * rate) * 2, int(prebuffer * rate) * 2, _PA_DEFAULT, _PA_DEFAULT)
         error = ctypes.c_int(0)
         self._handle = self._lib.pa_simple_new(
             None,
