@@ -216,8 +216,8 @@ class _Utterance:
 
 
 class _Writer:
-    """A thread that owns one PulseStream: keeps up to `buffer` seconds queued, topping it up a quarter
-    at a time; ends or fades utterances; closes the stream when told to."""
+    """A thread that owns one PulseStream: keeps up to `buffer` seconds queued, topping it up half a
+    buffer at a time; ends or fades utterances; closes the stream when told to."""
 
     def __init__(self, settings: AudioSettings, rate: int, loop: asyncio.AbstractEventLoop) -> None:
         self._settings = settings
