@@ -349,10 +349,10 @@ def run(
     out["rss_idle_mb"]["minimal sounddevice player"] = minimal.rss
 
     # Local engines: synthesis and playback, then playback alone (the same request from the cache).
+    keyless = {k: v for k, v in cartesia.items() if k != "CARTESIA_API_KEY"}  # the SDK is not even imported
     for engine, extra in (("espeak", {}), ("piper", {"MQTT_SPEAKER_PIPER__MODEL": piper_model()})):
         if engine == "piper" and not extra["MQTT_SPEAKER_PIPER__MODEL"]:
             continue
-        keyless = {k: v for k, v in cartesia.items() if k != "CARTESIA_API_KEY"}  # the SDK is not even imported
         local = Daemon(broker, observer, {**keyless, **extra, "MQTT_SPEAKER_ENGINE": engine}, work)
         local.start(LOG_LEVEL="WARNING")
         try:
