@@ -44,6 +44,13 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
 
 
+def compile_once(broker: Any, observer: Observer, env: dict[str, str], work: Path) -> None:
+    """Start and stop a daemon, as a service's first start after an install: the interpreter compiles
+    what it imports into the bytecode cache (tests.conftest.start_daemon), and every later start loads
+    it. Measured on a first start, memory would carry the compiler's high-water mark (docs/performance.md)."""
+    Daemon(broker, observer, env, work).start(LOG_LEVEL="WARNING").stop()
+
+
 def rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
@@ -353,8 +360,10 @@ def run(
     for engine, extra in (("espeak", {}), ("piper", {"MQTT_SPEAKER_PIPER__MODEL": piper_model()})):
         if engine == "piper" and not extra["MQTT_SPEAKER_PIPER__MODEL"]:
             continue
-        local = Daemon(broker, observer, {**keyless, **extra, "MQTT_SPEAKER_ENGINE": engine}, work)
-        local.start(LOG_LEVEL="WARNING")
+        settings = {**keyless, **extra, "MQTT_SPEAKER_ENGINE": engine}
+        if engine == "espeak":
+            compile_once(broker, observer, settings, work)
+        local = Daemon(broker, observer, settings, work).start(LOG_LEVEL="WARNING")
         try:
             pid = pid_of(local)
             if engine == "espeak":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import shutil
@@ -36,6 +38,22 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@functools.cache
+def _bytecode_cache() -> Path:
+    """The tests' own bytecode cache, removed when the test process ends."""
+    path = Path(tempfile.mkdtemp(prefix="mqtt-speaker-bytecode-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def start_daemon(env: dict[str, str], out: Any) -> subprocess.Popen[bytes]:
+    """`python -m mqtt_speaker run`, with the interpreter settings of the systemd units: bytecode
+    without docstrings and asserts (PYTHONOPTIMIZE=2), written to and read from a cache of its own."""
+    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONOPTIMIZE="2", PYTHONPYCACHEPREFIX=str(_bytecode_cache()))
+    return subprocess.Popen([sys.executable, "-m", "mqtt_speaker", "run"], env=env, stdout=out, stderr=out)
 
 
 def port_open(port: int) -> bool:
@@ -164,7 +182,7 @@ class Daemon:
         env.setdefault("MQTT_SPEAKER_CACHE__DIR", str(self.state_file.parent / f"cache-{self.site}"))
         env.update({f"MQTT_SPEAKER_{k.upper()}": v for k, v in settings.items()})
         log = self.log_path.open("ab")
-        self._proc = subprocess.Popen([sys.executable, "-m", "mqtt_speaker", "run"], env=env, stdout=log, stderr=log)
+        self._proc = start_daemon(env, log)
         self.wait_online()
         return self
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cartesia_emulator import CartesiaEmulator
-from tests.conftest import Broker, Daemon, Observer, free_port
+from tests.conftest import Broker, Daemon, Observer, free_port, start_daemon
 from tests.sound import PulseAudio, wait_until
 
 
@@ -125,7 +125,7 @@ def test_run_waits_for_a_broker_that_is_down_at_start(
     }
     (workdir / "empty.toml").write_text("")
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mqtt_speaker", "run"], env=env, stdout=out, stderr=out)
+        proc = start_daemon(env, out)
     try:
         wait_until(lambda: "cannot reach the broker" in log.read_text(), 30, "the daemon to say the broker is down")
         assert proc.poll() is None

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
-from tests.conftest import Broker, Daemon, Observer, spoken_ok
+from tests.conftest import Broker, Daemon, Observer, spoken_ok, start_daemon
 from tests.sound import PulseAudio, terminate, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -62,7 +62,7 @@ def secure_broker(workdir: Path) -> Iterator[tuple[Broker, Path]]:
 
 def run_daemon(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "mqtt_speaker", "run"], env=env, stdout=out, stderr=out)
+        return start_daemon(env, out)
 
 
 def tls_env(broker: Broker, tls: Path, workdir: Path, pulse: PulseAudio, **extra: str) -> dict[str, str]:

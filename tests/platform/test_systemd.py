@@ -207,6 +207,23 @@ def test_offline_and_online_across_a_restart(machine: Machine) -> None:
     wait_active(machine)
 
 
+def test_a_restart_runs_from_the_bytecode_the_first_start_wrote(machine: Machine) -> None:
+    """The unit's interpreter settings (docs/performance.md): the first start compiled what it imported,
+    without docstrings, into the service's cache directory, the stdlib too; a restart compiles nothing."""
+    wait_active(machine)
+    wait_until(lambda: machine.availability()[-1:] == ["online"], 30, "online on the broker")
+    listing = "cd /var/cache/mqtt-speaker/bytecode && find . -name '*.pyc' -printf '%p %T@\\n' | sort"
+    before = machine.booted.run(listing).stdout.splitlines()
+    names = [line.split()[0] for line in before]
+    assert any(re.search(r"/site-packages/mqtt_speaker/daemon\.cpython-\d+\.opt-2\.pyc$", n) for n in names)
+    assert any(re.search(r"^\./usr/lib/python3[.\d]*/asyncio/base_events\.", n) for n in names)
+    assert all(n.endswith(".opt-2.pyc") for n in names)
+    count = len(machine.availability())
+    machine.booted.run(f"systemctl restart {UNIT}")
+    wait_until(lambda: machine.availability()[count:][-1:] == ["online"], 60, "online after the restart")
+    assert machine.booted.run(listing).stdout.splitlines() == before
+
+
 def test_the_watchdog_restarts_a_hung_daemon(machine: Machine) -> None:
     wait_active(machine)
     restarts = int(machine.show("NRestarts"))
