@@ -26,9 +26,11 @@ import json
 import math
 import random
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -133,8 +135,10 @@ def _encode(samples: np.ndarray, encoding: str) -> bytes:
 
 
 class CartesiaEmulator:
-    def __init__(self, behaviour: Behaviour | None = None) -> None:
+    def __init__(self, behaviour: Behaviour | None = None, tls: tuple[Path, Path] | None = None) -> None:
+        """tls: a certificate and its key, to serve wss:// as the real service does (ws:// without)."""
         self.behaviour = behaviour or Behaviour()
+        self._tls = tls
         self.frames: list[dict[str, Any]] = []
         self.contexts: dict[str, ContextLog] = {}
         self.handshakes: list[dict[str, str]] = []
@@ -149,7 +153,7 @@ class CartesiaEmulator:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self._tls else 'ws'}://127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------------------------------ control
 
@@ -187,7 +191,11 @@ class CartesiaEmulator:
 
     async def _serve(self, port: int) -> None:
         self._stopped = asyncio.Event()
-        async with serve(self._handler, "127.0.0.1", port, process_request=self._handshake) as server:
+        context = None
+        if self._tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self._tls)
+        async with serve(self._handler, "127.0.0.1", port, process_request=self._handshake, ssl=context) as server:
             self._server = server
             self.port = next(iter(server.sockets)).getsockname()[1]
             self._ready.set()

@@ -1,19 +1,25 @@
 """What the Cartesia engine asks of the network. It speaks only over the WebSocket: the SDK client's
 HTTP stack (httpcore and a CA bundle, 3 MB of an idle speaker's memory) is made only if a request ever
 needs it. And it does not offer per-message compression: inflating every audio message (base64 PCM,
-which compresses little) cost a tenth of the CPU of speaking."""
+which compresses little) cost a tenth of the CPU of speaking. Over wss://, as to the real service, the
+server's certificate is verified against the system's authorities (SSL_CERT_FILE, SSL_CERT_DIR honoured)."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import pytest
 
+from mqtt_speaker.engines.base import SynthesisError
 from mqtt_speaker.engines.cartesia import CartesiaEngine, _HttpOnDemand
 from mqtt_speaker.settings import CartesiaSettings
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
+from tests.tls import authority, signed
 
 
 def test_making_the_engine_loads_no_http_stack() -> None:
@@ -45,15 +51,51 @@ def test_the_http_transport_is_made_at_the_first_request_and_works() -> None:
     assert asyncio.run(main()) == (200, b"ok")
 
 
-def test_the_socket_is_opened_without_compression(emulator: CartesiaEmulator) -> None:
+def probe(url: str) -> None:
+    """The engine opens a socket, as before its first request (raises SynthesisError if it cannot)."""
+
     async def main() -> None:
-        engine = CartesiaEngine(CartesiaSettings(api_key=TEST_API_KEY, url=emulator.url))
+        engine = CartesiaEngine(CartesiaSettings(api_key=TEST_API_KEY, url=url))
         try:
             await engine.probe()
         finally:
             await engine.close()
 
     asyncio.run(main())
+
+
+def test_the_socket_is_opened_without_compression(emulator: CartesiaEmulator) -> None:
+    probe(emulator.url)
     [handshake] = emulator.handshakes
     assert handshake["path"].endswith("/tts/websocket")
     assert "sec-websocket-extensions" not in handshake, handshake["sec-websocket-extensions"]
+
+
+@pytest.fixture
+def over_tls(tmp_path: Path) -> Iterator[tuple[CartesiaEmulator, Path]]:
+    """The emulator on wss://, its certificate signed by a test authority (returned) no system knows."""
+    tls = tmp_path / "tls"
+    ca = authority(tls)
+    signed(tls, "server", "/CN=127.0.0.1", "IP:127.0.0.1")
+    emulator = CartesiaEmulator(tls=(tls / "server.crt", tls / "server.key")).start()
+    yield emulator, ca
+    emulator.stop()
+
+
+def test_over_wss_the_servers_certificate_is_verified_against_the_systems_authorities(
+    over_tls: tuple[CartesiaEmulator, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator, ca = over_tls
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the system's bundle, as far as OpenSSL knows
+    probe(emulator.url)
+    assert emulator.url.startswith("wss://") and len(emulator.handshakes) == 1
+
+
+def test_over_wss_a_server_whose_authority_the_system_does_not_know_is_refused(
+    over_tls: tuple[CartesiaEmulator, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator, _ = over_tls
+    monkeypatch.setenv("SSL_CERT_FILE", str(authority(tmp_path / "other")))
+    with pytest.raises(SynthesisError, match="CERTIFICATE_VERIFY_FAILED"):
+        probe(emulator.url)
+    assert emulator.handshakes == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from tests.conftest import Broker
 from tests.test_cli import cli
+from tests.tls import authority, signed
 
 pytestmark = pytest.mark.e2e
 
@@ -19,20 +19,9 @@ def cert_broker(workdir: Path) -> Iterator[tuple[Broker, Path]]:
     """mosquitto on TLS that asks every client for a certificate of its CA (the TLS handshake fails
     without one); its own certificate names 127.0.0.1 only, not localhost."""
     tls = workdir / "tls"
-    tls.mkdir()
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tls, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
-    (tls / "server.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name, subject in (("server", "/CN=127.0.0.1"), ("client", "/CN=speaker")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", f"{name}.key",
-                "-out", f"{name}.csr")  # fmt: skip
-        extra = ["-extfile", "server.cnf"] if name == "server" else []
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-days", "1", *extra, "-out", f"{name}.crt")  # fmt: skip
+    authority(tls)
+    signed(tls, "server", "/CN=127.0.0.1", "IP:127.0.0.1")
+    signed(tls, "client", "/CN=speaker")
     config = (
         "user root\nallow_anonymous true\npersistence false\n"
         "listener {port} 127.0.0.1\nrequire_certificate true\n"

@@ -17,6 +17,7 @@ import pytest
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
 from tests.conftest import Broker, Daemon, Observer, spoken_ok, start_daemon
 from tests.sound import PulseAudio, terminate, wait_until
+from tests.tls import authority, signed
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "s3cret-broker-password"
@@ -31,20 +32,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 def secure_broker(workdir: Path) -> Iterator[tuple[Broker, Path]]:
     """mosquitto with a TLS listener, a password file and no anonymous access."""
     tls = workdir / "tls"
-    tls.mkdir()
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tls, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
-            "-out", "server.csr")  # fmt: skip
-    (tls / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "1", "-extfile", "ext.cnf", "-out", "server.crt")  # fmt: skip
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other-ca",
-            "-keyout", "other.key", "-out", "other.crt")  # fmt: skip
+    authority(tls)
+    signed(tls, "server", "/CN=127.0.0.1", "IP:127.0.0.1,DNS:localhost")
+    authority(tls, "other")
     passwd = workdir / "passwd"
     passwd.touch()
     subprocess.run(["mosquitto_passwd", "-b", str(passwd), "speaker", PASSWORD], check=True)
