@@ -73,7 +73,7 @@ def test_user_unit_verifies(tmp_path: Path) -> None:
 
 def installer(root: Path, **env: str) -> Callable[..., subprocess.CompletedProcess[str]]:
     """script/install --root `root`, with `env` on top of ours; it must succeed."""
-    environment = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"} | env
+    environment = {k: v for k, v in os.environ.items() if k not in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME")} | env
 
     def install(*args: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -141,9 +141,12 @@ def test_install_into_a_root_directory_is_idempotent_and_undone(tmp_path: Path) 
     assert "mqtt-speaker" in audio.split(":")[3].split(",")
     assert (root / "etc/systemd/system/multi-user.target.wants/mqtt-speaker.service").is_symlink()
     assert_installed_program_runs(root, "/opt/mqtt-speaker")
+    bytecode = root / "var/cache/mqtt-speaker/bytecode"  # what the service's first start writes
+    bytecode.mkdir(parents=True)
 
     install("--uninstall")
     assert not (root / "opt/mqtt-speaker").exists()
+    assert not bytecode.parent.exists()
     assert not (root / "etc/systemd/system/mqtt-speaker.service").exists()
     assert not (root / "etc/systemd/system/multi-user.target.wants/mqtt-speaker.service").exists()
     assert "mqtt-speaker:" not in (root / "etc/passwd").read_text()
@@ -171,9 +174,12 @@ def test_user_install_into_a_root_directory_is_enabled_and_undone(tmp_path: Path
     wanted = units / "default.target.wants/mqtt-speaker-user.service"
     assert wanted.is_symlink() and wanted.resolve() == unit.resolve()  # enabled, as `systemctl --user enable`
     assert_installed_program_runs(root, "/home/alice/.local/share/mqtt-speaker")
+    bytecode = home / ".cache/mqtt-speaker/bytecode"  # what the service's first start writes
+    bytecode.mkdir(parents=True)
 
     install("--user", "--uninstall")
     assert not (home / ".local/share/mqtt-speaker").exists()
+    assert not bytecode.parent.exists()
     assert not unit.exists() and not wanted.is_symlink()
     assert (conf / "config.toml").exists()
     install("--user", "--purge")
