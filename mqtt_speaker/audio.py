@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -397,16 +397,10 @@ class SoundDevicePlayer:
                 stream.close()
 
     async def play(self, chunks: AsyncIterator[AudioChunk], playback: Playback) -> Played:
-        loop = asyncio.get_running_loop()
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        loop, stopping, feed, announcer, limit = Turn.begin(playback, self._rate, self._settings, self._idle_timer)
         fifo = self._fifo
-        stopping = asyncio.ensure_future(playback.stop.wait())
         stream: Any = None
         drained = loop.create_future()
-        feed = Feed(self._rate, playback.gain)
-        announcer = Announcer(playback, loop)
-        limit = int(self._settings.max_buffer_seconds * self._rate)
         try:
             while (chunk := await next_chunk(chunks, stopping)) is not None:
                 if not chunk.samples.size:
@@ -482,6 +476,26 @@ class SoundDevicePlayer:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._close_stream()
+
+
+class Turn(NamedTuple):
+    """What one `play` call works with, the same for both players."""
+
+    loop: asyncio.AbstractEventLoop
+    stopping: asyncio.Future[Any]  # done once the playback is to stop
+    feed: Feed
+    announcer: Announcer
+    limit: int  # frames buffered beyond which `play` waits for room
+
+    @classmethod
+    def begin(cls, playback: Playback, rate: int, settings: AudioSettings, idle: asyncio.TimerHandle | None) -> Turn:
+        """The turn of `playback`; `idle`, the player's timer that would close its idle output, is cancelled."""
+        if idle is not None:
+            idle.cancel()
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.ensure_future(playback.stop.wait())
+        limit = int(settings.max_buffer_seconds * rate)
+        return cls(loop, stopping, Feed(rate, playback.gain), Announcer(playback, loop), limit)
 
 
 class Announcer:

@@ -35,11 +35,11 @@ from mqtt_speaker.audio import (
     DEFAULT_RATE,
     Announcer,
     AudioDeviceError,
-    Feed,
     Playback,
     Played,
     SoundDevicePlayer,
     Stopped,
+    Turn,
     next_chunk,
 )
 from mqtt_speaker.engines.base import AudioChunk, Pcm
@@ -537,14 +537,8 @@ class PulsePlayer:
         return writer
 
     async def play(self, chunks: AsyncIterator[AudioChunk], playback: Playback) -> Played:
-        loop = asyncio.get_running_loop()
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        stopping = asyncio.ensure_future(playback.stop.wait())
+        loop, stopping, feed, announcer, limit = Turn.begin(playback, self._rate, self._settings, self._idle_timer)
         writer: _Writer | None = None
-        feed = Feed(self._rate, playback.gain)
-        announcer = Announcer(playback, loop)
-        limit = int(self._settings.max_buffer_seconds * self._rate)
         try:
             while (chunk := await next_chunk(chunks, stopping)) is not None:
                 if not chunk.samples.size:
