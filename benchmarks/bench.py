@@ -19,9 +19,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -108,6 +108,55 @@ class TimedCapture:
         self._proc.wait(5)
 
 
+class Rig(NamedTuple):
+    """What every benchmark speaks through: the test PulseAudio and its capture, mosquitto with an
+    observer, and the Cartesia emulator (first chunk after FIRST_CHUNK, speech at four times real time)."""
+
+    work: Path
+    pulse: PulseAudio
+    broker: Broker
+    emulator: CartesiaEmulator
+    observer: Observer
+    capture: TimedCapture
+
+    def daemon_env(self, **settings: str) -> dict[str, str]:
+        """A daemon speaking Cartesia (the emulator, no fallback) into the capture, with an empty config
+        file and its state (the state file, the ducking record, the cache) in the benchmark's directory."""
+        (self.work / "empty.toml").write_text("")
+        return {
+            "CARTESIA_API_KEY": TEST_API_KEY,
+            "MQTT_SPEAKER_CARTESIA__URL": self.emulator.url,
+            "MQTT_SPEAKER_FALLBACK": "[]",
+            "MQTT_SPEAKER_CACHE__DIR": str(self.work / "cache"),
+            "XDG_STATE_HOME": str(self.work / "state"),  # not the home directory
+            "MQTT_SPEAKER_AUDIO__DEVICE": "pulse",
+            "MQTT_SPEAKER_CONFIG": str(self.work / "empty.toml"),
+            **self.pulse.env,
+            **settings,
+        }
+
+
+@contextmanager
+def rig(prefix: str) -> Iterator[Rig]:
+    """The rig, in a directory of its own; everything started is stopped again, also on failure."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    with ExitStack() as started:
+        pulse = PulseAudio().start()
+        started.callback(pulse.stop)
+        broker = Broker(work)
+        broker.start()
+        started.callback(broker.stop)
+        emulator = CartesiaEmulator().start()
+        started.callback(emulator.stop)
+        emulator.behaviour.first_chunk_delay = FIRST_CHUNK
+        emulator.behaviour.real_time_factor = 0.25
+        observer = Observer(broker.port)
+        started.callback(observer.close)
+        capture = TimedCapture(pulse)
+        started.callback(capture.stop)
+        yield Rig(work, pulse, broker, emulator, observer, capture)
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
 
@@ -153,18 +202,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run(count: int, idle_seconds: float) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="mqtt-speaker-bench-"))
-    pulse = PulseAudio().start()
-    broker = Broker(work)
-    broker.start()
-    emulator = CartesiaEmulator().start()
-    emulator.behaviour.first_chunk_delay = FIRST_CHUNK
-    emulator.behaviour.real_time_factor = 0.25
-    observer = Observer(broker.port)
-    capture = TimedCapture(pulse)
-    env = {**os.environ, **pulse.env, "XDG_STATE_HOME": str(work / "state")}  # not the home directory
     results: dict[str, Any] = {"machine": f"{platform.node()}: {platform.platform()}, {os.cpu_count()} cores"}
-    try:
+    with rig("mqtt-speaker-bench-") as parts:
+        work, pulse, broker, emulator, observer, capture = parts
+        env = {**os.environ, **pulse.env, "XDG_STATE_HOME": str(work / "state")}  # not the home directory
         # 1. The floor.
         with helper("floor", str(broker.port), "bench/floor", env=env):
             floor = measure(capture, lambda t: observer.publish("bench/floor", t), SHORT, count, delay=0)
@@ -179,17 +220,7 @@ def run(count: int, idle_seconds: float) -> dict[str, Any]:
             capture.quiet_for(0.5, timeout=120)
 
         # 3. The daemon.
-        cartesia = {
-            "CARTESIA_API_KEY": TEST_API_KEY,
-            "MQTT_SPEAKER_CARTESIA__URL": emulator.url,
-            "MQTT_SPEAKER_FALLBACK": "[]",
-            "MQTT_SPEAKER_CACHE__ENABLED": "true",
-            "MQTT_SPEAKER_CACHE__DIR": str(work / "cache"),
-            "MQTT_SPEAKER_AUDIO__DEVICE": "pulse",
-            "MQTT_SPEAKER_CONFIG": str(work / "empty.toml"),
-            **pulse.env,
-        }
-        (work / "empty.toml").write_text("")
+        cartesia = parts.daemon_env(MQTT_SPEAKER_CACHE__ENABLED="true")
         cpu.compile_once(broker, observer, cartesia, work)  # start time and memory from the next start
         daemon = Daemon(broker, observer, cartesia, work)
         began = time.monotonic()
@@ -262,12 +293,6 @@ def run(count: int, idle_seconds: float) -> dict[str, Any]:
 
         # 4. CPU per second of speech, CPU quotas and memory, beside pacat and a minimal player.
         results["cpu"] = cpu.run(broker, observer, capture, work, cartesia, pulse.env)
-    finally:
-        capture.stop()
-        observer.close()
-        emulator.stop()
-        broker.stop()
-        pulse.stop()
 
     results.update(
         {
@@ -409,15 +434,21 @@ def plot(r: dict[str, Any], timeline: np.ndarray, marks: list[tuple[int, str]]) 
     fig.savefig(RESULTS / "results.png", dpi=110)
 
 
+def write_results(name: str, results: dict[str, Any], markdown: str) -> None:
+    """benchmarks/results/NAME.json and NAME.md, and the table on stdout."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {RESULTS / name}.json and .md")
+
+
 def main() -> None:
     count = int(os.environ.get("BENCH_REQUESTS", "50"))
     idle = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(exist_ok=True)  # the plot is written on the way
     results = run(count, idle)
-    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "results.md").write_text(table(results))
-    print(table(results))
-    print(f"wrote {RESULTS}/results.json, results.md, results.png")
+    write_results("results", results, table(results))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 import wave
 from pathlib import Path
@@ -26,11 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench import FIRST_CHUNK, RESULTS, THRESHOLD, TimedCapture, percentiles
+from benchmarks.bench import FIRST_CHUNK, THRESHOLD, Rig, TimedCapture, percentiles, rig, write_results
 from mqtt_speaker.ducking import FADE_DOWN, FADE_UP, LINGER
-from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
-from tests.conftest import Broker, Daemon, Observer
-from tests.sound import RATE, PulseAudio, wait_until
+from tests.conftest import Daemon
+from tests.sound import RATE, wait_until
 
 PERIOD = 20  # samples: one period of the music
 MUSIC_HZ = RATE / PERIOD
@@ -68,27 +66,13 @@ def music_file(directory: Path, seconds: float) -> Path:
 
 
 def run(count: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="mqtt-speaker-bench-duck-"))
-    pulse = PulseAudio().start()
-    broker = Broker(work)
-    broker.start()
-    emulator = CartesiaEmulator().start()
-    emulator.behaviour.first_chunk_delay = FIRST_CHUNK
-    emulator.behaviour.real_time_factor = 0.25
-    observer = Observer(broker.port)
-    capture = TimedCapture(pulse)
-    (work / "empty.toml").write_text("")
-    env = {
-        "CARTESIA_API_KEY": TEST_API_KEY,
-        "MQTT_SPEAKER_CARTESIA__URL": emulator.url,
-        "MQTT_SPEAKER_FALLBACK": "[]",
-        "MQTT_SPEAKER_CACHE__DIR": str(work / "cache"),
-        "XDG_STATE_HOME": str(work / "state"),  # the state file and the ducking record, not the home directory
-        "MQTT_SPEAKER_AUDIO__DEVICE": "pulse",
-        "MQTT_SPEAKER_CONFIG": str(work / "empty.toml"),
-        **pulse.env,
-    }
-    daemon = Daemon(broker, observer, env, work)
+    with rig("mqtt-speaker-bench-duck-") as parts:
+        return measured(parts, count)
+
+
+def measured(parts: Rig, count: int) -> dict[str, Any]:
+    work, pulse, broker, _, observer, capture = parts
+    daemon = Daemon(broker, observer, parts.daemon_env(), work)
     music: subprocess.Popen[bytes] | None = None
     results: dict[str, Any] = {
         "machine": f"{platform.node()}: {platform.platform()}, {os.cpu_count()} cores",
@@ -124,11 +108,6 @@ def run(count: int) -> dict[str, Any]:
             music.terminate()
             music.wait(5)
         daemon.stop()
-        capture.stop()
-        observer.close()
-        emulator.stop()
-        broker.stop()
-        pulse.stop()
     return results
 
 
@@ -164,11 +143,8 @@ def table(r: dict[str, Any]) -> str:
 
 def main() -> None:
     count = int(os.environ.get("BENCH_REQUESTS", "15"))
-    RESULTS.mkdir(exist_ok=True)
     results = run(count)
-    (RESULTS / "ducking.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "ducking.md").write_text(table(results))
-    print(table(results))
+    write_results("ducking", results, table(results))
 
 
 if __name__ == "__main__":

@@ -19,15 +19,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import FIRST_CHUNK, RESULTS, TimedCapture
-from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
-from tests.conftest import Broker, Daemon, Observer
-from tests.sound import PulseAudio, longest_gap, sound_regions
+from benchmarks.bench import FIRST_CHUNK, rig, write_results
+from tests.conftest import Daemon, Observer
+from tests.sound import longest_gap, sound_regions
 
 REPLY = (
     "Good morning. The washing machine finished its cycle twenty minutes ago, and the laundry is ready to hang. "
@@ -65,27 +62,6 @@ def first_sentence_end(pieces: list[str]) -> int:
 
 
 def run(count: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="mqtt-speaker-bench-stream-"))
-    pulse = PulseAudio().start()
-    broker = Broker(work)
-    broker.start()
-    emulator = CartesiaEmulator().start()
-    emulator.behaviour.first_chunk_delay = FIRST_CHUNK
-    emulator.behaviour.real_time_factor = 0.25
-    observer = Observer(broker.port)
-    capture = TimedCapture(pulse)
-    (work / "empty.toml").write_text("")
-    env = {
-        "CARTESIA_API_KEY": TEST_API_KEY,
-        "MQTT_SPEAKER_CARTESIA__URL": emulator.url,
-        "MQTT_SPEAKER_FALLBACK": "[]",
-        "MQTT_SPEAKER_CACHE__ENABLED": "false",
-        "MQTT_SPEAKER_CACHE__DIR": str(work / "cache"),
-        "XDG_STATE_HOME": str(work / "state"),  # the state file and the ducking record, not the home directory
-        "MQTT_SPEAKER_AUDIO__DEVICE": "pulse",
-        "MQTT_SPEAKER_CONFIG": str(work / "empty.toml"),
-        **pulse.env,
-    }
     pieces = words(REPLY)
     end_of_first = first_sentence_end(pieces)
     first_ms: list[float] = []
@@ -94,8 +70,9 @@ def run(count: int) -> dict[str, Any]:
     usual_gaps_ms: list[float] = []  # the same reply as one say: what the machine's audio path does alone
     seams_ms: list[float] = []
     contexts: list[int] = []
-    try:
-        daemon = Daemon(broker, observer, env, work)
+    with rig("mqtt-speaker-bench-stream-") as parts:
+        work, _, broker, emulator, observer, capture = parts
+        daemon = Daemon(broker, observer, parts.daemon_env(MQTT_SPEAKER_CACHE__ENABLED="false"), work)
         daemon.start(LOG_LEVEL="WARNING")
         writer = Writer(observer, daemon.topic("say/stream"))
         for n in range(count):
@@ -135,12 +112,6 @@ def run(count: int) -> dict[str, Any]:
             daemon.wait_terminal(f"stall{n}", timeout=120)
             capture.quiet_for(0.3, timeout=120)
         daemon.stop()
-    finally:
-        capture.stop()
-        observer.close()
-        emulator.stop()
-        broker.stop()
-        pulse.stop()
 
     def summary(values: list[float]) -> dict[str, float]:
         return {"median": statistics.median(values), "worst": max(values), "n": len(values)}
@@ -184,12 +155,8 @@ def table(r: dict[str, Any]) -> str:
 
 def main() -> None:
     count = int(os.environ.get("BENCH_STREAMS", "5"))
-    RESULTS.mkdir(exist_ok=True)
     results = run(count)
-    (RESULTS / "streaming.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "streaming.md").write_text(table(results))
-    print(table(results))
-    print(f"wrote {RESULTS}/streaming.json, streaming.md")
+    write_results("streaming", results, table(results))
 
 
 if __name__ == "__main__":

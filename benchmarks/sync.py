@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import percentiles
+from benchmarks.bench import percentiles, write_results
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
 from tests.conftest import BASE, Broker, Daemon, Observer
 from tests.rooms import CHANNELS, NODELAY_BROKER, Rooms, onset, spread_ms
@@ -153,11 +153,7 @@ def report(results: dict[str, Any]) -> str:
 
 def main() -> None:
     results = run(int(os.environ.get("BENCH_SYNC_BROADCASTS", "20")))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sync.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = report(results)
-    (RESULTS / "sync.md").write_text(text)
-    print(text)
+    write_results("sync", results, report(results))
 
 
 if __name__ == "__main__":
