@@ -193,7 +193,11 @@ def lowered_while_speaking_and_back(daemon: Daemon, pulse: PulseAudio, music: Mu
         daemon.wait_for_event("duck-1", "started")
         roles = {s.get("application.process.binary"): s.get("media.role") for s in sink_inputs(pulse)}
         spoken_ok(daemon, "duck-1")
-        x = wait_level(capture, at(FULL_DB), "the music back at full level")
+        back_at = wait_level(capture, at(FULL_DB), "the music back at full level").size
+        # Then a second more: the music must stay back, and the capture must reach past the time it must
+        # be back by (measured below), however early the wait above saw it back.
+        wait_until(lambda: capture.signal().size > back_at + RATE, 10, "a second more of the music")
+        x = capture.signal()
     level = music_level(x)
     speech = speech_windows(x)
     steady_level = steady(level)
