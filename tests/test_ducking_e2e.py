@@ -260,9 +260,9 @@ def test_a_stream_that_starts_mid_announcement_is_lowered_too(
     heard = np.flatnonzero(level > FULL_DB - DEPTH - 6)
     onset, last = int(heard[0]), int(speech[-1])
     assert onset < last, "the music did not start during the announcement"
-    # Lowered as soon as the server announced it (50 ms allowed: the server may mix a block or two before
+    # Lowered as soon as the server announced it (100 ms allowed: the server may mix a few blocks before
     # the daemon has heard of it on a busy machine), until the last word; then it comes back, without a step.
-    during = steady_level[onset + 5 : last + 1]
+    during = steady_level[onset + 10 : last + 1]
     assert np.all(np.abs(during - (FULL_DB - DEPTH)) <= 2.0), (during.min(), during.max())
     assert largest_step(level[last:]) < MAX_STEP
     assert music.volume() == "mono: 65536 / 100% / 0.00 dB"  # as paplay opened it
@@ -398,7 +398,6 @@ def test_a_volume_change_made_while_ducked_stands(
         stream = music.sink_input()
         assert stream is not None
         assert server.pactl("set-sink-input-volume", stream["index"], "50%").returncode == 0
-        changed_at = capture.signal().size // WINDOW
         chosen = music.volume()
         spoken_ok(daemon, "duck-6")
         # 50% on PulseAudio's cubic scale is about -18 dB; it is not raised back to full.
@@ -406,8 +405,11 @@ def test_a_volume_change_made_while_ducked_stands(
         wait_until(lambda: capture.signal().size > x.size + (LINGER + FADE_UP) * RATE, 10, "the would-be fade up")
         x = capture.signal()
     assert np.all(np.abs(music_level(x)[-50:] - (FULL_DB - 18.06)) <= 1.0)
-    # ... nor lowered again for the rest of the announcement (from 0.1 s after the change on).
-    after = steady(music_level(x))[changed_at + 10 :]
+    # ... nor lowered again for the rest of the announcement (from 0.1 s after the change on). The change is
+    # found in the capture itself (the fade down never reaches -18 dB): parec's file lags the server.
+    level = steady(music_level(x))
+    changed_at = int(np.flatnonzero(np.abs(level - (FULL_DB - 18.06)) <= 1.0)[0])
+    after = level[changed_at + 10 :]
     assert np.all(np.abs(after - (FULL_DB - 18.06)) <= 2.0), (after.min(), after.max())
     assert music.volume() == chosen
 

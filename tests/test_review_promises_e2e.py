@@ -75,7 +75,11 @@ def test_quiet_and_voice_survive_a_restart(make_daemon: Callable[..., Daemon], c
     daemon.observer.publish(daemon.topic("set/voice"), "kept-voice")
     wait_until(lambda: daemon.states()[-1]["quiet"] and daemon.states()[-1]["voice"] == "kept-voice", 10, "state")
     daemon.stop()
+    # Every state the first daemon published came before its last word, offline; the next is the restarted's.
+    wait_until(lambda: daemon.observer.on(daemon.topic("availability"))[-1].payload == b"offline", 10, "offline")
+    before = len(daemon.states())
     restarted = make_daemon(cartesia_env, site=daemon.site)
+    wait_until(lambda: len(restarted.states()) > before, 10, "the restarted daemon's state")
     state = restarted.states()[-1]
     assert (state["quiet"], state["voice"]) == (True, "kept-voice")
     restarted.say(json.dumps({"id": "hushed", "text": "Not now"}))

@@ -265,6 +265,7 @@ def test_say_stream_speaks_a_pipe_as_it_is_written_mid_line(
     assert (event["id"], event["event_type"]) == ("piped", "finished")
     spoken = "".join(c.transcript for c in sorted(emulator.contexts.values(), key=lambda c: c.first_chunk_at or 0))
     assert spoken == "The kettle has boiled. Your tea is ready, with a biscuit."
+    daemon.wait_terminal("piped")  # the CLI heard it from the broker; the observer may hear it a moment later
     assert terminal_events(daemon, "piped") == ["finished"]
 
 

@@ -165,11 +165,11 @@ def test_says_to_single_rooms_with_the_same_at_start_together(
     start_rooms: Callable[..., list[Daemon]], rooms: Rooms
 ) -> None:
     daemons = start_rooms()
-    at = time.time() + 2.0
-    iso = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    ats: list[float | str] = [at, iso, at]  # epoch seconds or ISO 8601, the same instant
 
     def publish() -> None:
+        at = time.time() + 2.0  # set once the capture runs: starting parec takes time of its own
+        iso = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        ats: list[float | str] = [at, iso, at]  # epoch seconds or ISO 8601, the same instant
         for daemon, when, text in zip(daemons, ats, TEXTS[:3], strict=True):
             daemon.say(json.dumps({"id": "same-at", "text": text, "at": when}))
             time.sleep(0.3)  # the scenario: separate messages, hundreds of milliseconds apart

@@ -130,7 +130,7 @@ def test_the_installed_daemon_comes_online_speaks_and_stops(
     assert seconds > 1.0 and np.abs(samples).max() > 3000  # speech, not silence
     # SIGTERM: it says offline and exits 0.
     assert daemon.stop() == 0, daemon.log.read_text()[-3000:]
-    assert [m.payload for m in observer.on(availability)][-1:] == [b"offline"]
+    wait_until(lambda: [m.payload for m in observer.on(availability)][-1:] == [b"offline"], 10, "offline")
     build = re.findall(r"bookworm-arm64-installed-\S+ (\d+) s", (roots.ROOTS / "build-times.log").read_text())
     print(
         f"\narm64 under qemu ({cpu}): install {build[-1] if build else '?'} s (cached since), "
