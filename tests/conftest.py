@@ -195,6 +195,10 @@ class Daemon:
 
         wait_until(online, timeout, "the daemon to publish online and its state")
 
+    def wait_offline(self, timeout: float = 10) -> None:
+        """Until the observer has `offline` as the last availability (the daemon's last word, or its will)."""
+        wait_until(lambda: self.observer.on(self.topic("availability"))[-1].payload == b"offline", timeout, "offline")
+
     def say(self, payload: str | bytes, *, retain: bool = False) -> None:
         self.observer.publish(self.topic("say"), payload, retain=retain)
 

@@ -26,7 +26,7 @@ def test_the_last_will_says_offline_after_an_unclean_death(make_daemon: Callable
     assert daemon._proc is not None
     daemon._proc.send_signal(signal.SIGKILL)
     daemon._proc.wait(10)
-    wait_until(lambda: daemon.observer.on(daemon.topic("availability"))[-1].payload == b"offline", 30, "the last will")
+    daemon.wait_offline(30)  # the last will
 
 
 def test_wav_files_are_written_to_output_dir(make_daemon: Callable[..., Daemon], workdir: Path) -> None:
@@ -76,7 +76,7 @@ def test_quiet_and_voice_survive_a_restart(make_daemon: Callable[..., Daemon], c
     wait_until(lambda: daemon.states()[-1]["quiet"] and daemon.states()[-1]["voice"] == "kept-voice", 10, "state")
     daemon.stop()
     # Every state the first daemon published came before its last word, offline; the next is the restarted's.
-    wait_until(lambda: daemon.observer.on(daemon.topic("availability"))[-1].payload == b"offline", 10, "offline")
+    daemon.wait_offline()
     before = len(daemon.states())
     restarted = make_daemon(cartesia_env, site=daemon.site)
     wait_until(lambda: len(restarted.states()) > before, 10, "the restarted daemon's state")

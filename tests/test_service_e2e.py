@@ -148,7 +148,7 @@ def test_sigterm_fades_drops_the_queue_says_offline_and_exits_zero(
     assert daemon.wait_terminal("long")["reason"] == "shutdown"
     assert daemon.wait_terminal("queued")["reason"] == "shutdown"
     # Its last word (it waits for the broker's acknowledgement; the observer's copy may come a moment later).
-    wait_until(lambda: daemon.observer.on(daemon.topic("availability"))[-1].payload == b"offline", 10, "offline")
+    daemon.wait_offline()
     wait_until(lambda: (1000, "") in emulator.closes, 10, "the Cartesia socket closed with 1000")
 
 
