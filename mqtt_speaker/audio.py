@@ -40,7 +40,12 @@ REINIT_INTERVAL = 10.0  # seconds: PortAudio is restarted (every ALSA device lis
 
 
 class AudioDeviceError(Exception):
-    """The sound device cannot be opened or stopped working."""
+    """The sound device cannot be opened or stopped working; `played`: seconds of the utterance that had
+    been played by then."""
+
+    def __init__(self, message: str, played: float = 0.0) -> None:
+        super().__init__(message)
+        self.played = played
 
 
 @dataclass(frozen=True)
@@ -469,7 +474,7 @@ class SoundDevicePlayer:
             timeout = deadline - time.monotonic()
             if timeout <= 0 or not stream.active:
                 self._close_stream()
-                raise AudioDeviceError("the output device stopped playing")
+                raise AudioDeviceError("the output device stopped playing", played=self._fifo.played / self._rate)
             await asyncio.wait({future, stopping}, timeout=min(timeout, 1.0), return_when=asyncio.FIRST_COMPLETED)
 
     async def close(self) -> None:

@@ -6,9 +6,15 @@ buffer of a few milliseconds, and keeping it full wakes two threads about 2,500 
 (docs/performance.md). Here the server holds the buffer: a writer thread keeps up to `audio.buffer`
 seconds queued and tops it up half a buffer at a time, so it wakes about five times a second, and a stream
 that ran dry starts again as soon as `audio.prebuffer` seconds are written, so speech still starts at
-once. The server also says exactly how long until a sample written now is heard (`delay`), which
-places a synchronized start, tells when the last sample was heard, and finds what is being heard when
-a stop flushes the buffer and fades out from there.
+once.
+
+How much fits is the server's own flow control (`room`: what libpulse may write without waiting, which
+grows as the server consumes), never the delay: a stream that ran dry reports the sink's own latency
+from then on, frozen, and a sink whose latency is larger than the top-up point (a null sink, Bluetooth,
+a timer-scheduled ALSA sink: 0.2 s and more) would never be written to again. The delay (how long until
+a sample written now is heard) places a synchronized start, tells when the last sample was heard, and
+finds what is being heard when a stop flushes the buffer and fades out from there. A server that stops
+taking audio (nothing of ours consumed for STALL seconds) fails the utterance instead of holding it.
 
 All calls on a stream are made from its writer thread. The event loop hands audio over through a
 lock-protected deque and is woken through call_soon_threadsafe.
@@ -25,7 +31,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +59,12 @@ _PA_DEFAULT = 0xFFFFFFFF  # (uint32_t) -1: the server chooses
 FLUSH_LEAD = 0.003  # seconds the flush takes to reach the server: the fade starts that much later
 QUOTA_MARGIN = 0.02  # seconds queued beyond the longest pause a CPU quota can impose
 PLACE_MARGIN = 0.05  # seconds: a synchronized start is placed in two steps, the second this far ahead
-TOP_UP = 0.5  # the server's buffer is filled up again once it holds less than this share of audio.buffer
+TOP_UP = 0.5  # the server's buffer is filled up again once it holds less than this share of it
+STALL = 3.0  # seconds without the server consuming any of our queued audio: the sound server stopped
+LOOK_AGAIN = 1.0  # seconds: the writer looks at the server at least this often while audio is queued there
+_PA_STREAM_READY = 2
+_PA_OPERATION_RUNNING = 0
+TIMING_WAIT = 0.1  # seconds: the most a fresh timing report is waited for
 
 
 def cpu_quota_pause(cgroup_root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> float:
@@ -105,6 +116,27 @@ class _BufferAttr(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint32) for name in ("maxlength", "tlength", "prebuf", "minreq", "fragsize")]
 
 
+class _TimingInfo(ctypes.Structure):
+    """pa_timing_info."""
+
+    _fields_ = [
+        ("timestamp_sec", ctypes.c_long),  # struct timeval: when the report was current (wall clock)
+        ("timestamp_usec", ctypes.c_long),
+        ("synchronized_clocks", ctypes.c_int),
+        ("sink_usec", ctypes.c_uint64),
+        ("source_usec", ctypes.c_uint64),
+        ("transport_usec", ctypes.c_uint64),
+        ("playing", ctypes.c_int),
+        ("write_index_corrupt", ctypes.c_int),
+        ("write_index", ctypes.c_int64),
+        ("read_index_corrupt", ctypes.c_int),
+        ("read_index", ctypes.c_int64),
+        ("configured_sink_usec", ctypes.c_uint64),
+        ("configured_source_usec", ctypes.c_uint64),
+        ("since_underrun", ctypes.c_int64),
+    ]
+
+
 @functools.cache
 def _libraries() -> tuple[Any, Any] | None:
     """libpulse-simple and libpulse (for pa_strerror), or None when they are not installed."""
@@ -135,6 +167,21 @@ def _libraries() -> tuple[Any, Any] | None:
     simple.pa_simple_free.argtypes = [ctypes.c_void_p]
     pulse.pa_strerror.restype = ctypes.c_char_p
     pulse.pa_strerror.argtypes = [ctypes.c_int]
+    for name in ("pa_threaded_mainloop_lock", "pa_threaded_mainloop_unlock"):
+        getattr(pulse, name).argtypes = [ctypes.c_void_p]
+    pulse.pa_stream_writable_size.restype = ctypes.c_size_t
+    pulse.pa_stream_writable_size.argtypes = [ctypes.c_void_p]
+    pulse.pa_stream_get_buffer_attr.restype = ctypes.POINTER(_BufferAttr)
+    pulse.pa_stream_get_buffer_attr.argtypes = [ctypes.c_void_p]
+    pulse.pa_stream_get_state.argtypes = [ctypes.c_void_p]
+    pulse.pa_stream_get_context.restype = ctypes.c_void_p
+    pulse.pa_stream_get_context.argtypes = [ctypes.c_void_p]
+    pulse.pa_stream_update_timing_info.restype = ctypes.c_void_p
+    pulse.pa_stream_update_timing_info.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    pulse.pa_operation_unref.argtypes = [ctypes.c_void_p]
+    pulse.pa_operation_get_state.argtypes = [ctypes.c_void_p]
+    pulse.pa_stream_get_timing_info.restype = ctypes.POINTER(_TimingInfo)
+    pulse.pa_stream_get_timing_info.argtypes = [ctypes.c_void_p]
     return simple, pulse
 
 
@@ -170,6 +217,36 @@ class PulseStream:
         )
         if not self._handle:
             raise AudioDeviceError(f"cannot open a stream on the sound server: {self._error(error)}")
+        # libpulse-simple's pa_simple starts with its threaded main loop, its context and its stream (the
+        # same layout since 2006): the stream is asked how much fits, under the main loop's lock.
+        self._mainloop, context, self._stream = ctypes.cast(self._handle, ctypes.POINTER(ctypes.c_void_p * 3))[0]
+        with self._locked():
+            usable = (
+                self._pulse.pa_stream_get_context(self._stream) == context
+                and self._pulse.pa_stream_get_state(self._stream) == _PA_STREAM_READY
+            )
+        if not usable:
+            self.close()
+            raise AudioDeviceError("this libpulse-simple is not laid out as expected: its stream cannot be asked")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._pulse.pa_threaded_mainloop_lock(self._mainloop)
+        try:
+            yield
+        finally:
+            self._pulse.pa_threaded_mainloop_unlock(self._mainloop)
+
+    def room(self) -> tuple[int, int]:
+        """(frames that can be written now without waiting, frames the server's buffer holds for us): the
+        server's own flow control, which grows as it consumes what we wrote (and is whole once it ran dry)."""
+        with self._locked():
+            writable = self._pulse.pa_stream_writable_size(self._stream)
+            attr = self._pulse.pa_stream_get_buffer_attr(self._stream)
+            size = attr[0].tlength if attr else 0
+        if writable == ctypes.c_size_t(-1).value or not size:
+            raise AudioDeviceError("the sound server does not answer")
+        return writable // 2, size // 2
 
     def _error(self, error: ctypes.c_int) -> str:
         return str(self._pulse.pa_strerror(error.value).decode(errors="replace"))
@@ -181,13 +258,58 @@ class PulseStream:
         if self._lib.pa_simple_write(self._handle, data.ctypes.data, data.nbytes, ctypes.byref(error)) < 0:
             raise AudioDeviceError(f"the sound server stopped taking audio: {self._error(error)}")
 
-    def delay(self) -> float:
-        """Seconds until a sample written now is heard (what is queued plus the server's own delay)."""
+    def delay(self, *, fresh: bool = False) -> float:
+        """Seconds until a sample written now is heard (what is queued plus the sink's own delay), from the
+        server's last timing report, moved on by the time since (`fresh`: a report asked for now).
+
+        Not pa_simple_get_latency (only until the server has sent a first report): libpulse keeps the
+        stream's clock from running backwards, so on a stream that has just started after a pause its
+        latency stands still for as long as the pause was (measured: 0.1 s after a 0.1 s pause), which
+        misplaced a synchronized start by that much."""
+        if fresh:
+            self._update_timing()
+        info = self._timing()
+        if info is None:  # none yet (a new stream), or one a flush made out of date: ask for one
+            self._update_timing()
+            if (info := self._timing()) is None:
+                return self._simple_latency()
+        queued = (info.write_index - info.read_index) / (2 * self.rate)
+        # When the report was current, a sample read then was heard sink_usec later (and the report took
+        # transport_usec to reach us); since then, a playing stream has moved on with the clock.
+        age = time.time() - (info.timestamp_sec + info.timestamp_usec / 1e6) if info.playing else 0.0
+        transport = 0.0 if info.synchronized_clocks else info.transport_usec / 1e6
+        return max(0.0, float(queued + info.sink_usec / 1e6 - transport - age))
+
+    def _timing(self) -> _TimingInfo | None:
+        """The server's last timing report, if it can be used."""
+        with self._locked():
+            pointer = self._pulse.pa_stream_get_timing_info(self._stream)
+            info = _TimingInfo.from_buffer_copy(pointer[0]) if pointer else None
+        return None if info is None or info.write_index_corrupt or info.read_index_corrupt else info
+
+    def _simple_latency(self) -> float:
         error = ctypes.c_int(0)
         microseconds = self._lib.pa_simple_get_latency(self._handle, ctypes.byref(error))
         if microseconds == 2**64 - 1:  # (pa_usec_t) -1
             raise AudioDeviceError(f"the sound server does not answer: {self._error(error)}")
         return float(microseconds) / 1e6
+
+    def _update_timing(self) -> None:
+        """Ask the server for its timing and wait for the answer (a millisecond or so; at most TIMING_WAIT)."""
+        with self._locked():
+            operation = self._pulse.pa_stream_update_timing_info(self._stream, None, None)
+        if not operation:
+            raise AudioDeviceError("the sound server does not answer (timing)")
+        try:
+            deadline = time.monotonic() + TIMING_WAIT
+            while time.monotonic() < deadline:
+                with self._locked():
+                    if self._pulse.pa_operation_get_state(operation) != _PA_OPERATION_RUNNING:
+                        return
+                time.sleep(0.0005)
+        finally:
+            with self._locked():
+                self._pulse.pa_operation_unref(operation)
 
     def flush(self) -> None:
         """Drop everything queued: silence at once."""
@@ -233,8 +355,11 @@ class _Writer:
         self.failure: AudioDeviceError | None = None
         self._history: collections.deque[tuple[int, Pcm]] = collections.deque()  # (position, block) written
         self._position = 0  # frames written to the stream
+        self._consumed = 0  # frames the server had consumed of them when last looked
+        self._consumed_at = 0.0  # monotonic: when that last changed (the watchdog)
         self.opened: asyncio.Future[None] = loop.create_future()
         self._prebuffer = settings.prebuffer  # set again by the writer thread before it opens the stream
+        self._prebuffer_frames = int(self._prebuffer * rate)
         self._thread = threading.Thread(target=self._run, name="mqtt-speaker-writer", daemon=True)
         self._thread.start()
 
@@ -304,6 +429,7 @@ class _Writer:
         # must outlast that, or the first words break up. (Read here: files, not on the event loop.)
         pause = cpu_quota_pause()
         self._prebuffer = min(max(settings.prebuffer, pause + QUOTA_MARGIN if pause else 0.0), settings.buffer / 2)
+        self._prebuffer_frames = int(self._prebuffer * self._rate)
         if pause:
             LOG.info("a CPU quota can pause us for %.0f ms: speech starts once %.0f ms are queued", pause * 1000,
                      self._prebuffer * 1000)  # fmt: skip
@@ -328,9 +454,13 @@ class _Writer:
                 LOG.warning("%s", exc)
             else:
                 LOG.exception("the writer failed")
-            self.failure = exc if isinstance(exc, AudioDeviceError) else AudioDeviceError(f"the writer failed: {exc!r}")
             with self._cond:
                 utterance, self._utterance = self._utterance, None
+            start = utterance.speech_at if utterance is not None else None
+            played = max(0, self._consumed - start) / self._rate if start is not None else 0.0
+            self.failure = AudioDeviceError(
+                str(exc) if isinstance(exc, AudioDeviceError) else f"the writer failed: {exc!r}", played
+            )
             if utterance is not None and utterance.done is not None:
                 self._call(utterance.done, -1.0)
         finally:
@@ -338,39 +468,59 @@ class _Writer:
 
     def _step(self, stream: PulseStream) -> bool:
         """One turn: write, place, end or fade; else wait. False once closed."""
-        delay = stream.delay()
-        target = self._settings.buffer
+        room, size = stream.room()
+        self._watch(size - room)
+        top_up = int(size * (1 - TOP_UP))  # written to once this much fits: half a buffer at a time
+        wait: float | None = None  # seconds to wait for something to do (None: until woken)
         with self._cond:
             if self._closing:
                 return False
             utterance = self._utterance
-            if utterance is None or (utterance.fade is None and not self._ready(utterance, delay < target * TOP_UP)):
-                # Nothing to do until audio comes (or the server has room again) or a request.
-                self._waiting_for_audio = not self._queue
-                self._cond.wait(None if not self._queue else max(0.005, delay - target * TOP_UP))
-                self._waiting_for_audio = False
-                return True
             blocks: list[Pcm] = []
-            if utterance.fade is not None:
+            if utterance is not None and utterance.fade is not None:
                 self._queue.clear()
                 self.queued = 0
+            elif utterance is None or (not self._queue and not utterance.ended):
+                utterance = None  # nothing to do until audio comes, or a request
             elif utterance.start is None and self._queue:
-                blocks = self._take(int((target - delay) * self._rate))
+                if room >= min(top_up, self.queued):
+                    blocks = self._take(room)
+                else:
+                    wait = (min(top_up, self.queued) - room) / self._rate
+                    utterance = None
+            if utterance is None:
+                if size - room >= self._prebuffer_frames:  # audio of ours at the server: keep an eye on it
+                    wait = min(wait or LOOK_AGAIN, LOOK_AGAIN)
+                self._waiting_for_audio = not self._queue
+                self._cond.wait(None if wait is None else max(0.005, wait))
+                self._waiting_for_audio = False
+                return True
         if utterance.fade is not None:
-            self._fade(stream, utterance, delay)
+            self._fade(stream, utterance, stream.delay())
         elif blocks:
             self._write(stream, utterance, blocks)
         elif utterance.start is not None:
-            self._place(stream, utterance, delay)
+            self._wait(self._place(stream, utterance, room, size, top_up))
         else:
-            self._finish(stream, utterance, delay)
+            self._finish(stream, utterance, stream.delay())
         return True
 
-    def _ready(self, utterance: _Utterance, room: bool) -> bool:
-        """Whether there is something to do for the utterance (lock held)."""
-        if self._queue:
-            return utterance.start is not None or room
-        return utterance.ended
+    def _watch(self, level: int) -> None:
+        """The watchdog: audio of ours queued at the server (at least the prebuffer, which the server waits
+        for before it plays) of which nothing was consumed for STALL seconds fails the stream."""
+        consumed = self._position - level
+        now = time.monotonic()
+        if consumed != self._consumed or level < self._prebuffer_frames:
+            self._consumed, self._consumed_at = consumed, now
+        elif now - self._consumed_at > STALL:
+            raise AudioDeviceError(f"the sound server stopped taking audio: none was played for {STALL:.0f} s")
+
+    def _wait(self, seconds: float | None) -> None:
+        """Wait up to `seconds` (None: not at all) or until the loop asks for something (a stop)."""
+        if seconds is not None:
+            with self._cond:
+                if self._utterance is not None and self._utterance.fade is None and not self._closing:
+                    self._cond.wait(max(0.005, min(seconds, LOOK_AGAIN)))
 
     def _take(self, frames: int) -> list[Pcm]:
         """Up to `frames` of what waits (lock held); tells the loop when there is room again."""
@@ -404,24 +554,34 @@ class _Writer:
         while self._history and self._history[0][0] + self._history[0][1].size < keep:
             self._history.popleft()
 
-    def _silence(self, stream: PulseStream, seconds: float) -> None:
-        frames = int(seconds * self._rate)
+    def _silence(self, stream: PulseStream, frames: int) -> None:
         if frames > 0:
             self._send(stream, np.zeros(frames, dtype=np.int16))
 
-    def _place(self, stream: PulseStream, utterance: _Utterance, delay: float) -> None:
-        """A synchronized start: silence until the first sample is heard at the instant. In two steps:
-        most of the silence first (it starts a stream that ran dry), then, with the server's delay
-        measured on a running stream, the rest."""
+    def _place(self, stream: PulseStream, utterance: _Utterance, room: int, size: int, top_up: int) -> float | None:
+        """A synchronized start: silence until the first sample is heard at the instant. Nothing is written
+        until the instant is a buffer away; then the silence, as the server takes it (a stop is heard
+        between two writes, never after the whole wait); the last part with the server's delay measured
+        on the running stream. The seconds to wait before the next step, or None."""
         assert utterance.start is not None
-        ahead = utterance.start - time.time() - delay
+        ahead = utterance.start - time.time() - stream.delay()
+        buffer = size / self._rate
+        if ahead > buffer + PLACE_MARGIN * 2:
+            return ahead - buffer - PLACE_MARGIN * 2
         if ahead > PLACE_MARGIN * 2:
-            self._silence(stream, ahead - PLACE_MARGIN)
-            time.sleep(PLACE_MARGIN / 2)  # the stream started: let its timing settle
-            ahead = utterance.start - time.time() - stream.delay()
-        self._silence(stream, ahead)
+            frames = int((ahead - PLACE_MARGIN) * self._rate)
+            if room < min(top_up, frames):
+                return (min(top_up, frames) - room) / self._rate
+            self._silence(stream, min(room, frames))
+            return None
+        ahead = utterance.start - time.time() - stream.delay(fresh=True)  # the last step: to the sample
+        frames = max(0, round(ahead * self._rate))
+        if frames > room:
+            return (frames - room) / self._rate
+        self._silence(stream, frames)
         late, utterance.start = max(0.0, -ahead), None
         self._call(utterance.on_placed, late)
+        return None
 
     def _finish(self, stream: PulseStream, utterance: _Utterance, delay: float) -> None:
         """Everything is written: pad with the prebuffer's silence once (a stream that ran dry plays
@@ -430,7 +590,7 @@ class _Writer:
             self._done(utterance, 0)
             return
         if self._position == utterance.speech_at + utterance.written:
-            self._silence(stream, self._prebuffer)
+            self._silence(stream, self._prebuffer_frames)
             delay = stream.delay()
         tail = (self._position - utterance.speech_at - utterance.written) / self._rate
         left = delay - tail
@@ -449,8 +609,9 @@ class _Writer:
         heard, ramped down to silence; report the seconds heard."""
         frames = utterance.fade or 0
         heard = self._position - int(delay * self._rate)
-        start = heard + int(FLUSH_LEAD * self._rate)
+        # Only its own audio is faded (what is queued before it, a synchronized start's silence, is not).
         speech_at = utterance.speech_at if utterance.speech_at is not None else self._position
+        start = max(heard + int(FLUSH_LEAD * self._rate), speech_at)
         end_of_speech = speech_at + utterance.written
         tail = self._recent(start, min(frames, max(0, end_of_speech - start)))
         stream.flush()
@@ -461,9 +622,10 @@ class _Writer:
             utterance.fade = None
             utterance.ended = True
             utterance.left = None
+            utterance.start = None  # a start still waiting for its instant is never placed
         utterance.written = max(0, min(start, end_of_speech) - speech_at) + tail.size
-        # What is queued now is the fade: the utterance "ends" where the fade does.
-        utterance.speech_at = self._position - utterance.written
+        # What is queued now is the fade: the utterance "ends" where the fade does (nothing was: at once).
+        utterance.speech_at = self._position - utterance.written if utterance.written else None
 
     def _recent(self, start: int, frames: int) -> Pcm:
         """`frames` of what was written from stream position `start` on (empty if no longer kept)."""
@@ -636,6 +798,8 @@ async def _until(future: asyncio.Future[Any], stopping: asyncio.Future[Any] | No
         if not writer.alive:
             raise writer.failure or AudioDeviceError("the sound server stopped playing")
         await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+    if writer.failure is not None and future.exception() is not None:  # say why, not only that it stopped
+        raise writer.failure
     return future.result()
 
 

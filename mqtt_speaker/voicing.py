@@ -260,7 +260,7 @@ class Voice:
             except AudioDeviceError as exc:
                 failure = ErrorReport(code=ErrorCode.AUDIO_DEVICE_UNAVAILABLE, message=str(exc), id=request.id)
                 self._set_problem("audio", failure)
-                return self._fail(job, failure)
+                return self._fail(job, failure, played=played_total + exc.played)
             except Exception as exc:
                 LOG.exception("speaking %s failed unexpectedly", request.id)
                 return self._fail(job, ErrorReport(code=ErrorCode.INTERNAL_ERROR, message=repr(exc), id=request.id))

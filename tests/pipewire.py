@@ -4,10 +4,12 @@ exits without one), a null sink named like PulseAudio's test sink, and the same 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tests.sound import RATE, SINK, PulseAudio, terminate, wait_until
@@ -76,6 +78,16 @@ class PipeWire(PulseAudio):
             return ready()
 
         wait_until(up, 20, what)
+
+    @contextlib.contextmanager
+    def graph_stopped(self) -> Iterator[None]:
+        """PipeWire's graph frozen (SIGSTOP): nothing plays, while pipewire-pulse still answers its clients."""
+        graph = next(proc for proc in self._procs if proc.args == ["pipewire"])
+        graph.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            graph.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         for proc in reversed(self._procs):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,30 @@ class PulseAudio:
     def sink_arguments(self) -> str:
         fifo = self.dir / "sink.fifo"
         return f"file={fifo} sink_name={SINK} format=s16le rate={RATE} channels=1 use_system_clock_for_timing=yes"
+
+    @contextlib.contextmanager
+    def slow_sink(self, name: str, latency_ms: int) -> Iterator[str]:
+        """A sink with a fixed latency of its own (`latency_ms`), as Bluetooth or a timer-scheduled ALSA sink
+        has: a tunnel into this server's own sink, so what it plays is captured as the test sink's. A low-
+        latency capture client does not make it faster (a null sink takes its latency from its clients)."""
+        loaded = self.pactl(
+            "load-module", "module-tunnel-sink", f"sink_name={name}", f"server={self.env['PULSE_SERVER']}",
+            f"sink={SINK}", f"latency_msec={latency_ms}", "channels=1", f"rate={RATE}", "format=s16le",
+        )  # fmt: skip
+        if loaded.returncode != 0:
+            raise RuntimeError(f"cannot make the sink {name}: {loaded.stderr}")
+        try:
+            wait_until(lambda: name in self.pactl("list", "short", "sinks").stdout, 10, f"the sink {name}")
+            yield name
+        finally:
+            self.pactl("unload-module", loaded.stdout.strip())
+
+    def sink_latency(self, name: str) -> float:
+        """The sink's latency now, in seconds, as the server reports it (pactl)."""
+        blocks = self.pactl("list", "sinks").stdout.split("Sink #")
+        block = next(b for b in blocks if f"Name: {name}\n" in b)
+        line = next(line for line in block.splitlines() if line.strip().startswith("Latency:"))
+        return int(line.split()[1]) / 1e6
 
     def pactl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
