@@ -196,12 +196,7 @@ def helper(script: str, *args: str, env: dict[str, str]) -> Iterator[subprocess.
         proc.wait(10)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def run(count: int, idle_seconds: float) -> dict[str, Any]:
+def run(count: int, idle_seconds: float) -> dict[str, Any]:  # noqa: PLR0915 - one benchmark run, measure after measure, in the order of its table
     results: dict[str, Any] = {"machine": f"{platform.node()}: {platform.platform()}, {os.cpu_count()} cores"}
     with rig("mqtt-speaker-bench-") as parts:
         work, pulse, broker, emulator, observer, capture = parts
@@ -271,10 +266,10 @@ def run(count: int, idle_seconds: float) -> dict[str, Any]:
         capture.onset_after(time.monotonic() - 0.05)
         cache_hit = measure(capture, lambda t: observer.publish(say, json.dumps({"text": t})), "Cached phrase", 10, 0)
         # Idle CPU, then memory after 200 requests.
-        pid = daemon._proc.pid if daemon._proc else 0
-        before = cpu_seconds(pid)
+        pid = daemon.pid
+        before = cpu.cpu_seconds(pid)
         time.sleep(idle_seconds)
-        idle_cpu = (cpu_seconds(pid) - before) / idle_seconds * 100
+        idle_cpu = (cpu.cpu_seconds(pid) - before) / idle_seconds * 100
         for n in range(200):
             observer.publish(say, json.dumps({"id": f"m{n}", "text": "Hi", "cache": False}))
         daemon.wait_terminal("m199", timeout=300)

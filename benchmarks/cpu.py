@@ -208,8 +208,7 @@ def lowest_gapless_quota(speak: Callable[[CpuGroup], np.ndarray]) -> tuple[float
 
 
 def pid_of(daemon: Daemon) -> int:
-    assert daemon._proc is not None
-    return daemon._proc.pid
+    return daemon.pid
 
 
 def speech_region(signal: np.ndarray) -> np.ndarray:
@@ -318,12 +317,12 @@ PROSE = (
 )
 
 
-def run(
+def run(  # noqa: PLR0913, PLR0915 - the CPU benchmark's steps in order, on the rig's parts
     broker: Any, observer: Observer, capture: TimedCapture, work: Path, env: dict[str, str], pulse_env: dict[str, str]
 ) -> dict[str, Any]:
     """Every CPU, quota and memory figure, side by side: the daemon, pacat and the minimal player."""
     from benchmarks.resampling import Linear, compare, energy_above, resample_all
-    from mqtt_speaker.audio import Resampler
+    from mqtt_speaker.playback.pcm import Resampler
 
     out: dict[str, Any] = {}
     long_text, quota_text = "x" * 500, "x" * 200  # 20 s and 8 s of the emulator's speech

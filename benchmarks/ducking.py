@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench import FIRST_CHUNK, THRESHOLD, Rig, TimedCapture, percentiles, rig, write_results
-from mqtt_speaker.ducking import FADE_DOWN, FADE_UP, LINGER
+from mqtt_speaker.playback.ducking import FADE_DOWN, FADE_UP, LINGER
 from tests.conftest import Daemon
 from tests.sound import RATE, wait_until
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mqtt_speaker.audio import Resampler
-from mqtt_speaker.engines.base import Pcm
+from mqtt_speaker.playback.pcm import Resampler
+from mqtt_speaker.speech.audio import Pcm
 
 
 class Linear:

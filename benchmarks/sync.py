@@ -38,7 +38,7 @@ MODES: list[tuple[str, dict[str, Any], bool]] = [
 ]
 
 
-def broadcast(
+def broadcast(  # noqa: PLR0913 - one broadcast to the rooms, with everything it is measured by
     rooms: Rooms, observer: Observer, daemons: list[Daemon], request_id: str, payload: dict[str, Any], stamp: bool
 ) -> tuple[float, float, int]:
     """(spread ms, publish-to-first-sample ms, the latest room's late_ms) of one all/say; `stamp`: with its

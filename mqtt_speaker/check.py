@@ -10,13 +10,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from mqtt_speaker.audio import AudioDeviceError
-from mqtt_speaker.ducking import describe_server
 from mqtt_speaker.engines.base import SynthesisError
-from mqtt_speaker.engines.registry import EngineChoice
-from mqtt_speaker.mqtt import new_client
-from mqtt_speaker.pulse import sound_player
+from mqtt_speaker.playback.devices import sound_player
+from mqtt_speaker.playback.ducking import describe_server
+from mqtt_speaker.playback.output import AudioDeviceError
+from mqtt_speaker.protocol.link import BrokerUnreachable, one_shot
 from mqtt_speaker.settings import ConfigError, Settings, config_path_from
+from mqtt_speaker.speech.vocabulary import EngineChoice
 
 TIMEOUT = 10.0
 
@@ -36,7 +36,6 @@ def check_config(settings: Settings) -> str:
 
 def check_broker(settings: Settings) -> str:
     mqtt = settings.mqtt
-    client = new_client(mqtt, f"mqtt-speaker-check-{settings.site}")
     answered = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -44,23 +43,17 @@ def check_broker(settings: Settings) -> str:
         outcome["reason"] = reason
         answered.set()
 
-    client.on_connect = on_connect
     where = f"{mqtt.host}:{mqtt.port}{' (TLS)' if mqtt.tls else ''}"
     try:
-        client.connect(mqtt.host, mqtt.port, keepalive=10)
-    except OSError as exc:
-        raise CheckFailed(f"cannot reach {where}: {exc}") from exc
-    client.loop_start()
-    try:
-        if not answered.wait(TIMEOUT):
-            raise CheckFailed(f"{where} did not answer within {TIMEOUT:.0f} s")
-        if outcome["reason"].is_failure:
-            raise CheckFailed(f"{where} refused the connection: {outcome['reason']}")
-        user = f" as {mqtt.username}" if mqtt.username else ""
-        return f"connected to {where}{user}"
-    finally:
-        client.disconnect()
-        client.loop_stop()
+        with one_shot(mqtt, "check", keepalive=10, on_connect=on_connect):
+            if not answered.wait(TIMEOUT):
+                raise CheckFailed(f"{where} did not answer within {TIMEOUT:.0f} s")
+    except BrokerUnreachable as exc:
+        raise CheckFailed(f"cannot reach {where}: {exc.__cause__}") from exc
+    if outcome["reason"].is_failure:
+        raise CheckFailed(f"{where} refused the connection: {outcome['reason']}")
+    user = f" as {mqtt.username}" if mqtt.username else ""
+    return f"connected to {where}{user}"
 
 
 def check_speech(settings: Settings) -> str:

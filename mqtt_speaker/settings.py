@@ -19,8 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from mqtt_speaker.emotions import EMOTIONS
-from mqtt_speaker.engines.registry import EngineChoice, EngineName
+from mqtt_speaker.speech.emotions import EMOTIONS
+from mqtt_speaker.speech.vocabulary import EngineChoice, EngineName
 
 DEFAULT_CONFIG_PATH = Path("/etc/mqtt-speaker/config.toml")
 DEFAULT_VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"

@@ -39,7 +39,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from mqtt_speaker.emotions import EMOTIONS
+from mqtt_speaker.speech.emotions import EMOTIONS
 
 FaultKind = Literal["abort", "close_1011", "close_1000", "silent"]
 TEST_API_KEY = "sk_car_emulator_test_key"
@@ -280,7 +280,7 @@ class CartesiaEmulator:
                 await ws.close(1000, "connection idle timeout")
                 return
 
-    async def _generate(self, ws: ServerConnection, context_id: str, inputs: asyncio.Queue[dict[str, Any]]) -> None:
+    async def _generate(self, ws: ServerConnection, context_id: str, inputs: asyncio.Queue[dict[str, Any]]) -> None:  # noqa: PLR0912, PLR0915 - the service's context lifecycle, step by step
         """One context: its inputs (continuations) in order. Text is held while `max_buffer_delay_ms`
         allows (up to the last sentence end it is spoken at once), a flush or the last input speaks it
         all; a context with nothing left to say expires `context_expiry` after its last audio."""

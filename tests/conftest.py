@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from mqtt_speaker.mqtt import without_tcp_delays
+from mqtt_speaker.protocol.link import without_tcp_delays
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
 from tests.sound import PulseAudio, terminate, wait_until
 
@@ -235,6 +236,17 @@ class Daemon:
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "the daemon is not running"
+        return self._proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: an unclean death (no last words, nothing restored)."""
+        assert self._proc is not None, "the daemon is not running"
+        self._proc.send_signal(signal.SIGKILL)
+        self._proc.wait(10)
 
     def rss_kb(self) -> int:
         """Resident memory of the daemon process, from /proc."""

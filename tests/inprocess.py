@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mqtt_speaker.audio import WavWriter
 from mqtt_speaker.daemon import Daemon
 from mqtt_speaker.engines.registry import build_engines
+from mqtt_speaker.playback.wav import WavWriter
 from mqtt_speaker.settings import Settings
 from tests.conftest import Broker
 from tests.sound import wait_until

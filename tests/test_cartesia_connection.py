@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from mqtt_speaker.engines.base import SynthesisError
-from mqtt_speaker.engines.cartesia import CartesiaEngine, _HttpOnDemand
+from mqtt_speaker.engines.cartesia import CartesiaEngine, HttpOnDemand
 from mqtt_speaker.settings import CartesiaSettings
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
 from tests.tls import authority, signed
@@ -44,7 +44,7 @@ def test_the_http_transport_is_made_at_the_first_request_and_works() -> None:
 
         server = await asyncio.start_server(answer, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        async with server, httpx.AsyncClient(transport=_HttpOnDemand()) as client:
+        async with server, httpx.AsyncClient(transport=HttpOnDemand()) as client:
             response = await client.get(f"http://127.0.0.1:{port}/")
             return response.status_code, response.content
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from mqtt_speaker.engines.base import SynthesisError
-from mqtt_speaker.engines.cartesia import CartesiaEngine, _Context
-from mqtt_speaker.models import ErrorCode
+from mqtt_speaker.engines.cartesia import CartesiaEngine, Context
 from mqtt_speaker.settings import CartesiaSettings
+from mqtt_speaker.speech.vocabulary import ErrorCode
 
 
 def raw(message: dict[str, Any]) -> bytes:
@@ -28,21 +28,21 @@ def chunk(context_id: str, samples: list[int]) -> bytes:
     return raw({"type": "chunk", "context_id": context_id, "data": data, "done": False, "status_code": 206})
 
 
-def run(messages: list[bytes], *ids: str) -> tuple[dict[str, _Context], list[_Context]]:
+def run(messages: list[bytes], *ids: str) -> tuple[dict[str, Context], list[Context]]:
     """The messages handed to the engine's dispatch, with a context open for each of `ids`."""
 
-    async def main() -> tuple[dict[str, _Context], list[_Context]]:
+    async def main() -> tuple[dict[str, Context], list[Context]]:
         engine = CartesiaEngine(CartesiaSettings())
-        records = [_Context(None, {"context_id": i}, 0, 0, 24000) for i in ids]  # type: ignore[arg-type, typeddict-item]
+        records = [Context(None, {"context_id": i}, 0, 0, 24000) for i in ids]  # type: ignore[arg-type, typeddict-item]
         contexts = {r.id: r for r in records}
         for message in messages:
-            engine._dispatch(None, contexts, message)  # type: ignore[arg-type]
+            engine.dispatch(None, contexts, message)  # type: ignore[arg-type]
         return contexts, records
 
     return asyncio.run(main())
 
 
-def taken(record: _Context) -> list[Any]:
+def taken(record: Context) -> list[Any]:
     async def main() -> list[Any]:
         items: list[Any] = []
         while not items or isinstance(items[-1], np.ndarray):
@@ -90,7 +90,7 @@ def test_a_held_take_merges_what_comes_meanwhile_and_ends_early_at_the_end() -> 
     up as one chunk, and the context's end (or error) is not held back."""
 
     async def main() -> tuple[list[int], float, Any]:
-        record = _Context(None, {"context_id": "a"}, 0, 0, 24000)  # type: ignore[arg-type, typeddict-item]
+        record = Context(None, {"context_id": "a"}, 0, 0, 24000)  # type: ignore[arg-type, typeddict-item]
         loop = asyncio.get_running_loop()
         record.out.put(np.array([1], dtype=np.int16))
         loop.call_later(0.05, record.out.put, np.array([2], dtype=np.int16))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_speaker.discovery import discovery_messages, removal_messages
+from mqtt_speaker.protocol.discovery import discovery_messages, removal_messages
+from mqtt_speaker.protocol.topics import Topics
 from mqtt_speaker.settings import Settings
-from mqtt_speaker.topics import Topics
 from tests.conftest import Broker, Observer
 from tests.sound import wait_until
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import wave
@@ -20,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from mqtt_speaker.ducking import FADE_DOWN, FADE_UP, LINGER
+from mqtt_speaker.playback.ducking import FADE_DOWN, FADE_UP, LINGER
 from tests import pipewire
 from tests.conftest import Broker, Daemon, spoken_ok
 from tests.sound import RATE, Capture, PulseAudio, Signal, terminate, wait_until
@@ -288,8 +287,7 @@ def test_duck_false_leaves_the_music_alone(
     assert speech_windows(x).size, "the voice was not heard"
     start = int(np.flatnonzero(level > FULL_DB - 1.0)[0])
     assert np.all(np.abs(level[start:] - FULL_DB) <= 1.0), level[start:].min()
-    assert daemon._proc is not None
-    assert roles[str(daemon._proc.pid)] == "a11y"  # MQTT_SPEAKER_AUDIO__ROLE, on this daemon's own stream
+    assert roles[str(daemon.pid)] == "a11y"  # MQTT_SPEAKER_AUDIO__ROLE, on this daemon's own stream
 
 
 @ONLY_PULSEAUDIO
@@ -327,9 +325,7 @@ def test_sigkill_mid_announcement_then_a_restart_brings_the_music_back(
         daemon.say(json.dumps({"id": "duck-5", "text": SENTENCE * 3}))
         daemon.wait_for_event("duck-5", "started")
         wait_level(capture, at(FULL_DB - DEPTH, 1.0), "the music lowered")
-        assert daemon._proc is not None
-        os.kill(daemon._proc.pid, signal.SIGKILL)
-        daemon._proc.wait(10)
+        daemon.kill()
         # Nobody is left to bring it back: it stays down ...
         lowered = music.volume()
         assert lowered != before

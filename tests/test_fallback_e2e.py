@@ -17,9 +17,9 @@ import pytest
 
 from mqtt_speaker.engines.base import Voicing
 from mqtt_speaker.engines.piper import PiperEngine
-from mqtt_speaker.models import SayRequest, Segment
 from mqtt_speaker.settings import PiperSettings
-from mqtt_speaker.text import Script
+from mqtt_speaker.speech.text import Script
+from mqtt_speaker.speech.vocabulary import SayRequest, Segment
 from tests.cartesia_emulator import CartesiaEmulator, Fault
 from tests.conftest import Daemon, spoken_ok
 from tests.sound import RATE, PulseAudio, rms, sound_regions, wait_until

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from mqtt_speaker.sync import clock_synchronized
+from mqtt_speaker.clock import clock_synchronized
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator, frequency_for
 from tests.conftest import Daemon, Observer, spoken_ok
 from tests.sound import PulseAudio, dominant_frequency, sound_regions, wait_until

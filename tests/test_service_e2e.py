@@ -128,7 +128,7 @@ def test_a_refused_connection_is_logged_once_and_retried(
         attempt = "Sending CONNECT" if problem == "wrong password" else "Connection failed, retrying"
         wait_until(lambda: log.read_text().count(attempt) >= 3, 30, "three attempts")
         assert proc.poll() is None
-        warnings = [line for line in log.read_text().splitlines() if "WARNING mqtt_speaker.mqtt" in line]
+        warnings = [line for line in log.read_text().splitlines() if "WARNING mqtt_speaker.protocol.link" in line]
         assert len(warnings) == 1, warnings
         assert PASSWORD not in log.read_text() and "wrong" not in warnings[0]
     finally:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_speaker.engines.registry import EngineChoice
 from mqtt_speaker.settings import ConfigError, Settings, default_site, load_settings
+from mqtt_speaker.speech.vocabulary import EngineChoice
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "config.example.toml"
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from mqtt_speaker.models import SayRequest, Segment
-from mqtt_speaker.text import LiveText, Piece, Position, Script, sentence_end, words_end
+from mqtt_speaker.speech.text import LiveText, Piece, Position, Script, sentence_end, words_end
+from mqtt_speaker.speech.vocabulary import SayRequest, Segment
 
 NEUTRAL = Segment(text="")
 ANGRY = Segment(text="", emotion="angry")

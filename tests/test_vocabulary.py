@@ -10,7 +10,7 @@ from typing import get_args
 
 from cartesia.types import Emotion, SupportedLanguage
 
-from mqtt_speaker.emotions import EMOTIONS, LANGUAGES
+from mqtt_speaker.speech.emotions import EMOTIONS, LANGUAGES
 
 
 def test_emotions_match_the_sdk() -> None:

@@ -8,21 +8,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
-from mqtt_speaker.models import ErrorCode
-from mqtt_speaker.text import Script
-
-Pcm = npt.NDArray[np.int16]
-
-
-@dataclass(frozen=True)
-class AudioChunk:
-    """Mono signed 16-bit samples of one segment (run) of a request, in order."""
-
-    samples: Pcm
-    sample_rate: int
-    segment: int
+from mqtt_speaker.speech.audio import AudioChunk, Pcm
+from mqtt_speaker.speech.text import Script
+from mqtt_speaker.speech.vocabulary import ErrorCode
 
 
 @dataclass(frozen=True)

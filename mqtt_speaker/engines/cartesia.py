@@ -32,10 +32,11 @@ from cartesia.resources.tts import AsyncTTSResourceConnection
 from cartesia.types import GenerationConfigParam, GenerationRequestParam
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from mqtt_speaker.engines.base import AudioChunk, Pcm, PcmAssembler, SynthesisError, Voicing
-from mqtt_speaker.models import ErrorCode
+from mqtt_speaker.engines.base import PcmAssembler, SynthesisError, Voicing
 from mqtt_speaker.settings import CartesiaSettings
-from mqtt_speaker.text import Piece, Position, Script
+from mqtt_speaker.speech.audio import AudioChunk, Pcm
+from mqtt_speaker.speech.text import Piece, Position, Script
+from mqtt_speaker.speech.vocabulary import ErrorCode
 
 LOG = logging.getLogger(__name__)
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
@@ -67,7 +68,7 @@ def _handshake_error(exc: BaseException) -> SynthesisError:
     )
 
 
-def _error_frame(event: Any) -> SynthesisError:
+def error_frame(event: Any) -> SynthesisError:
     status = getattr(event, "status_code", None)
     text = getattr(event, "message", None) or getattr(event, "title", None)
     extra = getattr(event, "model_extra", None) or {}
@@ -96,7 +97,7 @@ def spoken_prefix(text: str, words: Sequence[str]) -> int:
     return position
 
 
-class _HttpOnDemand(httpx.AsyncBaseTransport):
+class HttpOnDemand(httpx.AsyncBaseTransport):
     """The SDK client's HTTP transport, made at its first request. The engine only speaks over the
     WebSocket, and httpx's default transport loads its libraries and a CA bundle when the client is
     made: 3 MB of an idle speaker's memory, for nothing."""
@@ -142,11 +143,11 @@ class CartesiaEngine:
     def __init__(self, settings: CartesiaSettings) -> None:
         self._settings = settings
         key = settings.api_key.get_secret_value() if settings.api_key else None
-        http = httpx.AsyncClient(transport=_HttpOnDemand())
+        http = httpx.AsyncClient(transport=HttpOnDemand())
         self._client = AsyncCartesia(api_key=key, websocket_base_url=settings.url, http_client=http)
         self._ws: AsyncTTSResourceConnection | None = None
         self._closed: asyncio.Task[None] | None = None  # the socket's reader: done once it closed
-        self._contexts: dict[str, _Context] = {}  # open on the socket, by id (prefetch_segments per request)
+        self._contexts: dict[str, Context] = {}  # open on the socket, by id (prefetch_segments per request)
         self._last_used = 0.0
         self._opened_at = 0.0
         self._proven = False  # a context has finished on the current socket
@@ -305,8 +306,8 @@ class CartesiaEngine:
                 LOG.info("Cartesia %s before segment %d spoke; retrying on a fresh socket", lost.reason, lost.segment)
 
     def _context(
-        self, ws: AsyncTTSResourceConnection, contexts: dict[str, _Context], piece: Piece, voicing: Voicing, rate: int
-    ) -> _Context:
+        self, ws: AsyncTTSResourceConnection, contexts: dict[str, Context], piece: Piece, voicing: Voicing, rate: int
+    ) -> Context:
         segment = piece.voice
         config: GenerationConfigParam = {"emotion": segment.emotion or voicing.emotion}
         if segment.speed is not None:
@@ -325,12 +326,12 @@ class CartesiaEngine:
             "add_timestamps": True,  # word ends: where a fallback engine goes on if the socket is lost
             "transcript": "",
         }
-        record = _Context(ws, request, piece.segment, piece.offset, rate)
+        record = Context(ws, request, piece.segment, piece.offset, rate)
         contexts[context_id] = record
         record.watch = asyncio.create_task(self._watch(record), name="cartesia-context")
         return record
 
-    async def _stream(
+    async def _stream(  # noqa: PLR0915 - the feeder and the reader of one attempt share its state
         self, script: Script, voicing: Voicing, sample_rate: int, fresh: bool
     ) -> AsyncGenerator[AudioChunk, None]:
         """One context per run of equal voice settings, fed with `continue` pushes as sentences arrive
@@ -341,13 +342,13 @@ class CartesiaEngine:
         ws = await self._socket(fresh=fresh)
         closed, contexts = self._closed, self._contexts
         assert closed is not None
-        ahead: asyncio.Queue[_Context | BaseException | None] = asyncio.Queue()  # bounded by `in_flight`
+        ahead: asyncio.Queue[Context | BaseException | None] = asyncio.Queue()  # bounded by `in_flight`
         in_flight = asyncio.Semaphore(self._settings.prefetch_segments)  # contexts opened and not yet done
-        opened: list[_Context] = []
+        opened: list[Context] = []
         heard_by = 0.0  # when the audio handed over so far will have been heard, at the earliest (monotonic)
 
         async def feed() -> None:
-            current: _Context | None = None
+            current: Context | None = None
             at = script.start  # where the piece being sent starts
             try:
                 async for piece in script.pieces(continuations=True):
@@ -374,7 +375,7 @@ class CartesiaEngine:
                 await ahead.put(exc)
 
         feeder = asyncio.create_task(feed(), name="cartesia-feed")
-        record: _Context | None = None
+        record: Context | None = None
         try:
             while (item := await _next(ahead, closed, record)) is not None:
                 if isinstance(item, BaseException):
@@ -401,14 +402,14 @@ class CartesiaEngine:
                     except (OSError, WebSocketException) as exc:
                         LOG.debug("cancelling context: %s", exc)
 
-    async def _read(self, ws: AsyncTTSResourceConnection, contexts: dict[str, _Context]) -> None:
+    async def _read(self, ws: AsyncTTSResourceConnection, contexts: dict[str, Context]) -> None:
         """The socket's only reader (the SDK's own, started by its contexts' pushes, is not used): each
         message goes to its context as it comes, until the socket closes; then every context still open
         on it is lost. This task's end is how the engine sees the socket close."""
         reason = "closed the socket"
         try:
             while True:
-                self._dispatch(ws, contexts, await ws.recv_bytes())
+                self.dispatch(ws, contexts, await ws.recv_bytes())
         except WebSocketException as exc:
             reason = f"closed the socket ({exc})"
         except Exception:
@@ -418,7 +419,7 @@ class CartesiaEngine:
                 record.end(record.lost(record.heard, reason))
             contexts.clear()
 
-    def _dispatch(self, ws: AsyncTTSResourceConnection, contexts: dict[str, _Context], raw: bytes) -> None:
+    def dispatch(self, ws: AsyncTTSResourceConnection, contexts: dict[str, Context], raw: bytes) -> None:
         try:
             message = json.loads(raw)
             context_id, kind = message.get("context_id"), message.get("type")
@@ -428,7 +429,7 @@ class CartesiaEngine:
         record = contexts.get(context_id) if isinstance(context_id, str) else None
         if record is None:  # a context we cancelled or gave up on (or a stray error)
             if kind == "error":
-                LOG.warning("%s (for no open context)", _error_frame(ws.parse_event(raw)).message)
+                LOG.warning("%s (for no open context)", error_frame(ws.parse_event(raw)).message)
             return
         if record.over:  # its watch gave up on it: what comes late is not played
             del contexts[context_id]
@@ -436,7 +437,7 @@ class CartesiaEngine:
         try:
             if kind == "error":
                 record.done = True
-                record.end(_error_frame(ws.parse_event(raw)))
+                record.end(error_frame(ws.parse_event(raw)))
             elif record.receive(kind, message):
                 self._proven = True
         except (TypeError, ValueError, KeyError) as exc:
@@ -446,7 +447,7 @@ class CartesiaEngine:
         if record.over:
             del contexts[context_id]
 
-    async def _watch(self, record: _Context) -> None:
+    async def _watch(self, record: Context) -> None:
         """A context's deadlines. No audio within first_chunk_timeout of its first input: lost before it
         spoke (retried once on a fresh socket, like a socket lost then); none for chunk_timeout in the
         middle: lost. While the writer pauses (everything pushed has been spoken) no audio is due, and
@@ -478,8 +479,8 @@ class CartesiaEngine:
 
 
 async def _next(
-    ahead: asyncio.Queue[_Context | BaseException | None], closed: asyncio.Task[None], last: _Context | None
-) -> _Context | BaseException | None:
+    ahead: asyncio.Queue[Context | BaseException | None], closed: asyncio.Task[None], last: Context | None
+) -> Context | BaseException | None:
     """The next context to play (or None at the end, or why the feed stopped); _Lost if the socket
     closes while the writer pauses between contexts."""
     step = asyncio.ensure_future(ahead.get())
@@ -532,7 +533,7 @@ class _Inbox:
         return first if len(parts) == 1 else np.concatenate(parts)
 
 
-class _Context:
+class Context:
     """One Cartesia context: the run it speaks (from `offset` of run `segment`), what was pushed, and
     how far the service has got (a flush after each push tells when everything pushed was spoken)."""
 

@@ -9,10 +9,11 @@ import struct
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-from mqtt_speaker.engines.base import AudioChunk, PcmAssembler, SynthesisError, Voicing
-from mqtt_speaker.models import ErrorCode, Segment
+from mqtt_speaker.engines.base import PcmAssembler, SynthesisError, Voicing
 from mqtt_speaker.settings import EspeakSettings
-from mqtt_speaker.text import Script
+from mqtt_speaker.speech.audio import AudioChunk
+from mqtt_speaker.speech.text import Script
+from mqtt_speaker.speech.vocabulary import ErrorCode, Segment
 
 LOG = logging.getLogger(__name__)
 READ_SIZE = 4096

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from mqtt_speaker.engines.base import AudioChunk, SynthesisError, Voicing
-from mqtt_speaker.models import ErrorCode
+from mqtt_speaker.engines.base import SynthesisError, Voicing
 from mqtt_speaker.settings import PiperSettings
-from mqtt_speaker.text import Script
+from mqtt_speaker.speech.audio import AudioChunk
+from mqtt_speaker.speech.text import Script
+from mqtt_speaker.speech.vocabulary import ErrorCode
 
 LOG = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ class PiperEngine:
         self._loading: asyncio.Task[Any] | None = None
         self._sentence: asyncio.Future[Any] | None = None  # the sentence being made in the worker thread
         self._session: _StoppableSession | None = None  # the voice's ONNX session, stoppable
+
+    @property
+    def in_flight(self) -> asyncio.Future[Any] | None:
+        """The sentence being made in the worker thread (or the last one made)."""
+        return self._sentence
 
     @property
     def identity(self) -> str:

@@ -1,27 +1,12 @@
-"""The one place that knows the speech engines: their names and how each is built.
+"""How the speech engines are built (their names are speech/vocabulary.py's EngineName).
 
 The engine modules are imported only when an engine is built (Cartesia's SDK and Piper are heavy).
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from mqtt_speaker.engines.base import Engine
-    from mqtt_speaker.settings import Settings
-
-EngineName = Literal["cartesia", "piper", "espeak"]
-
-
-class EngineChoice(StrEnum):
-    """The `engine` setting: one of the engines, or auto (Cartesia with a key, else Piper, else espeak-ng)."""
-
-    AUTO = "auto"
-    CARTESIA = "cartesia"
-    PIPER = "piper"
-    ESPEAK = "espeak"
+from mqtt_speaker.engines.base import Engine
+from mqtt_speaker.settings import Settings
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
