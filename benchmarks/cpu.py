@@ -32,7 +32,7 @@ from tests.sound import RATE, longest_gap, sound_regions, wait_until
 from tests.tls import authority, signed
 
 if TYPE_CHECKING:
-    from benchmarks.bench import TimedCapture
+    from benchmarks.rig import TimedCapture
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 QUOTAS = (10.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.75, 0.5)  # percent of one core, stepping down

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench import FIRST_CHUNK, THRESHOLD, Rig, TimedCapture, percentiles, rig, write_results
+from benchmarks.bench import percentiles, write_results
+from benchmarks.rig import FIRST_CHUNK, THRESHOLD, Rig, TimedCapture, rig
 from mqtt_speaker.playback.ducking import FADE_DOWN, FADE_UP, LINGER
 from tests.conftest import Daemon
 from tests.sound import RATE, wait_until

@@ -22,7 +22,8 @@ import statistics
 import time
 from typing import Any
 
-from benchmarks.bench import FIRST_CHUNK, rig, write_results
+from benchmarks.bench import write_results
+from benchmarks.rig import FIRST_CHUNK, rig
 from tests.conftest import Daemon, Observer
 from tests.sound import longest_gap, sound_regions
 

@@ -17,15 +17,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.bench import percentiles, write_results
-from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
-from tests.conftest import BASE, Broker, Daemon, Observer
+from benchmarks.rig import rig
+from tests.cartesia_emulator import CartesiaEmulator
+from tests.conftest import BASE, Daemon, Observer
 from tests.rooms import CHANNELS, NODELAY_BROKER, Rooms, onset, spread_ms
 from tests.sound import RATE
 
@@ -57,67 +56,62 @@ def broadcast(  # noqa: PLR0913 - one broadcast to the rooms, with everything it
 
 
 def run(count: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="mqtt-speaker-bench-sync-"))
-    rooms = Rooms().start()
-    broker = Broker(work, NODELAY_BROKER)
-    broker.start()
-    emulator = CartesiaEmulator().start()
-    emulator.behaviour.first_chunk_delay = 0.09
-    emulator.behaviour.first_chunk_jitter = 0.08
-    emulator.behaviour.jitter = 0.005
-    observer = Observer(broker.port)
-    (work / "empty.toml").write_text("")
-    daemons: list[Daemon] = []
-    try:
-        for index in range(len(CHANNELS)):
-            env = {
-                "CARTESIA_API_KEY": TEST_API_KEY,
-                "MQTT_SPEAKER_CARTESIA__URL": emulator.url,
-                "MQTT_SPEAKER_FALLBACK": "[]",
-                "MQTT_SPEAKER_CACHE__ENABLED": "false",
-                "XDG_STATE_HOME": str(work / "state"),  # not the home directory
-                "MQTT_SPEAKER_AUDIO__DEVICE": "pulse",
-                "MQTT_SPEAKER_CONFIG": str(work / "empty.toml"),
-                "MQTT_SPEAKER_SYNC__LEAD": str(LEAD),
-                **rooms.room_env(index),
-            }
-            daemons.append(Daemon(broker, observer, env, work).start(LOG_LEVEL="WARNING"))
-        results: dict[str, Any] = {
-            "machine": f"{platform.node()}: {platform.platform()}, {os.cpu_count()} cores",
-            "rooms": len(daemons),
-            "lead_s": LEAD,
-            "broadcasts": count,
-        }
-        for mode, extra, stamp in MODES:
-            spreads, latencies, billed, late = [], [], [], []
-            for n in range(count):
-                text = f"Announcement number {n} in {mode} mode: the laundry is done."
-                spread, latency, latest = broadcast(
-                    rooms, observer, daemons, f"{mode}-{n}", {"text": text, **extra}, stamp
+    with rig("mqtt-speaker-bench-sync-", server=Rooms, broker_config=NODELAY_BROKER) as parts:
+        rooms = parts.pulse
+        assert isinstance(rooms, Rooms)
+        emulator = parts.emulator
+        emulator.behaviour.first_chunk_jitter = 0.08
+        emulator.behaviour.jitter = 0.005
+        emulator.behaviour.real_time_factor = 0.2
+        daemons: list[Daemon] = []
+        try:
+            for index in range(len(CHANNELS)):
+                env = parts.daemon_env(
+                    MQTT_SPEAKER_CACHE__ENABLED="false", MQTT_SPEAKER_SYNC__LEAD=str(LEAD), **rooms.room_env(index)
                 )
-                spreads.append(spread)
-                late.append(latest)
-                latencies.append(latency)
-                billed.append(sum(len(c.transcript) for c in emulator.contexts_for(text)))
-                assert billed[-1] == len(daemons) * len(text), (billed[-1], text)
-            results[mode] = {
-                "spread_ms": {**percentiles(spreads), "max": max(spreads)},
-                "spreads_ms": [round(v, 2) for v in spreads],
-                "late_ms": late,  # per broadcast, the latest room's (its first audio came after the instant)
-                "on_time_spread_max_ms": max((v for v, ms in zip(spreads, late, strict=True) if ms <= 10), default=0),
-                "latency_ms": percentiles(latencies),
-                "chars_billed": billed,
-                "text_chars": [b // len(daemons) for b in billed],
+                daemons.append(Daemon(parts.broker, parts.observer, env, parts.work).start(LOG_LEVEL="WARNING"))
+            results: dict[str, Any] = {
+                "machine": f"{platform.node()}: {platform.platform()}, {os.cpu_count()} cores",
+                "rooms": len(daemons),
+                "lead_s": LEAD,
+                "broadcasts": count,
             }
-        return results
-    finally:
-        for daemon in daemons:
-            daemon.stop()
-        observer.close()
-        emulator.stop()
-        broker.stop()
-        rooms.stop()
-        shutil.rmtree(work, ignore_errors=True)
+            for mode, extra, stamp in MODES:
+                results[mode] = measure_mode(rooms, parts.observer, emulator, daemons, mode, extra, stamp, count)
+            return results
+        finally:
+            for daemon in daemons:
+                daemon.stop()
+
+
+def measure_mode(  # noqa: PLR0913 - one mode's broadcasts, on the rig's parts
+    rooms: Rooms,
+    observer: Observer,
+    emulator: CartesiaEmulator,
+    daemons: list[Daemon],
+    mode: str,
+    extra: dict[str, Any],
+    stamp: bool,
+    count: int,
+) -> dict[str, Any]:
+    spreads, latencies, billed, late = [], [], [], []
+    for n in range(count):
+        text = f"Announcement number {n} in {mode} mode: the laundry is done."
+        spread, latency, latest = broadcast(rooms, observer, daemons, f"{mode}-{n}", {"text": text, **extra}, stamp)
+        spreads.append(spread)
+        late.append(latest)
+        latencies.append(latency)
+        billed.append(sum(len(c.transcript) for c in emulator.contexts_for(text)))
+        assert billed[-1] == len(daemons) * len(text), (billed[-1], text)
+    return {
+        "spread_ms": {**percentiles(spreads), "max": max(spreads)},
+        "spreads_ms": [round(v, 2) for v in spreads],
+        "late_ms": late,  # per broadcast, the latest room's (its first audio came after the instant)
+        "on_time_spread_max_ms": max((v for v, ms in zip(spreads, late, strict=True) if ms <= 10), default=0),
+        "latency_ms": percentiles(latencies),
+        "chars_billed": billed,
+        "text_chars": [b // len(daemons) for b in billed],
+    }
 
 
 def report(results: dict[str, Any]) -> str:

@@ -28,6 +28,8 @@ ROOMS_SINK = "rooms"
 class Rooms(PulseAudio):
     """A private PulseAudio whose sink has one channel per room."""
 
+    monitor = f"{ROOMS_SINK}.monitor"
+
     @property
     def sink_arguments(self) -> str:
         fifo = self.dir / "rooms.fifo"

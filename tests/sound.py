@@ -18,8 +18,13 @@ import numpy.typing as npt
 
 RATE = 44100
 SINK = "testsink"
-PAREC_ARGS = ["parec", "-d", f"{SINK}.monitor", "--format=s16le", f"--rate={RATE}", "--channels=1", "--raw"]
-PAREC_ARGS += ["--latency-msec=20"]
+
+
+def parec_args(monitor: str) -> list[str]:
+    """parec of a sink's monitor, mono (a sink of several channels is mixed down)."""
+    return ["parec", "-d", monitor, "--format=s16le", f"--rate={RATE}", "--channels=1", "--raw", "--latency-msec=20"]
+
+
 Signal = npt.NDArray[np.float64]
 
 
@@ -45,6 +50,8 @@ def terminate(proc: subprocess.Popen[Any], grace: float) -> int:
 
 class PulseAudio:
     """PulseAudio in user mode, with only a native socket and a real-time pipe sink."""
+
+    monitor = f"{SINK}.monitor"  # what a capture records
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mqtt-speaker-pa-"))
@@ -141,7 +148,7 @@ class Capture:
     def start(self) -> None:
         with self._file.open("wb") as out:
             self._proc = subprocess.Popen(
-                PAREC_ARGS,
+                parec_args(self._pulse.monitor),
                 env={**os.environ, **self._pulse.env},
                 stdout=out,
             )
