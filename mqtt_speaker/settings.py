@@ -159,6 +159,20 @@ class StreamSettings(BaseModel):
     max_seq_ahead: int = Field(default=1000, ge=1, description="How far past the next expected seq is accepted")
 
 
+class MediaSettings(BaseModel):
+    """[media]: audio played from a URL (the ESPHome media player's play_media, an announcement's sound, a say
+    with "media"): fetched by the daemon, decoded by ffmpeg."""
+
+    ffmpeg: str = Field(default="ffmpeg", description="The ffmpeg executable that decodes it")
+    timeout: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds to connect, and at most without data from the server"
+    )
+    max_duration: float = Field(
+        default=900.0, gt=0, description="Seconds of audio at most: a longer one (an endless stream) is cut, failed"
+    )
+    max_mb: float = Field(default=100.0, gt=0, description="Megabytes fetched at most")
+
+
 class CacheSettings(BaseModel):
     enabled: bool = True
     dir: Path = Field(default_factory=lambda: default_state_dir() / "cache", description="Where audio is kept")
@@ -291,6 +305,7 @@ class Settings(BaseSettings):
     espeak: EspeakSettings = Field(default_factory=EspeakSettings)
     piper: PiperSettings = Field(default_factory=PiperSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     fallback: list[EngineName] = Field(
         default_factory=lambda: list[EngineName](["piper", "espeak"]),

@@ -34,14 +34,21 @@ def test_device_discovery_has_device_origin_availability_and_every_component() -
     assert set(body["origin"]) == {"name", "sw_version", "support_url"}
     assert body["availability_topic"] == "mqtt-speaker/kitchen/availability"
     platforms = sorted(c["platform"] for c in body["components"].values())
-    expected = ["notify", "text", "select", "select", "number", "number", "switch", "button", "button", "button"]
+    expected = ["notify", "text", "select", "select", "number", "number", "switch", "switch", "button", "button"]
+    expected += ["button"]
     expected += ["sensor", "sensor", "sensor", "binary_sensor", "event"]
     assert platforms == sorted(expected)
     for key, component in body["components"].items():
-        assert "object_id" not in component
+        assert component["object_id"] == f"kitchen_{key}"  # the same id before Home Assistant 2025.10
         assert component["default_entity_id"] == f"{component['platform']}.kitchen_{key}"
         assert component["unique_id"] == f"mqtt-speaker-kitchen-{key}"
     assert body["components"]["say"]["max"] == 255
+    mute = body["components"]["mute"]
+    assert (mute["platform"], mute["command_topic"]) == ("switch", "mqtt-speaker/kitchen/set/mute")
+    assert mute["value_template"] == "{{ 'ON' if value_json.muted else 'OFF' }}"
+    for key in ("speak", "say"):  # text that starts like JSON is still spoken as text
+        assert body["components"][key]["command_template"] == '{{ {"text": value} | to_json }}'
+        assert body["components"][key]["command_topic"] == "mqtt-speaker/kitchen/say"
     duck = body["components"]["duck_db"]
     assert duck["command_topic"] == "mqtt-speaker/kitchen/set/duck_db" and duck["unit_of_measurement"] == "dB"
     assert duck["value_template"] == "{{ value_json.duck_db }}" and (duck["min"], duck["max"]) == (0, 40)
@@ -59,7 +66,7 @@ def test_voice_select_uses_the_aliases() -> None:
 def test_per_entity_discovery_for_older_home_assistant() -> None:
     s = settings(homeassistant={"per_entity": True, "prefix": "ha"})
     messages = dict(discovery_messages(s, topics_of(s)))
-    assert len(messages) == 15
+    assert len(messages) == 16
     stop = json.loads(messages["ha/button/kitchen/stop/config"])
     assert stop["command_topic"] == "mqtt-speaker/kitchen/stop" and stop["device"]["name"] == "Kitchen speaker"
     assert "platform" not in stop
@@ -69,7 +76,7 @@ def test_discovery_off_publishes_empty_payloads_and_removal_covers_both_forms() 
     s = settings(homeassistant={"discovery": False})
     assert discovery_messages(s, topics_of(s)) == [("homeassistant/device/kitchen/config", "")]
     removal = removal_messages(topics_of(s), s)
-    assert ("homeassistant/device/kitchen/config", "") in removal and len(removal) == 16
+    assert ("homeassistant/device/kitchen/config", "") in removal and len(removal) == 17
 
 
 @pytest.mark.e2e

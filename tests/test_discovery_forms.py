@@ -44,7 +44,7 @@ def test_switching_the_discovery_form_clears_the_other_forms_configs(
     entity = f"homeassistant/event/{daemon.site}/speech/config"  # the last per-entity config published
     wait_until(lambda: any(m.topic == entity for m in observer.messages[seen:]), 30, "per-entity discovery")
     configs = retained_configs(broker, daemon.site)
-    assert device not in configs and len(configs) == 15, sorted(configs)  # one per entity
+    assert device not in configs and len(configs) == 16, sorted(configs)  # one per entity
 
     daemon.stop()
     seen = len(observer.messages)

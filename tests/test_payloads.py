@@ -162,8 +162,8 @@ def test_topic_layout() -> None:
     assert "mqtt-speaker/kitchen/set/volume" in subscriptions and "mqtt-speaker/all/clear" in subscriptions
     assert topics.homeassistant_status == "homeassistant/status" and "mqtt-speaker/kitchen/cache/warm" in subscriptions
     assert "mqtt-speaker/kitchen/say/stream" in subscriptions and "mqtt-speaker/all/say/stream" in subscriptions
-    assert "mqtt-speaker/kitchen/set/duck_db" in subscriptions
-    assert len(subscriptions) == 24  # 12 commands, for this site and for all
+    assert "mqtt-speaker/kitchen/set/duck_db" in subscriptions and "mqtt-speaker/all/set/mute" in subscriptions
+    assert len(subscriptions) == 26  # 13 commands, for this site and for all
     assert (topics.availability, topics.state, topics.event, topics.error) == (
         "mqtt-speaker/kitchen/availability",
         "mqtt-speaker/kitchen/state",

@@ -177,3 +177,37 @@ def test_quiet_hours_beginning_drop_what_is_still_queued(monkeypatch: Any) -> No
         return policy.ends()
 
     assert asyncio.run(run()) == [("waiting", "dropped", "quiet"), ("before", "finished", None)]
+
+
+def test_ordinary_media_gives_way_to_a_request_of_at_least_its_priority() -> None:
+    async def run() -> list[tuple[str, str, str | None]]:
+        policy = Policy(per_char=0.001)
+        policy.say("song", interruptible=True)
+        await policy.until(lambda: policy.scheduler.current is not None)
+        policy.say("low", Priority.LOW)  # below the song's priority: it waits
+        await asyncio.sleep(0.05)
+        assert policy.ends() == []
+        policy.say("announcement", Priority.HIGH)
+        await policy.until(lambda: len(policy.ends()) == 3)
+        await policy.close()
+        return policy.ends()
+
+    assert asyncio.run(run()) == [
+        ("song", "interrupted", "priority"),
+        ("announcement", "finished", None),
+        ("low", "finished", None),
+    ]
+
+
+def test_the_request_that_ends_ordinary_media_is_named() -> None:
+    async def run() -> Event:
+        policy = Policy(per_char=0.001)
+        policy.say("song", interruptible=True)
+        await policy.until(lambda: policy.scheduler.current is not None)
+        policy.say("next-song", interruptible=True)  # a new play_media replaces the one playing
+        await policy.until(lambda: len(policy.ends()) == 2)
+        await policy.close()
+        return next(e for e in policy.events if e.id == "song" and e.event_type in TERMINAL_EVENTS)
+
+    ended = asyncio.run(run())
+    assert (ended.event_type.value, getattr(ended, "by", None)) == ("interrupted", "next-song")

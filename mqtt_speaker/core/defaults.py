@@ -1,5 +1,6 @@
 """Runtime defaults: the configured ones (settings), over which what a `set/...` command changed stands
-(set/volume, set/emotion, set/voice, set/quiet, set/duck_db). Only what was set is kept in the state
+(set/volume, set/mute, set/emotion, set/voice, set/quiet, set/duck_db; the ESPHome media player's volume and mute
+are the same values). Only what was set is kept in the state
 file, so a changed setting takes effect at the next start unless a command has set that value since.
 
 The state file also keeps what Home Assistant discovery last published (so that it can clear what it no
@@ -25,6 +26,7 @@ class RuntimeDefaults(BaseModel):
     """What a request is spoken with where it does not say otherwise, and quiet mode."""
 
     volume: int = Field(ge=0, le=100)
+    muted: bool = False
     emotion: str
     voice: str
     quiet: bool = False
@@ -35,6 +37,7 @@ class _Overrides(BaseModel):
     """Each field: a value a `set/...` command gave (None: the configured one stands)."""
 
     volume: int | None = Field(default=None, ge=0, le=100)
+    muted: bool | None = None
     emotion: str | None = None
     voice: str | None = None
     quiet: bool | None = None
@@ -66,18 +69,19 @@ class Defaults:
         self._configured = configured(settings)
         state = _load(self._path)
         self._set = state.set
+        self.current = self._merged()  # read for every chunk played (the volume): kept, not made each time
         self.discovery = state.discovery
         self._saving: asyncio.Future[None] | None = None
         self._save_again = False
 
-    @property
-    def current(self) -> RuntimeDefaults:
+    def _merged(self) -> RuntimeDefaults:
         changed = self._set.model_dump(exclude_none=True)
         return self._configured.model_copy(update=changed)
 
     def set(self, **changes: Any) -> None:
         """What a `set/...` command changed (validated by the caller): it stands over the configuration."""
         self._set = self._set.model_copy(update=changes)
+        self.current = self._merged()
         self._save()
 
     def remember_discovery(self, topics: list[str]) -> None:

@@ -1,7 +1,8 @@
 """The scheduling policy: which request speaks when. No audio here.
 
 Rules: higher priorities first, arrival order within one; `critical` interrupts (unless a critical
-request is speaking), drops queued requests below `high` and ignores quiet mode; a request that has
+request is speaking), drops queued requests below `high` and ignores quiet mode; an interruptible request
+(ordinary media from a media player) is interrupted by any request of at least its priority; a request that has
 not started within its TTL is dropped; an id seen within the dedupe window is dropped; requests arriving
 during shutdown are dropped. Every accepted request ends with exactly one terminal event: finished,
 interrupted, dropped or failed. How a request is voiced is voice.py's business (`speak`).
@@ -172,6 +173,8 @@ class Scheduler:
             self._drop(lowest, "queue_full")
         if request.id_given:  # remembered only once accepted: a retry after queue_full or quiet is spoken
             self._recent_ids[request.id] = True
+        if (current := self._current) is not None and self._gives_way(current.request, request):
+            self._interrupt(current, Interruption("priority", request.id))
         job.deadline = time.monotonic() + remaining
         job.expiry = asyncio.get_running_loop().call_later(remaining, self._expire, job)
         self._queue.append(job)
@@ -183,6 +186,11 @@ class Scheduler:
         self._wakeup.set()
         self._listener.on_change()
         return None
+
+    @staticmethod
+    def _gives_way(playing: SayRequest, arriving: SayRequest) -> bool:
+        """Ordinary media (interruptible) ends for any request of at least its priority."""
+        return playing.interruptible and arriving.priority.rank >= playing.priority.rank
 
     def _expire(self, job: Job) -> None:
         if job in self._queue:

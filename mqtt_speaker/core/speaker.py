@@ -134,6 +134,7 @@ class Speaker:
             problems=sorted(self.problems.areas),
             last_error=self.problems.last_error,
             volume=defaults.volume,
+            muted=defaults.muted,
             emotion=defaults.emotion,
             voice=self._settings.voice_name(defaults.voice),
             quiet=defaults.quiet,
@@ -143,7 +144,8 @@ class Speaker:
         )
 
     def update_defaults(self, **changes: object) -> None:
-        """set/volume, set/emotion, set/voice, set/quiet, set/duck_db: applied, saved, and shown in the state."""
+        """set/volume, set/mute, set/emotion, set/voice, set/quiet, set/duck_db (and the ESPHome media player's volume
+        and mute): applied, saved, and shown in the state."""
         self.defaults.set(**changes)
         self.scheduler.drop_quieted()
         self._listener.on_change()

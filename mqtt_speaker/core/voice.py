@@ -1,8 +1,9 @@
 """The voicing of one request: engine choice, fallback and resume, chime, cache and cost guard.
 
 `speak(job)` plays a request's text (a Script, read as it arrives) with the first engine that works;
-when one fails mid-way the next goes on from the first word not heard whole. It returns the request's
-terminal event; the scheduler publishes it.
+when one fails mid-way the next goes on from the first word not heard whole. A request for media plays
+its URL instead (engines/media.py), and one whose text no engine can speak may name a URL to play in its
+place. It returns the request's terminal event; the scheduler publishes it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 
 from mqtt_speaker.core.cache import AudioCache, cache_key, recording, replay
@@ -22,25 +23,31 @@ from mqtt_speaker.core.listener import Listener
 from mqtt_speaker.core.problems import Problems
 from mqtt_speaker.core.scheduler import Job
 from mqtt_speaker.engines.base import Engine, SynthesisError, Voicing
+from mqtt_speaker.engines.media import MediaSource
 from mqtt_speaker.playback.ducking import Ducker, Lowering, once_lowered
-from mqtt_speaker.playback.output import AudioDeviceError, Output, Playback, StartGate
+from mqtt_speaker.playback.output import AudioDeviceError, Output, Playback, Played, StartGate
 from mqtt_speaker.playback.sounds import Sounds
 from mqtt_speaker.settings import Settings
-from mqtt_speaker.speech.audio import AudioChunk
+from mqtt_speaker.speech.audio import CHIME_SEGMENT, AudioChunk
 from mqtt_speaker.speech.text import Meter, Piece, Script
 from mqtt_speaker.speech.vocabulary import (
+    MEDIA,
     ErrorCode,
     ErrorReport,
     Event,
     FailedEvent,
     FinishedEvent,
     InterruptedEvent,
+    Priority,
     SayRequest,
     StartedEvent,
+    is_media_url,
 )
 
 LOG = logging.getLogger(__name__)
 PREFETCH_CHUNKS = 256
+MEDIA_LEAD = 2.0  # seconds of media handed to the device ahead of what is heard: a volume change is soon heard
+CHIME_MAX_SECONDS = 30.0  # a chime from a URL is cut there
 
 
 class Voice:
@@ -71,6 +78,7 @@ class Voice:
         self._problems = problems
         self._guard = CostGuard(settings)
         self._sounds = Sounds(settings.sounds_dir)
+        self._media = MediaSource(settings.media)
         self._failing: set[str] = set()
         self._writes: set[asyncio.Future[None]] = set()
 
@@ -79,7 +87,7 @@ class Voice:
     def refuse(self, job: Job) -> ErrorReport | None:
         """The cost guard before a request starts: why it may not (rate_limited), or None. A text still
         arriving is charged piece by piece as it is pushed instead (see _meter)."""
-        if not job.text.ended:
+        if not job.text.ended or job.request.media is not None:
             return None
         engine = self._engines[self.candidates(job.request)[0]]
         whole = job.request.model_copy(update={"segments": job.text.segments()})
@@ -123,12 +131,30 @@ class Voice:
             language=request.language or self._settings.cartesia.language,
         )
 
+    def _gain(self, request: SayRequest) -> Callable[[], float]:
+        """The playback volume, read as the audio is handed over (so a change reaches what plays next): the
+        request's own or the default one, and nothing while muted; a critical request is always heard."""
+
+        def gain() -> float:
+            current = self._defaults.current
+            if current.muted and request.priority is not Priority.CRITICAL:
+                return 0.0
+            return request.volume if request.volume is not None else current.volume / 100
+
+        return gain
+
     async def _with_chime(self, job: Job, speech: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:
         """The speech, after the chime when one is asked for (its synthesis starts at once, in parallel).
-        A chime file is read in a worker thread."""
+        A chime file is read in a worker thread; a chime from a URL is fetched as it plays."""
         request = job.request
         if request.chime is False:
             return speech
+        if is_media_url(request.chime):
+            assert isinstance(request.chime, str)
+            fetched = self._media.stream(
+                request.chime, self._output.sample_rate, segment=CHIME_SEGMENT, max_seconds=CHIME_MAX_SECONDS
+            )
+            return _after(self._chime_or_nothing(fetched, request), speech)
         chime = await asyncio.to_thread(self._sounds.chunks, request.chime, self._output.sample_rate)
         if chime is None:
             self._listener.on_error(
@@ -141,7 +167,26 @@ class Voice:
                 )
             )
             chime = self._sounds.chunks(True, self._output.sample_rate) or []
-        return _after(chime, speech)
+        return _after(_each(chime), speech)
+
+    async def _chime_or_nothing(
+        self, chime: AsyncGenerator[AudioChunk, None], request: SayRequest
+    ) -> AsyncGenerator[AudioChunk, None]:
+        """A chime from a URL; one that cannot be had (or played whole) is a warning, and the speech goes on."""
+        try:
+            async with contextlib.aclosing(chime) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except SynthesisError as exc:
+            self._listener.on_error(
+                ErrorReport(
+                    code=exc.code,
+                    message=f"chime: {exc.message}; played without it",
+                    id=request.id,
+                    field="chime",
+                    severity="warning",
+                )
+            )
 
     async def _source(
         self, engine: Engine, script: Script, voicing: Voicing
@@ -208,8 +253,10 @@ class Voice:
 
     async def _speak(self, job: Job, lowered: Lowering | None) -> Event:  # noqa: PLR0912, PLR0915 - the engines in turn, each attempt's outcome decides the next: one loop reads best
         request = job.request
+        if request.media is not None:
+            return await self._play_media(job, lowered, request.media)
         voicing = self._voicing(request)
-        gain = request.volume if request.volume is not None else self._defaults.current.volume / 100
+        gain = self._gain(request)
         names = self.candidates(request)
         live = not job.text.ended  # a stream still being written: charged as pushed, never cached
         remaining: Script | None = Script(request, job.text)
@@ -231,24 +278,23 @@ class Voice:
                 remaining = replace(remaining, meter=self._meter(engine, request))
             try:
                 source, cached = await self._source(engine, remaining, voicing)
-                attempt = _Attempt(source)
-                on_first_audio = functools.partial(
-                    self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
-                )
-                stream = attempt.stream() if tried else await self._with_chime(job, attempt.stream())
-                if lowered is not None:
-                    stream = once_lowered(lowered, stream)
-                tried = True
-                async with contextlib.aclosing(stream) as chunks:
-                    playback = Playback(request.id, on_first_audio, job.stop, gain, progress.pending_start())
-                    played = await self._output.play(chunks, playback)
-            except AudioDeviceError as exc:
-                failure = ErrorReport(code=ErrorCode.AUDIO_DEVICE_UNAVAILABLE, message=str(exc), id=request.id)
-                self._problems.set("audio", failure)
-                return self._fail(job, failure, played=played_total + exc.played)
             except Exception as exc:
-                LOG.exception("speaking %s failed unexpectedly", request.id)
-                return self._fail(job, ErrorReport(code=ErrorCode.INTERNAL_ERROR, message=repr(exc), id=request.id))
+                return self._broke(job, exc)
+            attempt = _Attempt(source)
+            on_first_audio = functools.partial(
+                self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
+            )
+            stream = attempt.stream() if tried else await self._with_chime(job, attempt.stream())
+            tried = True
+            played = await self._play(
+                job,
+                stream,
+                lowered,
+                Playback(request.id, on_first_audio, job.stop, gain, progress.pending_start()),
+                played_total,
+            )
+            if not isinstance(played, Played):
+                return played  # the device failed, or a bug
             played_total += played.seconds
             if played.interrupted and job.interruption is not None:
                 return self._interrupted(job, played_total)
@@ -266,6 +312,11 @@ class Voice:
                 remaining = remaining.rest(segment, attempt.error.spoken_chars)
                 if remaining is None:  # every word had been spoken: nothing is missing
                     break
+        if remaining is not None and request.fallback_media is not None and not progress.started:
+            LOG.info("no engine could speak %s: its media is played instead", request.id)
+            return await self._play_media(
+                job, lowered, request.fallback_media, chime=not tried, fallback_reason=fallback_reason
+            )
         if remaining is not None:
             error = last_error or SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, "no engine could speak it")
             if progress.started and error.code is not ErrorCode.SYNTHESIS_INTERRUPTED:
@@ -278,6 +329,83 @@ class Voice:
         duration = round(played_total * 1000)
         LOG.info("finished %s (%d ms of audio)", request.id, duration)
         return FinishedEvent(id=request.id, duration_ms=duration, engine=names[index])
+
+    async def _play(
+        self,
+        job: Job,
+        stream: AsyncGenerator[AudioChunk, None],
+        lowered: Lowering | None,
+        playback: Playback,
+        played_before: float,
+    ) -> Played | Event:
+        """One go of the output (other audio lowered while it plays): how much was heard, or the failed event
+        when the device failed (after `played_before` seconds of the request had played) or a bug struck."""
+        if lowered is not None:
+            stream = once_lowered(lowered, stream)
+        try:
+            async with contextlib.aclosing(stream) as chunks:
+                return await self._output.play(chunks, playback)
+        except AudioDeviceError as exc:
+            failure = ErrorReport(code=ErrorCode.AUDIO_DEVICE_UNAVAILABLE, message=str(exc), id=job.request.id)
+            self._problems.set("audio", failure)
+            return self._fail(job, failure, played=played_before + exc.played)
+        except Exception as exc:
+            return self._broke(job, exc)
+
+    def _broke(self, job: Job, exc: Exception) -> Event:
+        LOG.exception("playing %s failed unexpectedly", job.request.id, exc_info=exc)
+        return self._fail(job, ErrorReport(code=ErrorCode.INTERNAL_ERROR, message=repr(exc), id=job.request.id))
+
+    async def _play_media(
+        self, job: Job, lowered: Lowering | None, url: str, *, chime: bool = True, fallback_reason: str | None = None
+    ) -> Event:
+        """Play a URL (after the chime, unless it was heard already): finished, interrupted or failed (with the
+        fetch's or the decoder's error, also on the error topic)."""
+        request = job.request
+        progress = _Progress(StartGate(request.start_at) if request.start_at is not None else None)
+        attempt = _Attempt(self._media.stream(url, self._output.sample_rate))
+        stream = await self._with_chime(job, attempt.stream()) if chime else attempt.stream()
+        on_first_audio = functools.partial(self._media_started, job, fallback_reason, progress)
+        playback = Playback(
+            request.id, on_first_audio, job.stop, self._gain(request), progress.pending_start(), lead=MEDIA_LEAD
+        )
+        played = await self._play(job, stream, lowered, playback, 0.0)
+        if not isinstance(played, Played):
+            return played
+        if played.interrupted and job.interruption is not None:
+            return self._interrupted(job, played.seconds)
+        if attempt.error is not None:
+            failure = ErrorReport(code=attempt.error.code, message=f"media: {attempt.error.message}", id=request.id)
+            LOG.warning("%s: %s (%s)", request.id, failure.message, url[:120])
+            return self._fail(job, failure, played=played.seconds)
+        if not progress.started:
+            return self._fail(job, ErrorReport(code=ErrorCode.MEDIA_INVALID, message="media: no audio", id=request.id))
+        self._problems.clear("audio")
+        duration = round(played.seconds * 1000)
+        LOG.info("finished %s (%d ms of media)", request.id, duration)
+        return FinishedEvent(id=request.id, duration_ms=duration, engine=MEDIA)
+
+    def _media_started(self, job: Job, fallback_reason: str | None, progress: _Progress) -> None:
+        """The first audio of a URL is playing: `started`, naming the media as its engine."""
+        if progress.started:
+            return
+        progress.started = True
+        latency = round((time.monotonic() - job.received) * 1000)
+        self._listener.on_event(
+            StartedEvent(
+                id=job.request.id,
+                engine=MEDIA,
+                emotion=None,
+                voice=None,
+                segments=0,
+                latency_ms=latency,
+                emotion_applied=False,
+                fallback=fallback_reason is not None,
+                fallback_reason=fallback_reason,
+                late_ms=progress.start.late_ms if progress.start else None,
+            )
+        )
+        LOG.info("playing %s (%d ms after it arrived)", job.request.id, latency)
 
     def _started(  # noqa: PLR0913 - what the started event says, gathered where the first audio plays
         self,
@@ -400,7 +528,14 @@ class _Attempt:
             await self._source.aclose()
 
 
-async def _after(first: list[AudioChunk], then: AsyncGenerator[AudioChunk, None]) -> AsyncGenerator[AudioChunk, None]:
+async def _each(chunks: list[AudioChunk]) -> AsyncGenerator[AudioChunk, None]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def _after(
+    first: AsyncGenerator[AudioChunk, None], then: AsyncGenerator[AudioChunk, None]
+) -> AsyncGenerator[AudioChunk, None]:
     """`first`, then everything `then` yields; `then` starts producing at once, while `first` plays."""
     queue: asyncio.Queue[AudioChunk | BaseException | None] = asyncio.Queue(PREFETCH_CHUNKS)
 
@@ -414,7 +549,7 @@ async def _after(first: list[AudioChunk], then: AsyncGenerator[AudioChunk, None]
 
     task = asyncio.create_task(pump())
     try:
-        for chunk in first:
+        async for chunk in first:
             yield chunk
         while (item := await queue.get()) is not None:
             if isinstance(item, BaseException):
@@ -423,4 +558,5 @@ async def _after(first: list[AudioChunk], then: AsyncGenerator[AudioChunk, None]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await first.aclose()
         await then.aclose()

@@ -58,6 +58,10 @@ def frames_before_start(start: float, dac_time: float, rate: int) -> int:
     return round((start - dac_time) * rate)
 
 
+def full_scale() -> float:
+    return 1.0
+
+
 @dataclass(frozen=True)
 class Playback:
     """How one utterance is to be played."""
@@ -65,8 +69,9 @@ class Playback:
     name: str
     on_first_audio: Callable[[], None]  # called as the first speech (not the chime) plays (and is placed)
     stop: asyncio.Event  # set it to fade out and return early
-    gain: float = 1.0
+    gain: Callable[[], float] = full_scale  # read for every chunk handed over (a volume change, mute)
     start: StartGate | None = None  # a synchronized start: the first sample reaches the DAC at start.at
+    lead: float | None = None  # seconds handed to the device ahead of what is heard; None: max_buffer_seconds
 
 
 class Output(Protocol):
@@ -190,7 +195,7 @@ async def play_utterance(
             if sink is None or feed is None:
                 sink = await device.open_sink(playback, announcer)
                 feed = Feed(sink.rate, playback.gain)
-                limit = int(max_buffer_seconds * sink.rate)
+                limit = int((playback.lead or max_buffer_seconds) * sink.rate)
             for samples in feed(chunk):
                 sink.put(samples)
             if chunk.is_speech:

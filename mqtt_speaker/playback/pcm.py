@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 import soxr
@@ -42,24 +44,26 @@ class Resampler:
 
 class Feed:
     """An utterance's chunks as samples at the device's rate and the playback's gain: one resampler per
-    source rate (the chime's may differ from the voice's), flushed when the rate changes and at the end."""
+    source rate (the chime's may differ from the voice's), flushed when the rate changes and at the end.
+    The gain is read for every chunk, so a volume or mute change reaches what is handed over next."""
 
-    def __init__(self, rate: int, gain: float) -> None:
+    def __init__(self, rate: int, gain: Callable[[], float]) -> None:
         self.rate = rate
         self._gain = gain
         self._resampler: Resampler | None = None
 
     def __call__(self, chunk: AudioChunk) -> list[Pcm]:
         out: list[Pcm] = []
+        gain = self._gain()
         if self._resampler is None or chunk.sample_rate != self._resampler.source_rate:
             if self._resampler is not None:
-                out.append(scaled(self._resampler.flush(), self._gain))
+                out.append(scaled(self._resampler.flush(), gain))
             self._resampler = Resampler(chunk.sample_rate, self.rate)
-        out.append(scaled(self._resampler(chunk.samples), self._gain))
+        out.append(scaled(self._resampler(chunk.samples), gain))
         return out
 
     def end(self) -> Pcm:
-        return EMPTY if self._resampler is None else scaled(self._resampler.flush(), self._gain)
+        return EMPTY if self._resampler is None else scaled(self._resampler.flush(), self._gain())
 
 
 def to_float(samples: Pcm) -> Samples:

@@ -63,17 +63,24 @@ def components(settings: Settings, topics: Topics) -> dict[str, dict[str, Any]]:
             "platform": platform,
             "name": name,
             "unique_id": f"mqtt-speaker-{site}-{key}",
+            # The entity id, <platform>.<site>_<key>, on every release: default_entity_id since 2025.10,
+            # object_id before it (which newer releases ignore, and 2025.10 on does not warn about beside it).
             "default_entity_id": f"{platform}.{site}_{key}",
+            "object_id": f"{site}_{key}",
             **config,
         }
 
     def read(template: str) -> dict[str, Any]:
         return {"state_topic": state, "value_template": template}
 
+    # What the notify and text entities send is spoken as text, whatever it starts with ("[Alarm] ...", '"Hi"'):
+    # a say request object holding it, never the bare text (which a leading '{', '[' or '"' would make JSON).
+    say_text = {"command_topic": topics.command(Command.SAY), "command_template": '{{ {"text": value} | to_json }}'}
+
     return dict(
         [
-            entity("notify", "Speak", "speak", command_topic=topics.command(Command.SAY), icon="mdi:account-voice"),
-            entity("text", "Say", "say", command_topic=topics.command(Command.SAY), max=255, icon="mdi:message-text"),
+            entity("notify", "Speak", "speak", icon="mdi:account-voice", **say_text),
+            entity("text", "Say", "say", max=255, icon="mdi:message-text", **say_text),
             entity(
                 "select",
                 "Emotion",
@@ -107,6 +114,17 @@ def components(settings: Settings, topics: Topics) -> dict[str, dict[str, Any]]:
                 entity_category="config",
                 icon="mdi:volume-high",
                 **read("{{ value_json.volume }}"),
+            ),
+            entity(
+                "switch",
+                "Mute",
+                "mute",
+                command_topic=topics.command(Command.SET_MUTE),
+                payload_on="ON",
+                payload_off="OFF",
+                entity_category="config",
+                icon="mdi:volume-mute",
+                **read("{{ 'ON' if value_json.muted else 'OFF' }}"),
             ),
             entity(
                 "number",

@@ -18,8 +18,8 @@ from mqtt_speaker.protocol.payloads import (
     parse_clear,
     parse_duck_db,
     parse_emotion,
-    parse_quiet,
     parse_say,
+    parse_switch,
     parse_voice,
     parse_volume,
     parse_warm,
@@ -128,12 +128,14 @@ class NativeTopics(BaseAdapter):
                 speaker.clear(parse_clear(payload))
             case Command.SET_VOLUME:
                 speaker.update_defaults(volume=parse_volume(payload))
+            case Command.SET_MUTE:
+                speaker.update_defaults(muted=parse_switch(payload, "mute"))
             case Command.SET_EMOTION:
                 speaker.update_defaults(emotion=parse_emotion(payload))
             case Command.SET_VOICE:
                 speaker.update_defaults(voice=parse_voice(payload))
             case Command.SET_QUIET:
-                speaker.update_defaults(quiet=parse_quiet(payload))
+                speaker.update_defaults(quiet=parse_switch(payload, "quiet"))
             case Command.SET_DUCK_DB:
                 speaker.update_defaults(duck_db=parse_duck_db(payload))
             case Command.CACHE_CLEAR:

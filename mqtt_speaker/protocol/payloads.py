@@ -41,6 +41,7 @@ from mqtt_speaker.speech.vocabulary import (
     SayRequest,
     Segment,
     Warning_,
+    is_media_url,
 )
 
 _T = TypeVar("_T")
@@ -96,8 +97,14 @@ def _positive(value: float) -> float:
 
 
 def _sound_name(value: bool | str) -> bool | str:
-    if isinstance(value, str) and not SOUND_NAME.fullmatch(value):
-        raise ValueError("must be true, false or a sound name of letters, digits, '_' or '-'")
+    if isinstance(value, str) and not SOUND_NAME.fullmatch(value) and not is_media_url(value):
+        raise ValueError("must be true, false, a sound name of letters, digits, '_' or '-', or an http(s) URL")
+    return value
+
+
+def _media_url(value: str) -> str:
+    if not is_media_url(value):
+        raise ValueError("must be an http:// or https:// URL (at most 2,048 characters, no spaces)")
     return value
 
 
@@ -135,6 +142,7 @@ class _SayPayload(BaseModel):
     sync: StrictBool | None = None
     chime: Annotated[bool | StrictStr, AfterValidator(_sound_name)] | None = None
     engine: EngineName | None = None
+    media: Annotated[StrictStr, AfterValidator(_media_url)] | None = None
     cache: StrictBool = True
     duck: StrictBool = True
     duck_db: Number | None = None
@@ -302,8 +310,12 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
 
     if body.text is not None and body.segments is not None:
         raise RequestRejected("text: give either 'text' or 'segments', not both", "text", request_id)
+    if body.media is not None:
+        if body.text is not None or body.segments is not None:
+            raise RequestRejected("media: give 'media' or the text to speak, not both", "media", request_id)
+        return ParsedSay(request=_request(body, request_id, (), warnings), warnings=warnings)
     if body.text is None and body.segments is None:
-        raise RequestRejected("text: missing; give 'text' or 'segments'", "text", request_id)
+        raise RequestRejected("text: missing; give 'text', 'segments' or 'media'", "text", request_id)
 
     emotion = _emotion(body.emotion, "emotion", warnings)
     speed = _clamped(body.speed, SPEED_RANGE, "speed", warnings)
@@ -358,6 +370,7 @@ def _request(
         volume=_clamped(body.volume, PLAYBACK_VOLUME_RANGE, "volume", warnings),
         chime=body.chime if body.chime is not None else False,
         engine=body.engine,
+        media=body.media,
         cache=body.cache,
         duck=body.duck,
         duck_db=_clamped(body.duck_db, DUCK_DB_RANGE, "duck_db", warnings),
@@ -394,10 +407,10 @@ def parse_chunk(payload: bytes, *, max_text_length: int) -> StreamChunk:
     if body.id is None:
         raise RequestRejected("id: missing; every chunk of a stream carries the stream's id", "id")
     request_id = str(body.id)
-    if body.segments is not None:
-        raise RequestRejected(
-            "segments: not used in a stream; send 'text' (and 'emotion') per chunk", "segments", request_id
-        )
+    if body.segments is not None or body.media is not None:
+        field = "segments" if body.segments is not None else "media"
+        reason = f"{field}: not used in a stream; send 'text' (and 'emotion') per chunk"
+        raise RequestRejected(reason, field, request_id)
     warnings: list[Warning_] = []
     emotion = _emotion(body.emotion, "emotion", warnings)
     segment = Segment(
@@ -474,13 +487,14 @@ def parse_duck_db(payload: bytes) -> float:
     return round(value, 1)
 
 
-def parse_quiet(payload: bytes) -> bool:
-    text = _control_text(payload, "quiet").lower()
+def parse_switch(payload: bytes, field: str) -> bool:
+    """set/quiet, set/mute: ON or OFF (also true/false, 1/0)."""
+    text = _control_text(payload, field).lower()
     if text in ("on", "true", "1"):
         return True
     if text in ("off", "false", "0"):
         return False
-    raise RequestRejected(f"quiet: {text[:20]!r} is not ON or OFF", "quiet")
+    raise RequestRejected(f"{field}: {text[:20]!r} is not ON or OFF", field)
 
 
 def parse_emotion(payload: bytes) -> str:
@@ -509,7 +523,10 @@ def parse_warm(payload: bytes, *, max_text_length: int) -> list[SayRequest]:
     for index, item in enumerate(items[:100]):
         try:
             raw = item.encode() if isinstance(item, str) else json.dumps(item).encode()
-            requests.append(parse_say(raw, max_text_length=max_text_length).request)
+            request = parse_say(raw, max_text_length=max_text_length).request
+            if request.media is not None:
+                raise RequestRejected("media: only speech is cached", "media")
+            requests.append(request)
         except RequestRejected as exc:
             raise RequestRejected(f"warm.{index}.{exc.message}", f"warm.{index}.{exc.field}") from exc
     return requests

@@ -4,8 +4,8 @@
 <base>/<site>/say/stream     in   one chunk of a streamed say (QoS 1; docs/streaming.md)
 <base>/<site>/stop, skip     in   end what is playing now (any payload)
 <base>/<site>/clear          in   drop queued requests (any payload, or {"below": "high", "stop": true})
-<base>/<site>/set/volume     in   runtime defaults: set/volume 0-100, set/emotion, set/voice, set/quiet ON/OFF,
-                                  set/duck_db 0-40 (how far other audio is lowered while speaking)
+<base>/<site>/set/volume     in   runtime defaults: set/volume 0-100, set/mute ON/OFF, set/emotion, set/voice,
+                                  set/quiet ON/OFF, set/duck_db 0-40 (how far other audio is lowered while speaking)
 <base>/<site>/cache/clear    in   empty the audio cache (any payload)
 <base>/<site>/cache/warm     in   JSON list of texts or say requests: synthesize into the cache, not played
 <base>/all/...               in   every command above, for every speaker (a say starts in sync, sync.py)
@@ -38,6 +38,7 @@ class Command(StrEnum):
     SKIP = "skip"
     CLEAR = "clear"
     SET_VOLUME = "set/volume"
+    SET_MUTE = "set/mute"
     SET_EMOTION = "set/emotion"
     SET_VOICE = "set/voice"
     SET_QUIET = "set/quiet"

@@ -24,6 +24,13 @@ MAX_SEGMENTS = 64
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 EngineName = Literal["cartesia", "piper", "espeak"]
+MEDIA = "media"  # what `started` and `finished` name as the engine of a request that plays a URL
+MEDIA_URL = re.compile(r"^https?://[^\s]{1,2040}$")
+
+
+def is_media_url(value: object) -> bool:
+    """An http(s) URL of audio to fetch (a chime, or media to play), as opposed to a sound's name."""
+    return isinstance(value, str) and MEDIA_URL.fullmatch(value) is not None
 
 
 class EngineChoice(StrEnum):
@@ -77,6 +84,9 @@ class ErrorCode(StrEnum):
     STREAM_GAP = "stream_gap"
     TOO_MANY_STREAMS = "too_many_streams"
     TEXT_TOO_LONG = "text_too_long"
+    MEDIA_UNAVAILABLE = "media_unavailable"
+    MEDIA_INVALID = "media_invalid"
+    MEDIA_TOO_LONG = "media_too_long"
 
 
 class Warning_(BaseModel):
@@ -99,7 +109,8 @@ class Segment(BaseModel):
 
 
 class SayRequest(BaseModel):
-    """A validated say request, ready for the queue."""
+    """A validated say request, ready for the queue: text to speak (`segments`), or a URL to play (`media`,
+    with no segments)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -115,7 +126,14 @@ class SayRequest(BaseModel):
     start_at: float | None = Field(default=None, description="When it starts (sync.start_instant); None: at once")
     sync: bool | None = Field(default=None, description="false: never synchronized; None: synchronized if broadcast")
     volume: float | None = Field(default=None, description="Playback volume 0-1 for this message only")
-    chime: bool | str = False
+    chime: bool | str = Field(default=False, description="True: the default chime; a sound's name, or an http(s) URL")
+    media: str | None = Field(default=None, description="An http(s) URL of audio played instead of speech")
+    fallback_media: str | None = Field(
+        default=None, description="An http(s) URL played instead when no engine can speak the text"
+    )
+    interruptible: bool = Field(
+        default=False, description="Ordinary media: a request of at least its priority interrupts it as it arrives"
+    )
     engine: str | None = Field(default=None, description="The engine asked for; None: the configured one")
     cache: bool = True
     duck: bool = Field(default=True, description="Lower other audio while this plays (false: leave it alone)")
@@ -166,8 +184,8 @@ class QueuedEvent(Event):
 
 class StartedEvent(Event):
     event_type: Literal[EventType.STARTED] = EventType.STARTED
-    engine: str
-    emotion: str
+    engine: str = Field(description="The engine that speaks it, or 'media' for a URL played")
+    emotion: str | None = Field(description="None for media")
     voice: str | None
     segments: int
     latency_ms: int = Field(description="From the request's arrival to its first audio")
@@ -232,6 +250,7 @@ class StateReport(BaseModel):
     problems: list[str] = Field(description="What is failing now: 'audio', 'tts'")
     last_error: LastError | None
     volume: int = Field(description="Default playback volume, 0-100")
+    muted: bool = Field(description="Muted: everything plays silently, except critical requests")
     emotion: str = Field(description="Default emotion")
     voice: str = Field(description="Default voice")
     quiet: bool = Field(description="Quiet mode switched on")

@@ -7,6 +7,7 @@ the host's network), with its configuration directory bound in at the same path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -110,8 +111,11 @@ def cache_dir() -> Path:
 
 
 def ensure_venv(release: Release, python: Path) -> Path:
-    """Home Assistant's virtualenv on the host, built once per machine and kept in the cache between runs."""
-    venv = cache_dir() / f"homeassistant-{release.version}"
+    """Home Assistant's virtualenv on the host, built once per machine (and again when its requirements
+    change: their hash is in its name) and kept in the cache between runs."""
+    requirements = HERE / f"requirements-{release.version}.txt"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+    venv = cache_dir() / f"homeassistant-{release.version}-{digest}"
     marker = venv / ".complete"
     if marker.exists():
         return venv
@@ -120,7 +124,6 @@ def ensure_venv(release: Release, python: Path) -> Path:
     subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "uv==0.6.10"], check=True)
-    requirements = HERE / f"requirements-{release.version}.txt"
     subprocess.run(
         [
             str(venv / "bin" / "uv"),

@@ -53,7 +53,7 @@ def test_script_install_finished_without_systemctl_and_said_so(arm64_root: Path)
     assert not (arm64_root / "usr/bin/systemctl").exists()
     # ... after everything else: the system packages it names, from the arm64 archive; the service user.
     status = (arm64_root / "var/lib/dpkg/status").read_text()
-    for package in ("libportaudio2", "espeak-ng", "python3-venv"):
+    for package in ("libportaudio2", "espeak-ng", "ffmpeg", "python3-venv"):
         assert re.search(
             rf"^Package: {package}\nStatus: install ok installed\n(?:.+\n)*?Architecture: (arm64|all)$", status, re.M
         ), package
