@@ -69,6 +69,10 @@ class Daemon:
             NativeTopics(settings, self._topics, self.speaker, self.link),
             HomeAssistantDiscovery(settings, self._topics, self.speaker.defaults, self.link, self._announce),
         ]
+        if settings.esphome.port:  # imported only when on: it costs memory
+            from mqtt_speaker.protocol.esphome.adapter import EsphomeAdapter
+
+            self.adapters.append(EsphomeAdapter(settings, self.speaker, self.on_error))
         self.link.subscribe([topic for adapter in self.adapters for topic in adapter.subscriptions()])
 
     # ------------------------------------------------------------------- the speaker's Listener

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import re
@@ -274,6 +275,54 @@ class SyncSettings(BaseModel):
     )
 
 
+ESPHOME_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,29}[a-z0-9])?$")
+
+
+def noise_key(value: SecretStr | None) -> SecretStr | None:
+    """ESPHome's `api: encryption: key:`: the base64 of 32 bytes (the message never repeats the key)."""
+    if value is None or not value.get_secret_value():
+        return None
+    try:
+        raw = base64.b64decode(value.get_secret_value().strip(), validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("must be the base64 of 32 bytes, as ESPHome's api: encryption: key: (openssl rand -base64 32)")
+    return value
+
+
+class EsphomeSettings(BaseModel):
+    """[esphome]: the ESPHome native API, through which Home Assistant adds the speaker as a media player and
+    an assist satellite (docs/home-assistant.md)."""
+
+    port: int = Field(default=6053, ge=0, le=65535, description="TCP port of the ESPHome native API; 0 turns it off")
+    encryption_key: Annotated[SecretStr | None, AfterValidator(noise_key)] = Field(
+        default=None,
+        description="Base64 of 32 bytes, as ESPHome's api: encryption: key:; only Home Assistant with the same key "
+        "can connect (Noise). None: plaintext, which anyone on the network can use",
+    )
+    host: str = Field(default="0.0.0.0", description="Address to listen on (and to advertise over mDNS)")
+    name: str | None = Field(
+        default=None, description="The device's node name (a host name: at most 31 of a-z, 0-9, -); <site>-speaker"
+    )
+    mdns: bool = Field(default=True, description="Advertise the API over mDNS (_esphomelib._tcp), as ESPHome does")
+    speak_announcements: bool = Field(
+        default=True,
+        description="assist_satellite.announce with a message: spoken by our engine (default emotion and voice, "
+        "cache, cost guard); false: Home Assistant's own audio of it is played",
+    )
+    announce_priority: Literal["low", "normal", "high", "critical"] = Field(
+        default="high", description="Priority of Home Assistant's announcements (ordinary media is normal)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _host_name(cls, value: str | None) -> str | None:
+        if value is not None and not ESPHOME_NAME.fullmatch(value):
+            raise ValueError("must be 1 to 31 lower-case letters, digits or '-' (not at either end), a host name")
+        return value
+
+
 class Settings(BaseSettings):
     """Every setting of mqtt-speaker. See config/config.example.toml for the documented file."""
 
@@ -314,6 +363,7 @@ class Settings(BaseSettings):
     audio: AudioSettings = Field(default_factory=AudioSettings)
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
+    esphome: EsphomeSettings = Field(default_factory=EsphomeSettings)
     voices: dict[str, str] = Field(
         default_factory=dict, description="Friendly voice names for Cartesia voice ids, e.g. {Narrator = '6ccb...'}"
     )
@@ -337,13 +387,15 @@ class Settings(BaseSettings):
     @classmethod
     def _secrets_from_elsewhere(cls, data: Any) -> Any:
         """Secrets not set otherwise come from CARTESIA_API_KEY, or from systemd credentials
-        ($CREDENTIALS_DIRECTORY/cartesia_api_key and .../mqtt_password, see LoadCredential=)."""
+        ($CREDENTIALS_DIRECTORY/cartesia_api_key, .../mqtt_password and .../esphome_encryption_key, see
+        LoadCredential=)."""
         if not isinstance(data, dict):
             return data
         credentials = os.environ.get("CREDENTIALS_DIRECTORY")
         sources: dict[tuple[str, str], list[str | None]] = {
             ("cartesia", "api_key"): [os.environ.get("CARTESIA_API_KEY"), _credential(credentials, "cartesia_api_key")],
             ("mqtt", "password"): [_credential(credentials, "mqtt_password")],
+            ("esphome", "encryption_key"): [_credential(credentials, "esphome_encryption_key")],
         }
         for (section, key), candidates in sources.items():
             value = next((c for c in candidates if c), None)
@@ -397,7 +449,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line or a published message."""
-        values = [self.cartesia.api_key, self.mqtt.password]
+        values = [self.cartesia.api_key, self.mqtt.password, self.esphome.encryption_key]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
     @property
@@ -424,6 +476,13 @@ class Settings(BaseSettings):
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"mqtt-speaker-{self.site}"
+
+    @property
+    def esphome_name(self) -> str:
+        """The ESPHome node name: esphome.name, or <site>-speaker as a host name (at most 31 characters)."""
+        if self.esphome.name:
+            return self.esphome.name
+        return f"{self.site.replace('_', '-')[:23].strip('-') or 'mqtt'}-speaker"
 
 
 def _credential(directory: str | None, name: str) -> str | None:

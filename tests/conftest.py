@@ -54,6 +54,9 @@ def start_daemon(env: dict[str, str], out: Any) -> subprocess.Popen[bytes]:
     without docstrings and asserts (PYTHONOPTIMIZE=2), written to and read from a cache of its own."""
     env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env.update(PYTHONOPTIMIZE="2", PYTHONPYCACHEPREFIX=str(_bytecode_cache()))
+    # The ESPHome API is off unless a test turns it on (on a free loopback port): no two daemons on 6053, and
+    # no mDNS on the machine's network.
+    env.setdefault("MQTT_SPEAKER_ESPHOME__PORT", "0")
     return subprocess.Popen([sys.executable, "-m", "mqtt_speaker", "run"], env=env, stdout=out, stderr=out)
 
 

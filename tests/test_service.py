@@ -51,6 +51,7 @@ def test_system_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
         "SupplementaryGroups=audio",
         "DeviceAllow=char-alsa rw",
         "LoadCredential=cartesia_api_key:",
+        "LoadCredential=esphome_encryption_key:",
     ):
         assert line in text
     assert "ExecStart=/opt/mqtt-speaker/venv/bin/mqtt-speaker run\n" in text  # no secret on the command line
@@ -108,7 +109,7 @@ def assert_private(conf: Path) -> None:
     assert stat.S_IMODE(conf.stat().st_mode) == 0o750
     assert stat.S_IMODE((conf / "credentials").stat().st_mode) == 0o700
     # Present (systemd will not start a unit whose LoadCredential= file is missing), private.
-    for credential in ("cartesia_api_key", "mqtt_password"):
+    for credential in ("cartesia_api_key", "mqtt_password", "esphome_encryption_key"):
         assert stat.S_IMODE((conf / "credentials" / credential).stat().st_mode) == 0o600
 
 

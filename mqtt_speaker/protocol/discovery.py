@@ -12,20 +12,26 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from mqtt_speaker import __version__
+from mqtt_speaker.protocol.esphome.identity import device_mac
 from mqtt_speaker.protocol.topics import Command, Topics
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speech.emotions import EMOTIONS
 from mqtt_speaker.speech.vocabulary import EventType, SpeakerState
 
 PROJECT_URL = "https://github.com/mqtt-speaker/mqtt-speaker"
+MANUFACTURER = "mqtt-speaker"  # the same on the ESPHome device: the one device shows one maker and model
+MODEL = "MQTT speaker (Cartesia / espeak-ng)"
 
 
 class Device(BaseModel):
     identifiers: list[str]
     name: str
-    manufacturer: str = "mqtt-speaker"
-    model: str = "MQTT speaker (Cartesia / espeak-ng)"
+    manufacturer: str = MANUFACTURER
+    model: str = MODEL
     sw_version: str = __version__
+    connections: list[tuple[str, str]] = Field(
+        default_factory=list, description="The ESPHome device's MAC: Home Assistant merges the two into one device"
+    )
 
 
 class Origin(BaseModel):
@@ -205,7 +211,10 @@ def components(settings: Settings, topics: Topics) -> dict[str, dict[str, Any]]:
 
 
 def device(settings: Settings) -> Device:
-    return Device(identifiers=[f"mqtt-speaker-{settings.site}"], name=settings.device_name)
+    """The MQTT device; with the ESPHome API on, it names the ESPHome device's MAC as its connection, so that
+    Home Assistant shows the two integrations' entities on one device."""
+    connections = [("mac", device_mac(settings.site))] if settings.esphome.port else []
+    return Device(identifiers=[f"mqtt-speaker-{settings.site}"], name=settings.device_name, connections=connections)
 
 
 def discovery_messages(settings: Settings, topics: Topics) -> list[tuple[str, str]]:

@@ -184,7 +184,7 @@ def _reason(message: str) -> str:
     return message.removeprefix("Value error, ")
 
 
-def _clean_text(text: str) -> str:
+def clean_text(text: str) -> str:
     """Control characters (NUL and friends) become spaces; newlines and tabs stay."""
     return CONTROL_CHARACTERS.sub(" ", text)
 
@@ -324,7 +324,7 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
     segments: list[Segment] = []
     for index, seg in enumerate(raw_segments):
         where = "text" if body.segments is None else f"segments.{index}.text"
-        seg_text = _clean_text(seg.text)
+        seg_text = clean_text(seg.text)
         if not seg_text:
             raise RequestRejected(f"{where}: empty; nothing to speak", where, request_id)
         prefix = "" if body.segments is None else f"segments.{index}."
@@ -414,7 +414,7 @@ def parse_chunk(payload: bytes, *, max_text_length: int) -> StreamChunk:
     warnings: list[Warning_] = []
     emotion = _emotion(body.emotion, "emotion", warnings)
     segment = Segment(
-        text=_clean_text(body.text or ""),
+        text=clean_text(body.text or ""),
         emotion=emotion,
         speed=_clamped(body.speed, SPEED_RANGE, "speed", warnings),
         volume=_clamped(body.generation_volume, GENERATION_VOLUME_RANGE, "generation_volume", warnings),

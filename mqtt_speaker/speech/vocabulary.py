@@ -87,6 +87,7 @@ class ErrorCode(StrEnum):
     MEDIA_UNAVAILABLE = "media_unavailable"
     MEDIA_INVALID = "media_invalid"
     MEDIA_TOO_LONG = "media_too_long"
+    ESPHOME_UNAVAILABLE = "esphome_unavailable"
 
 
 class Warning_(BaseModel):
