@@ -154,7 +154,7 @@ def test_home_assistants_calls_reach_the_speaker_and_each_surface_shows_the_othe
         )
         assert info["voice_assistant_feature_flags"] == 20  # API audio and announce: an assist satellite, output only
         assert info["api_version"].startswith("1.10") or info["api_version"] == "APIVersion(major=1, minor=10)"
-        assert info["players"] == [{"key": 1, "object_id": "media_player", "name": ""}]
+        assert info["players"] == [{"key": 1, "object_id": "media_player", "name": "Media player"}]
         assert (info["state"], info["volume"], info["muted"]) == ("IDLE", 1.0, False)
         assert run.saw("volume") == {"step": "volume", "volume": 0.35, "muted": False}
         wait_until(lambda: any(s["volume"] == 35 for s in daemon.states()), 10, "the volume on the MQTT state")

@@ -25,6 +25,11 @@ from tests.platform import roots
 from tests.sound import wait_until
 
 HERE = Path(__file__).resolve().parent
+# internal_url: what Home Assistant gives a media player (TTS, its own sounds); without it, the address it
+# would send is the machine's own on the network, where it does not listen (it listens on 127.0.0.1 only).
+# The demo TTS: speech without the internet (a legacy platform: tts.demo_say, not tts.speak), which a media
+# player resolves through media_source (part of default_config, which these tests do not load). Automations
+# and scripts from files the REST API writes: the documented automations are run as written.
 CONFIGURATION = """\
 homeassistant:
   name: mqtt-speaker test
@@ -35,11 +40,17 @@ homeassistant:
   time_zone: UTC
   country: DE
   language: en
+  internal_url: http://127.0.0.1:{port}
 http:
   server_host: 127.0.0.1
   server_port: {port}
 logger:
   default: warning
+tts:
+  - platform: demo
+media_source:
+automation: !include automations.yaml
+script: !include scripts.yaml
 """
 
 
@@ -68,7 +79,9 @@ def in_sid(version: str) -> Release:
     uv = f"{venv}/bin/uv pip install -q --compile-bytecode -p {venv}/bin/python"
     script = (HERE / "requirements.py").read_text()
     spec = roots.RootSpec(
-        f"sid-amd64-homeassistant-{version}",
+        # "-esphome": its requirements hold the esphome and demo integrations'. A root of another name is never
+        # taken for an older build of this one (a build removes those), so checkouts without them keep theirs.
+        f"sid-amd64-homeassistant-{version}-esphome",
         "sid",
         "amd64",
         base=SID,
@@ -170,6 +183,9 @@ class HomeAssistant:
         self.mqtt_port = mqtt_port
         self.dir = Path(tempfile.mkdtemp(prefix="mqtt-speaker-ha-"))
         (self.dir / "configuration.yaml").write_text(CONFIGURATION.format(port=port))
+        for included in ("automations.yaml", "scripts.yaml"):
+            (self.dir / included).write_text("[]\n" if included == "automations.yaml" else "{}\n")
+        (self.dir / "www").mkdir()  # served at /local/ (the documented doorbell.mp3 is put there)
         self.base = f"http://127.0.0.1:{port}"
         self.token = ""
         self._proc: roots.Contained | None = None
@@ -258,6 +274,30 @@ class HomeAssistant:
 
     def call(self, domain: str, service: str, **data: Any) -> None:
         self.request("POST", f"/api/services/{domain}/{service}", data)
+
+    def add_esphome(self, port: int, key: str | None = None) -> dict[str, Any]:
+        """The ESPHome integration's config flow, as a user goes through it: the address, then the key if the
+        device asks for one. The flow's last answer."""
+        flow = self.request("POST", "/api/config/config_entries/flow", {"handler": "esphome"})
+        result: dict[str, Any] = self.request(
+            "POST", f"/api/config/config_entries/flow/{flow['flow_id']}", {"host": "127.0.0.1", "port": port}
+        )
+        if key is not None and result.get("step_id") == "encryption_key":
+            result = self.request("POST", f"/api/config/config_entries/flow/{flow['flow_id']}", {"noise_psk": key})
+        return result
+
+    def run_script(self, name: str, sequence: list[dict[str, Any]]) -> None:
+        """`sequence` as a script (templates rendered, as in an automation), run to its end."""
+        self.request("POST", f"/api/config/script/config/{name}", {"alias": name, "sequence": sequence})
+        wait_until(lambda: self.state(f"script.{name}") is not None, 30, f"script.{name} to load")
+        self.call("script", name)
+
+    def add_automation(self, name: str, automation: dict[str, Any]) -> str:
+        """An automation, as the UI saves one; its entity id once it is loaded."""
+        self.request("POST", f"/api/config/automation/config/{name}", {"id": name, "alias": name, **automation})
+        entity = f"automation.{name}"
+        wait_until(lambda: self.state(entity) is not None, 30, f"{entity} to load")
+        return entity
 
     def template(self, template: str) -> str:
         req = urllib.request.Request(

@@ -192,7 +192,7 @@ class Connection:
             api.ListEntitiesMediaPlayerResponse(
                 object_id="media_player",
                 key=MEDIA_PLAYER_KEY,
-                name="",  # named after the device: media_player.<device>
+                name="Media player",
                 icon="mdi:speaker",
                 supports_pause=False,
                 feature_flags=PLAYER_FEATURES,
