@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from noise.connection import NoiseConnection
+from zeroconf.asyncio import AsyncServiceInfo
 
 from mqtt_speaker.protocol.discovery import discovery_messages
 from mqtt_speaker.protocol.esphome.frames import MAC_FAILURE, FrameError, PlaintextFramer
@@ -21,6 +22,7 @@ from mqtt_speaker.protocol.esphome.mdns import Advertisement
 from mqtt_speaker.protocol.esphome.noise import NoiseFramer
 from mqtt_speaker.protocol.topics import Topics
 from mqtt_speaker.settings import ConfigError, Settings, load_settings
+from tests import mdns
 from tests.conftest import free_port
 
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -169,37 +171,21 @@ def test_with_the_api_on_the_mqtt_device_names_the_esphome_mac_so_home_assistant
 
 @pytest.mark.parametrize("encrypted", [False, True])
 def test_the_advertisement_carries_what_home_assistant_reads(encrypted: bool) -> None:
-    from zeroconf import ServiceStateChange
-    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
-
     identity = Identity("mdns-test-speaker", "Mdns test speaker", device_mac(f"mdns-{encrypted}"))
     port = free_port()
 
-    async def browse() -> AsyncServiceInfo:
+    async def advertised() -> AsyncServiceInfo:
         advertisement = Advertisement(identity, "127.0.0.1", encrypted)
         advertisement.start(port)
-        found: asyncio.Queue[str] = asyncio.Queue()
-
-        def seen(zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange) -> None:
-            if name.startswith(identity.name) and state_change is ServiceStateChange.Added:
-                found.put_nowait(name)
-
-        browser_zc = AsyncZeroconf(interfaces=["127.0.0.1"])
-        browser = AsyncServiceBrowser(browser_zc.zeroconf, "_esphomelib._tcp.local.", handlers=[seen])
         try:
-            name = await asyncio.wait_for(found.get(), 20)
-            info = AsyncServiceInfo("_esphomelib._tcp.local.", name)
-            assert await info.async_request(browser_zc.zeroconf, 5000)
-            return info
+            return await mdns.find(identity.name)
         finally:
-            await browser.async_cancel()
-            await browser_zc.async_close()
             await advertisement.stop()
 
-    info = asyncio.run(browse())
+    info = asyncio.run(advertised())
     assert info.port == port and info.parsed_addresses() == ["127.0.0.1"]
     assert info.server == "mdns-test-speaker.local."
-    txt = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+    txt = mdns.records(info)
     assert txt["mac"] == identity.mac_hex and txt["friendly_name"] == "Mdns test speaker"
     assert ("api_encryption" in txt) is encrypted
     if encrypted:

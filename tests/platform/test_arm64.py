@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import Broker, Observer
+from tests.conftest import Broker, Observer, free_port
 from tests.platform import roots
 from tests.platform.conftest import ARM64_INSTALLED, QEMU_CPU
 from tests.sound import wait_until
@@ -68,6 +68,10 @@ def test_the_virtualenv_holds_aarch64_code(arm64_root: Path) -> None:
     assert machine.stdout.strip() == "aarch64"
     wheels = list((arm64_root / "opt/mqtt-speaker/venv/lib").glob("python3*/site-packages/numpy-*.dist-info/WHEEL"))
     assert wheels and "aarch64" in wheels[0].read_text()
+    # The ESPHome API's compiled parts load there: protobuf and aioesphomeapi's messages, libsodium, zeroconf.
+    imports = "import mqtt_speaker.protocol.esphome.messages, mqtt_speaker.protocol.esphome.noise, zeroconf.asyncio"
+    loaded = roots.run_in(arm64_root, f"/opt/mqtt-speaker/venv/bin/python -c '{imports}; print(\"ok\")'")
+    assert loaded.stdout.strip() == "ok", loaded.stderr
 
 
 # The daemon runs on each Pi's core (the install ran on a Pi 4's).
@@ -90,6 +94,7 @@ def started(
         (root / "etc/mqtt-speaker/config.toml").write_text(
             f'site = "{SITE}"\nengine = "espeak"\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
             '[audio]\noutput_dir = "/var/lib/mqtt-speaker/out"\n'
+            f'[esphome]\nhost = "127.0.0.1"\nport = {free_port()}\nmdns = false\n'  # loaded, on loopback only
         )
         user = unit["User"][0]
         roots.run_in(root, f"install -d -o {user} -g {user} -m 0750 /var/lib/{unit['StateDirectory'][0]}")
@@ -113,6 +118,8 @@ def test_the_installed_daemon_comes_online_speaks_and_stops(
     availability = f"mqtt-speaker/{SITE}/availability"
     wait_until(lambda: [m.payload for m in observer.on(availability)][-1:] == [b"online"], 300, "online", interval=0.5)
     online = time.monotonic() - began
+    listening = "ESPHome API listening on 127.0.0.1"  # the API's server started there too (on loopback, no mDNS)
+    wait_until(lambda: listening in daemon.log.read_text(), 60, "the ESPHome API to listen")
     asked = time.monotonic()
     observer.publish(f"mqtt-speaker/{SITE}/say", json.dumps({"id": "pi-1", "text": "Hello from an arm64 Pi"}))
 

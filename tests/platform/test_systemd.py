@@ -8,24 +8,30 @@ script/install created; it writes WAV files into its state directory instead of 
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests import mdns
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
-from tests.conftest import Broker, Observer, free_port
+from tests.conftest import Broker, Observer, free_port, port_open
 from tests.platform import roots
 from tests.platform.conftest import USER
 from tests.sound import wait_until
+from tests.test_esphome_e2e import CLIENT
 
 pytestmark = [pytest.mark.platform]
 
 SITE = "pi"
+ESPHOME_KEY = base64.b64encode(b"systemd-test-esphome-key-32byte!").decode()
 USER_SITE = "pi-user"
 UNIT = "mqtt-speaker.service"
 BROKER_USER = "speaker"
@@ -39,6 +45,7 @@ class Machine:
     broker: Broker
     observer: Observer
     emulator: CartesiaEmulator
+    api_port: int  # the ESPHome API, on loopback (and advertised there only)
 
     def show(self, prop: str, unit: str = UNIT) -> str:
         return self.booted.run(f"systemctl show -P {prop} {unit}").stdout.strip()
@@ -71,7 +78,7 @@ def broker_with_password(directory: Path) -> tuple[Broker, int]:
     return Broker(directory, config), anonymous
 
 
-def configure(root: Path, broker: Broker, emulator: CartesiaEmulator) -> None:
+def configure(root: Path, broker: Broker, emulator: CartesiaEmulator, api_port: int) -> None:
     """What a user does after script/install: the config file, and the secrets in the credential files."""
     (root / "etc/mqtt-speaker/config.toml").write_text(
         f'site = "{SITE}"\nfallback = []\n'
@@ -79,10 +86,12 @@ def configure(root: Path, broker: Broker, emulator: CartesiaEmulator) -> None:
         + f'[cartesia]\nurl = "{emulator.url}"\n'
         + '[audio]\noutput_dir = "/var/lib/mqtt-speaker/out"\n'
         + "[cache]\nenabled = false\n"
+        + f'[esphome]\nhost = "127.0.0.1"\nport = {api_port}\n'
     )
     credentials = root / "etc/mqtt-speaker/credentials"
     (credentials / "cartesia_api_key").write_text(TEST_API_KEY)
     (credentials / "mqtt_password").write_text(BROKER_PASSWORD)
+    (credentials / "esphome_encryption_key").write_text(ESPHOME_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +103,11 @@ def machine(installed_root: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     observer = Observer(anonymous)
     try:
         with roots.working_copy(installed_root) as root:
-            configure(root, broker, emulator)
+            api_port = free_port()
+            configure(root, broker, emulator, api_port)
             booted = roots.Booted(root, directory / "console.log")
             try:
-                yield Machine(booted.start(), root, broker, observer, emulator)
+                yield Machine(booted.start(), root, broker, observer, emulator, api_port)
             finally:
                 booted.stop()
     finally:
@@ -144,7 +154,7 @@ def test_secrets_come_from_the_credential_files_only(machine: Machine) -> None:
     assert machine.emulator.contexts_for("Hello from PID 1")[0].done
     wavs = list((machine.root / "var/lib/mqtt-speaker/out").glob("*-cred-1.wav"))
     assert len(wavs) == 1 and wavs[0].stat().st_size > 10_000
-    # ... and neither secret is in the unit, its environment, or the process's environment.
+    # ... and no secret is in the unit, its environment, the process's environment or the journal.
     pid = machine.show("MainPID")
     seen = "\n".join(
         [
@@ -157,6 +167,22 @@ def test_secrets_come_from_the_credential_files_only(machine: Machine) -> None:
     assert "CREDENTIALS_DIRECTORY=" in seen
     assert TEST_API_KEY not in seen
     assert BROKER_PASSWORD not in seen
+    assert ESPHOME_KEY not in seen
+
+
+def test_the_esphome_api_serves_and_advertises_inside_the_sandbox(machine: Machine) -> None:
+    """The key from its credential file (a client with it is served, one without is refused), the port
+    listened on and the mDNS advertisement sent (on loopback) by the sandboxed service."""
+    wait_active(machine)
+    wait_until(lambda: port_open(machine.api_port), 30, "the ESPHome API to listen")
+    client = [sys.executable, "-P", str(CLIENT), "127.0.0.1", str(machine.api_port)]
+    served = subprocess.run([*client, ESPHOME_KEY, "info"], capture_output=True, text=True, timeout=60, check=False)
+    assert json.loads(served.stdout.splitlines()[-1])["name"] == f"{SITE}-speaker", served.stderr
+    refused = subprocess.run([*client, "-", "info"], capture_output=True, text=True, timeout=60, check=False)
+    assert json.loads(refused.stdout.splitlines()[-1])["error"] == "RequiresEncryptionAPIError"
+    info = asyncio.run(mdns.find(f"{SITE}-speaker"))
+    assert info.port == machine.api_port and "api_encryption" in mdns.records(info)
+    assert ESPHOME_KEY not in machine.journal()  # nor after the clients came
 
 
 def test_the_sandbox_is_in_force(machine: Machine) -> None:
@@ -252,6 +278,7 @@ def test_the_user_unit_runs_under_a_user_manager(machine: Machine) -> None:
         f'site = "{USER_SITE}"\nengine = "espeak"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {machine.broker.port}\nusername = "{BROKER_USER}"\n'
         f'[audio]\noutput_dir = "/home/{USER}/out"\n'
+        "[esphome]\nport = 0\n"  # the system unit's API is enough (none on 6053, no mDNS on the network)
     )
     (config / "credentials/mqtt_password").write_text(BROKER_PASSWORD)
     machine.booted.run(f"chown -R {USER}: /home/{USER}/.config")
