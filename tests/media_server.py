@@ -38,8 +38,9 @@ def make_tone(path: Path, frequency: float, options: list[str], seconds: float =
 
 class MediaServer:
     """Serves /tone.mp3 (and .wav, .flac, .ogg, .opus), /missing (404), /page.html (not audio),
-    /endless.mp3 (the mp3 over and over, never ending), /noise (endless random bytes) and /stall (headers,
-    a little audio, then nothing). `requests` counts what was asked for."""
+    /playlist.m3u8 (an HLS playlist whose segment is a file of this machine), /endless.mp3 (the mp3 over
+    and over, never ending), /noise (endless random bytes) and /stall (headers, a little audio, then
+    nothing). `requests` counts what was asked for."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mqtt-speaker-media-"))
@@ -47,6 +48,8 @@ class MediaServer:
             make_tone(self.dir / name, frequency, options)
         # Bare mp3 frames (no ID3 tag, no Xing frame) to repeat for the endless stream.
         make_tone(self.dir / "loop.mp3", 440.0, ["-c:a", "libmp3lame", "-write_xing", "0", "-id3v2_version", "0"])
+        # An MPEG-TS segment, which ffmpeg's HLS demuxer would play from a playlist if it were let open files.
+        make_tone(self.dir / "segment.ts", 440.0, ["-c:a", "mp2"])
         self.requests: list[str] = []
         media = self
 
@@ -82,6 +85,11 @@ class MediaServer:
                 self._send(request, (self.dir / path).read_bytes(), TYPES[Path(path).suffix])
             elif path == "page.html":
                 self._send(request, b"<html><body>Not audio</body></html>" * 20, "text/html")
+            elif path == "playlist.m3u8":  # a playlist naming a file of this machine: never opened
+                playlist = (
+                    f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nfile://{self.dir / 'segment.ts'}\n#EXT-X-ENDLIST\n"
+                )
+                self._send(request, playlist.encode(), "application/vnd.apple.mpegurl")
             elif path == "endless.mp3":
                 self._endless(request, (self.dir / "loop.mp3").read_bytes(), "audio/mpeg")
             elif path == "noise":

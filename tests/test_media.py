@@ -86,6 +86,8 @@ def test_every_format_decodes_to_its_tone_at_the_devices_rate(media: MediaServer
         ("missing", ErrorCode.MEDIA_UNAVAILABLE, "404"),
         ("page.html", ErrorCode.MEDIA_INVALID, "text/html"),
         ("noise", ErrorCode.MEDIA_INVALID, "application/octet-stream"),
+        # ffmpeg reads only what the daemon fetched: a playlist cannot make it open a file (or a URL) itself.
+        ("playlist.m3u8", ErrorCode.MEDIA_INVALID, "application/vnd.apple.mpegurl"),
     ],
 )
 def test_a_bad_url_fails_at_once_with_a_clear_error(media: MediaServer, path: str, code: ErrorCode, said: str) -> None:

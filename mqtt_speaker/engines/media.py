@@ -3,7 +3,8 @@ httpx, decoded by ffmpeg in a subprocess fed on its stdin, and read back as mono
 rate, as it arrives.
 
 ffmpeg runs only while something plays (it costs the daemon nothing when idle); the daemon fetches the URL
-itself, so only http(s) is ever opened and every bound is its own. Everything is bounded: the time to
+itself, so only http(s) is ever opened and every bound is its own (ffmpeg may open nothing but its stdin:
+a playlist naming a file or another URL is not followed). Everything is bounded: the time to
 connect and between two reads (`media.timeout`), the bytes fetched (`media.max_mb`), the audio played
 (`media.max_duration`, which also ends an endless stream); each failure is a SynthesisError with a code
 that says which: media_unavailable (unreachable, an HTTP error, stalled), media_invalid (not audio ffmpeg
@@ -54,7 +55,8 @@ class MediaSource:
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._settings.ffmpeg,
-                *("-hide_banner", "-nostats", "-loglevel", "error", "-i", "pipe:0"),
+                *("-hide_banner", "-nostats", "-loglevel", "error"),
+                *("-protocol_whitelist", "pipe", "-i", "pipe:0"),  # a playlist opens nothing: only the fetched bytes
                 *("-vn", "-ac", "1", "-ar", str(rate), "-f", "s16le", "pipe:1"),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
