@@ -1,7 +1,8 @@
 """The ESPHome API's parts alone: the framing (plaintext, and Noise against the Noise library as the
 client's side), the device's identity, its settings and secrets, the MQTT device it shares with Home
-Assistant, and the mDNS advertisement (a real one on the loopback interface, browsed with python-zeroconf).
-The real clients against the real daemon: test_esphome_e2e.py; against Home Assistant: test_homeassistant.py."""
+Assistant, and the mDNS advertisement (a real one on the loopback interface, browsed with python-zeroconf);
+the adapter on a speaker of fakes: what Home Assistant's calls become. The real clients against the real
+daemon: test_esphome_e2e.py; against Home Assistant: test_homeassistant.py."""
 
 from __future__ import annotations
 
@@ -9,21 +10,28 @@ import asyncio
 import base64
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from noise.connection import NoiseConnection
 from zeroconf.asyncio import AsyncServiceInfo
 
+from mqtt_speaker.daemon import Daemon
 from mqtt_speaker.protocol.discovery import discovery_messages
+from mqtt_speaker.protocol.esphome.adapter import EsphomeAdapter
 from mqtt_speaker.protocol.esphome.frames import MAC_FAILURE, FrameError, PlaintextFramer
 from mqtt_speaker.protocol.esphome.identity import Identity, device_mac
 from mqtt_speaker.protocol.esphome.mdns import Advertisement
 from mqtt_speaker.protocol.esphome.noise import NoiseFramer
 from mqtt_speaker.protocol.topics import Topics
 from mqtt_speaker.settings import ConfigError, Settings, load_settings
+from mqtt_speaker.speech.vocabulary import ErrorCode, FinishedEvent, Priority, SayRequest
 from tests import mdns
 from tests.conftest import free_port
+from tests.fakes import FakeEngine, FakeOutput, Harness, run
+
+if TYPE_CHECKING:
+    from mqtt_speaker.protocol.esphome.connection import Connection
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -190,3 +198,106 @@ def test_the_advertisement_carries_what_home_assistant_reads(encrypted: bool) ->
     assert ("api_encryption" in txt) is encrypted
     if encrypted:
         assert txt["api_encryption"] == "Noise_NNpsk0_25519_ChaChaPoly_SHA256"
+
+
+# ---------------------------------------------------------------------------------------- the adapter
+
+
+class Waiting:
+    """A connection that waits for an announcement's end."""
+
+    def __init__(self) -> None:
+        self.finished: list[bool] = []
+
+    def announce_finished(self, success: bool) -> None:
+        self.finished.append(success)
+
+
+def adapter_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **esphome: Any
+) -> tuple[EsphomeAdapter, Harness, list[SayRequest]]:
+    """The adapter on a speaker of fakes (not running): what it submits, and what the speaker reports."""
+    harness = Harness(tmp_path)
+    submitted: list[SayRequest] = []
+    monkeypatch.setattr(harness.speaker, "submit", submitted.append)
+    settings = Settings(site="kitchen", state_file=tmp_path / "state.json", esphome={"mdns": False, **esphome})
+    return EsphomeAdapter(settings, harness.speaker, harness.listener.on_error), harness, submitted
+
+
+def test_play_media_an_announcement_ducks_at_the_announce_priority_and_ordinary_media_gives_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter, harness, submitted = adapter_on(tmp_path, monkeypatch, announce_priority="critical")
+    adapter.play("https://ha.local:8123/api/tts_proxy/x.mp3", announce=True, enqueue=False)
+    adapter.play("http://radio.local/stream.mp3", announce=False, enqueue=False)
+    adapter.play("http://radio.local/next.mp3", announce=False, enqueue=True)
+    announced, ordinary, enqueued = submitted
+    assert (announced.priority, announced.duck, announced.interruptible) == (Priority.CRITICAL, True, False)
+    assert (ordinary.priority, ordinary.duck, ordinary.interruptible) == (Priority.NORMAL, False, True)
+    assert (enqueued.priority, enqueued.interruptible) == (Priority.LOW, True)
+    assert [r.media for r in submitted] == [
+        "https://ha.local:8123/api/tts_proxy/x.mp3",
+        "http://radio.local/stream.mp3",
+        "http://radio.local/next.mp3",
+    ]
+    assert harness.errors == []
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "/local/doorbell.mp3", "rtsp://camera/stream", ""])
+def test_play_media_of_anything_but_an_http_url_is_refused_with_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    adapter, harness, submitted = adapter_on(tmp_path, monkeypatch)
+    adapter.play(url, announce=True, enqueue=False)
+    assert submitted == []
+    (error,) = harness.errors
+    assert (error.code, error.field) == (ErrorCode.INVALID_REQUEST, "media_url")
+
+
+@pytest.mark.parametrize("speak", [True, False])
+def test_an_announcement_is_spoken_by_our_engine_or_with_the_setting_off_plays_home_assistants_audio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, speak: bool
+) -> None:
+    adapter, harness, submitted = adapter_on(tmp_path, monkeypatch, speak_announcements=speak)
+    waiting = Waiting()
+    audio, chime = "http://ha.local:8123/api/tts_proxy/dinner.mp3", "http://ha.local:8123/preannounce.mp3"
+    adapter.announce(cast("Connection", waiting), "Dinner is ready", audio, chime)
+    (request,) = submitted
+    assert (request.priority, request.chime) == (Priority.HIGH, chime)  # the pre-announce sound as the chime
+    if speak:
+        assert (request.text, request.media, request.fallback_media) == ("Dinner is ready", None, audio)
+    else:
+        assert (request.segments, request.media) == ((), audio)
+    adapter.on_event(FinishedEvent(id=request.id, duration_ms=1200, engine="cartesia"))
+    adapter.on_event(FinishedEvent(id=request.id, duration_ms=1200, engine="cartesia"))  # answered once
+    assert waiting.finished == [True] and harness.errors == []
+
+
+def test_the_players_volume_is_clamped_and_a_volume_that_is_not_a_number_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter, harness, _ = adapter_on(tmp_path, monkeypatch)
+
+    async def check() -> None:  # the runtime defaults are saved from the event loop
+        adapter.set_volume(1.7)
+        assert harness.speaker.state().volume == 100
+        adapter.set_volume(0.424)
+        assert harness.speaker.state().volume == 42
+        adapter.set_volume(float("nan"))
+        assert harness.speaker.state().volume == 42
+        (error,) = harness.errors
+        assert (error.code, error.field) == (ErrorCode.INVALID_REQUEST, "volume")
+        adapter.set_muted(True)
+        assert harness.speaker.state().muted is True
+        await harness.stop()
+
+    run(check)
+
+
+def test_port_0_turns_the_api_off(tmp_path: Path) -> None:
+    def adapters(port: int) -> list[str]:
+        settings = Settings(site="kitchen", state_file=tmp_path / "state.json", esphome={"port": port})
+        return [type(adapter).__name__ for adapter in Daemon(settings, {"fake": FakeEngine()}, FakeOutput()).adapters]
+
+    assert "EsphomeAdapter" in adapters(6053)
+    assert "EsphomeAdapter" not in adapters(0)
