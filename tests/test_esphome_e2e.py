@@ -249,6 +249,22 @@ def test_encryption_with_the_right_key_works_and_anything_else_is_refused(
     assert run_client(python, plain, "info", key=KEY)["error"] == "EncryptionPlaintextAPIError"
 
 
+def test_a_port_already_taken_is_an_error_naming_the_setting_and_the_rest_runs_on(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        api = {"ESPHOME__PORT": str(port), "ESPHOME__HOST": "127.0.0.1", "ESPHOME__MDNS": "false"}
+        daemon = make_daemon(cartesia_env, **api)
+        error = daemon.wait_for_error(lambda e: e["code"] == "esphome_unavailable")
+        assert error["field"] == "esphome.port" and f"127.0.0.1:{port}" in error["message"]
+        daemon.say(json.dumps({"id": "still", "text": "Still speaking"}))
+        spoken_ok(daemon, "still")
+        assert "ESPHome API: cannot listen on" in daemon.log()
+
+
 # ------------------------------------------------------------------------------------ hostile clients
 
 
