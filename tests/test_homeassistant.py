@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import netns
 from tests.cartesia_emulator import CartesiaEmulator, frequency_for
 from tests.conftest import Broker, Daemon, free_port, port_open
 from tests.homeassistant.harness import NEWEST, HomeAssistant, Release, find_release, install
@@ -366,6 +367,24 @@ def test_home_assistant_adds_the_speaker_over_the_esphome_api_and_uses_it(  # no
     assert dominant_frequency(x[tone.start : tone.end]) == pytest.approx(TONES["tone.ogg"][0], abs=5)
     assert requests_from_esphome(daemon)[seen]["priority"] == "high"
 
+    # Ordinary media (an endless stream): the player shows playing while it plays, at normal priority;
+    # media_player.media_stop stops it (event interrupted, reason stop) and the player is idle again.
+    seen = len(requests_from_esphome(daemon))
+    ha.call(
+        "media_player",
+        "play_media",
+        entity_id=PLAYER,
+        media_content_id=media.url("endless.mp3"),
+        media_content_type="music",
+    )
+    request = next_request(daemon, seen)
+    assert requests_from_esphome(daemon)[seen]["priority"] == "normal"
+    wait_until(lambda: value(ha, PLAYER) == "playing", 30, "the player playing")
+    ha.call("media_player", "media_stop", entity_id=PLAYER)
+    stopped = daemon.wait_terminal(request)
+    assert (stopped["event_type"], stopped["reason"]) == ("interrupted", "stop")
+    wait_until(lambda: value(ha, PLAYER) == "idle", 30, "the player idle again")
+
     # Volume and mute: one setting, whichever surface sets it; each shows the other's change.
     ha.call("media_player", "volume_set", entity_id=PLAYER, volume_level=0.3)
     wait_until(lambda: daemon.states()[-1]["volume"] == 30, 20, "the volume on the MQTT state")
@@ -412,6 +431,55 @@ def test_home_assistant_adds_the_encrypted_api_with_its_key_and_refuses_a_wrong_
     assert key not in daemon.log()
 
 
+@pytest.fixture(params=["oldest", pytest.param("newest", marks=pytest.mark.platform)])
+def on_a_network_of_its_own(request: pytest.FixtureRequest) -> Iterator[tuple[HomeAssistant, str]]:
+    """Home Assistant with its zeroconf discovery, and the broker, the emulator and the daemons of the test,
+    on a network namespace of their own (tests/netns.py), where mDNS works as on a home network and
+    reaches nothing else; the network's address. (Home Assistant's zeroconf never uses loopback.)"""
+    unavailable = netns.available()
+    if unavailable is not None:
+        pytest.skip(unavailable)
+    installed = install(oldest() if request.param == "oldest" else NEWEST)  # outside: it may download
+    with sigterm_runs_cleanup(), netns.private_network() as address:
+        broker: Broker = request.getfixturevalue("broker")  # made in there, as what the test asks for next
+        for inside in ("emulator", "make_daemon"):
+            request.getfixturevalue(inside)
+        ha = HomeAssistant(installed, free_port(), broker.port, zeroconf=True)
+        try:
+            ha.start()
+            ha.onboard()
+            yield ha, address
+        finally:
+            ha.remove()
+
+
+def test_home_assistant_discovers_the_speaker_over_mdns_and_adds_it(
+    on_a_network_of_its_own: tuple[HomeAssistant, str],
+    make_daemon: Callable[..., Daemon],
+    cartesia_env: dict[str, str],
+) -> None:
+    ha, address = on_a_network_of_its_own
+    # As a user has it: port 6053, every address, advertised over mDNS.
+    daemon = make_daemon(cartesia_env, site=SITE, ESPHOME__PORT="6053")
+    wait_until(lambda: f"advertised over mDNS as kitchen-speaker on {address}" in daemon.log(), 30, "advertised")
+
+    def discovered() -> dict[str, Any] | None:
+        flows = ha.command({"type": "config_entries/flow/progress"})  # what Settings → Devices shows as discovered
+        return next((flow for flow in flows if flow["handler"] == "esphome"), None)
+
+    wait_until(lambda: discovered() is not None, 90, "Home Assistant to discover the speaker")
+    flow = discovered()
+    assert flow is not None and (flow["context"]["source"], flow["step_id"]) == ("zeroconf", "discovery_confirm")
+    # The friendly_name record (2026 releases add the node name: "Kitchen speaker (kitchen-speaker)").
+    assert flow["context"]["title_placeholders"]["name"].startswith("Kitchen speaker")
+    added = ha.request("POST", f"/api/config/config_entries/flow/{flow['flow_id']}", {})  # Configure → Submit
+    assert (added["type"], added["title"]) == ("create_entry", "Kitchen speaker"), added
+    wait_until(lambda: available(ha, PLAYER, SATELLITE), 60, "the entities")
+    ha.call("media_player", "volume_set", entity_id=PLAYER, volume_level=0.25)
+    wait_until(lambda: daemon.states()[-1]["volume"] == 25, 20, "the volume, over the discovered address")
+    assert f"connected from {address}" in daemon.log()  # Home Assistant came to the advertised address
+
+
 # ------------------------------------------------------------------------ the documented examples
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "home-assistant.md"
@@ -451,7 +519,7 @@ def test_the_documented_examples_run_as_written(
 
     def idle() -> bool:
         state = daemon.states()[-1]
-        return state["state"] == "idle" and state["queue_length"] == 0
+        return bool(state["state"] == "idle" and state["queue_length"] == 0)
 
     for index, example in enumerate(documented_examples()):
         wait_until(idle, 60, f"the speaker idle before example {index}")  # each one alone: none cuts another

@@ -176,13 +176,16 @@ def install(release: Release) -> Installed:
 class HomeAssistant:
     """One Home Assistant process on a free loopback port, with its own config directory."""
 
-    def __init__(self, installed: Installed, port: int, mqtt_port: int) -> None:
+    def __init__(self, installed: Installed, port: int, mqtt_port: int, *, zeroconf: bool = False) -> None:
+        """zeroconf: with Home Assistant's mDNS discovery (it sends and listens on the default interface:
+        only on a network of the test's own, tests/netns.py)."""
         self.installed = installed
         self.version = installed.release.version
         self.port = port
         self.mqtt_port = mqtt_port
         self.dir = Path(tempfile.mkdtemp(prefix="mqtt-speaker-ha-"))
-        (self.dir / "configuration.yaml").write_text(CONFIGURATION.format(port=port))
+        configuration = CONFIGURATION.format(port=port) + ("zeroconf:\n" if zeroconf else "")
+        (self.dir / "configuration.yaml").write_text(configuration)
         for included in ("automations.yaml", "scripts.yaml"):
             (self.dir / included).write_text("[]\n" if included == "automations.yaml" else "{}\n")
         (self.dir / "www").mkdir()  # served at /local/ (the documented doorbell.mp3 is put there)
@@ -262,6 +265,19 @@ class HomeAssistant:
             answer["other_settings"] = {"set_client_cert": False, "set_ca_cert": "off", "transport": "tcp"}
         result = self.request("POST", f"/api/config/config_entries/flow/{flow['flow_id']}", answer)
         assert result["type"] == "create_entry", (flow, result)
+
+    def command(self, message: dict[str, Any]) -> Any:
+        """One command over Home Assistant's WebSocket API (what REST does not offer); its result."""
+        from websockets.sync.client import connect
+
+        with connect(f"ws://127.0.0.1:{self.port}/api/websocket", open_timeout=30) as ws:
+            assert json.loads(ws.recv(30))["type"] == "auth_required"
+            ws.send(json.dumps({"type": "auth", "access_token": self.token}))
+            assert json.loads(ws.recv(30))["type"] == "auth_ok"
+            ws.send(json.dumps({"id": 1, **message}))
+            answer = json.loads(ws.recv(30))
+        assert answer["success"], answer
+        return answer["result"]
 
     def state(self, entity_id: str) -> dict[str, Any] | None:
         try:
