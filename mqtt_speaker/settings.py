@@ -258,6 +258,11 @@ class SyncSettings(BaseModel):
     groups: list[Annotated[str, AfterValidator(topic_name)]] = Field(
         default_factory=list, description="Speaker groups this speaker belongs to: <base>/group/<name>/say"
     )
+    share: bool = Field(
+        default=True,
+        description="A broadcast (all, a group, and their streams) is synthesized once, by one room, and every "
+        "room plays that same audio (docs/sync.md); false: this room synthesizes its own copy",
+    )
 
 
 class Settings(BaseSettings):

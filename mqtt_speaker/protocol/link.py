@@ -266,7 +266,7 @@ class MqttLink:
         )
         self._client.loop_start()
 
-    def publish(self, topic: str, payload: str, *, retain: bool = False, qos: int = 1) -> None:
+    def publish(self, topic: str, payload: str | bytes, *, retain: bool = False, qos: int = 1) -> None:
         """Queue a message; paho sends it now, or after the reconnect when the broker is away (QoS 1).
         Past OUTBOUND_LIMIT waiting messages it is dropped, counted and logged (once per run of drops)."""
         if not retain and self._outstanding >= self._outbound_limit:

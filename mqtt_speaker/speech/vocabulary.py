@@ -77,6 +77,8 @@ class ErrorCode(StrEnum):
     STREAM_GAP = "stream_gap"
     TOO_MANY_STREAMS = "too_many_streams"
     TEXT_TOO_LONG = "text_too_long"
+    INVALID_FRAME = "invalid_frame"
+    CLOCK_UNSYNCHRONIZED = "clock_unsynchronized"
 
 
 class Warning_(BaseModel):
@@ -120,6 +122,10 @@ class SayRequest(BaseModel):
     cache: bool = True
     duck: bool = Field(default=True, description="Lower other audio while this plays (false: leave it alone)")
     duck_db: float | None = Field(default=None, description="How far, in dB, for this request; None: the default")
+    scope: str | None = Field(default=None, description="A broadcast: 'all' or 'group/<name>'; None: this room only")
+    shared: str | None = Field(
+        default=None, description="A broadcast whose audio the house shares: its key (one room synthesizes it)"
+    )
 
     @property
     def text(self) -> str:
@@ -178,12 +184,20 @@ class StartedEvent(Event):
     late_ms: int | None = Field(
         default=None, description="A synchronized start: how late its first sample was, 0 when on time; else None"
     )
+    synthesized_by: str | None = Field(default=None, description="The room (site) whose synthesis plays")
+    shared: bool = Field(default=False, description="It plays the house's shared audio of a broadcast")
 
 
 class FinishedEvent(Event):
     event_type: Literal[EventType.FINISHED] = EventType.FINISHED
     duration_ms: int = Field(description="Audio actually played")
     engine: str
+    synthesized_by: list[str] = Field(
+        default_factory=list, description="The rooms (sites) whose synthesis was played, in order"
+    )
+    shared: bool = Field(
+        default=False, description="It played the house's shared audio of a broadcast, at least in part"
+    )
 
 
 InterruptReason = Literal["stop", "skip", "priority", "shutdown"]
@@ -240,6 +254,11 @@ class StateReport(BaseModel):
         default=None, description="The system clock is synchronized (NTP); None where the system cannot tell"
     )
     duck_db: float = Field(description="Other audio is lowered by this many dB while speaking (0: not at all)")
+    clock_error_ms: float | None = Field(
+        default=None, description="The kernel's estimate of the system clock's error (NTP), ms; None where unknown"
+    )
+    groups: list[str] = Field(default_factory=list, description="The speaker groups this speaker belongs to")
+    shares: bool = Field(default=True, description="It takes part in broadcasts synthesized once for the house")
     version: str = __version__
 
 
