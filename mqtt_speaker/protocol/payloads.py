@@ -71,9 +71,14 @@ def _reject_bool(value: Any) -> Any:
 
 
 def _finite(value: float) -> float:
-    if not math.isfinite(float(value)):
+    """The number as a float; an integer too large for one (400 digits, say) is refused like infinity."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError("must be a finite number (this one is too large)") from None
+    if not math.isfinite(number):
         raise ValueError("must be a finite number")
-    return value
+    return number
 
 
 Number = Annotated[StrictFloat | StrictInt, BeforeValidator(_reject_bool), AfterValidator(_finite)]
