@@ -138,6 +138,32 @@ def test_a_writer_that_stalls_mid_sentence_goes_on_in_a_new_context(
     assert terminal_events(daemon, "stall") == ["finished"]
 
 
+@pytest.mark.parametrize(
+    "sample",
+    [
+        ("ja", "今日は雨です。", "傘を持って行きましょう。"),
+        ("zh", "今天下雨。", "带上雨伞。"),
+        ("hi", "आज बारिश हो रही है।", " छाता ले लो।"),
+    ],
+    ids=lambda sample: sample[0],
+)
+def test_live_text_without_spaces_after_its_sentences_starts_at_the_first_sentence(
+    make_daemon: Callable[..., Daemon],
+    cartesia_env: dict[str, str],
+    emulator: CartesiaEmulator,
+    sample: tuple[str, str, str],
+) -> None:
+    language, first, rest = sample
+    daemon = make_daemon(cartesia_env, stream__timeout="60")
+    chunk(daemon, "lang", seq=0, text=first, language=language)
+    daemon.wait_for_event("lang", "started", timeout=20)  # the writer has not gone on (nor ended): a sentence has
+    chunk(daemon, "lang", seq=1, text=rest, end=True)
+    spoken_ok(daemon, "lang")
+    contexts = sorted(emulator.contexts.values(), key=lambda c: c.first_chunk_at or 0)
+    assert contexts[0].transcript.startswith(first)
+    assert "".join(c.transcript for c in contexts) == first + rest
+
+
 def test_chunks_out_of_order_and_twice_are_spoken_once_in_order(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
 ) -> None:
