@@ -295,6 +295,55 @@ def test_say_stream_speaks_a_pipe_as_it_is_written_mid_line(
     assert terminal_events(daemon, "piped") == ["finished"]
 
 
+def run_stream_cli(
+    daemon: Daemon, broker: Broker, pieces: list[str], pause: float, **settings: str
+) -> subprocess.CompletedProcess[bytes]:
+    """`mqtt-speaker say --stream --id cli` fed `pieces` through a pipe, `pause` seconds of quiet after
+    each but the last, then the end of input; the CLI's own settings as given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_SPEAKER_", "CARTESIA_"))}
+    env.update(broker_env(broker, daemon))
+    env.update({f"MQTT_SPEAKER_{k.upper()}": v for k, v in settings.items()})
+    command = [sys.executable, "-m", "mqtt_speaker", "say", "--stream", "--id", "cli"]
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None
+        for index, piece in enumerate(pieces):
+            proc.stdin.write(piece.encode())
+            proc.stdin.flush()
+            if index < len(pieces) - 1:
+                time.sleep(pause)  # the writer is quiet: a tool call, a slow model
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def test_say_stream_keeps_its_stream_open_while_its_input_is_quiet_past_the_stream_timeout(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, broker: Broker
+) -> None:
+    daemon = make_daemon(cartesia_env, stream__timeout="3")
+    pieces = ["Let me look that up. ", "The shop opens at nine."]
+    result = run_stream_cli(daemon, broker, pieces, pause=8)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["event_type"] == "finished"
+    spoken = "".join(c.transcript for c in sorted(emulator.contexts.values(), key=lambda c: c.first_chunk_at or 0))
+    assert spoken == "".join(pieces)
+    assert [e["code"] for e in daemon.errors()] == []
+
+
+def test_say_stream_never_reports_success_for_text_that_was_not_spoken(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, broker: Broker
+) -> None:
+    daemon = make_daemon(cartesia_env, stream__timeout="0.5")  # shorter than the CLI's keepalive (2 s)
+    result = run_stream_cli(daemon, broker, ["Let me look that up. ", "The shop opens at nine."], pause=4)
+    assert result.returncode == 1, result.stdout
+    assert json.loads(result.stdout)["event_type"] == "finished"  # what arrived in time was spoken
+    assert b"stream_timeout" in result.stderr and b"stream_ended" in result.stderr
+    assert "nine" not in "".join(c.transcript for c in emulator.contexts.values())
+
+
 def test_a_stream_still_being_written_is_not_cached(make_daemon: Callable[..., Daemon], pulse: PulseAudio) -> None:
     daemon = make_daemon({"MQTT_SPEAKER_CACHE__ENABLED": "true"})  # espeak-ng: free, so no cost guard either
     chunk(daemon, "live", seq=0, text="Hello there. ")
