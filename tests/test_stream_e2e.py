@@ -382,6 +382,10 @@ def test_streams_open_at_once_are_capped(
     assert daemon.events("second") == []
     chunk(daemon, "first", seq=1, text="Ends here.", end=True)
     spoken_ok(daemon, "first")
+    chunk(daemon, "second", seq=1, text="Only the tail.", end=True)  # there is room now: still not opened
+    ended = daemon.wait_for_error(lambda e: e["id"] == "second" and e["code"] == "stream_ended")
+    assert "too many streams" in ended["message"]
+    assert daemon.events("second") == [] and emulator.contexts_for("Only the tail") == []
 
 
 def test_a_stream_dropped_in_quiet_mode_answers_its_next_chunk_with_an_error(
@@ -397,3 +401,64 @@ def test_a_stream_dropped_in_quiet_mode_answers_its_next_chunk_with_an_error(
     error = daemon.wait_for_error(lambda e: e["code"] == "stream_ended")
     assert error["id"] == "hush" and "dropped" in error["message"]
     assert emulator.contexts == {}
+
+
+def test_a_later_chunk_with_invalid_say_fields_is_spoken_and_they_are_ignored(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    chunk(daemon, "lax", seq=0, text="Hello there. ")
+    chunk(daemon, "lax", seq=1, text="Still here. ", priority="urgent")
+    chunk(daemon, "lax", seq=2, text="And here. ", language="klingon")
+    chunk(daemon, "lax", seq=3, text="Bye.", at=time.time() + 3600, end=True)
+    spoken_ok(daemon, "lax")
+    spoken = "".join(c.transcript for c in sorted(emulator.contexts.values(), key=lambda c: c.first_chunk_at or 0))
+    assert spoken == "Hello there. Still here. And here. Bye."
+    assert [(e["code"], e["field"]) for e in daemon.errors()] == [
+        ("unknown_field", "priority"),
+        ("unknown_field", "language"),
+        ("unknown_field", "at"),
+    ]
+
+
+def test_a_refused_opening_chunk_neither_opens_nor_holds_the_speaker(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    chunk(daemon, "far", seq=5000, text="Lost in the future.")
+    chunk(daemon, "urgent", seq=0, text="Hello. ", priority="urgent")
+    daemon.say(json.dumps({"id": "after", "text": "Spoken at once."}))
+    spoken_ok(daemon, "after")
+    assert daemon.events("far") == [] and daemon.events("urgent") == []
+    assert [(e["id"], e["code"], e["field"]) for e in daemon.errors()] == [
+        ("far", "invalid_request", "seq"),
+        ("urgent", "invalid_request", "priority"),
+    ]
+
+
+def test_a_redelivered_last_chunk_is_ignored_after_the_stream_ended(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    chunk(daemon, "twice", seq=0, text="Hello. ")
+    chunk(daemon, "twice", seq=1, text="Bye.", end=True)
+    spoken_ok(daemon, "twice")
+    chunk(daemon, "twice", seq=1, text="Bye.", end=True)  # QoS 1 delivers it again
+    chunk(daemon, "twice", seq=2, text="Something new.")
+    daemon.say(b'{"id": "marker"}')  # handled after both: once its error is here, theirs would be too
+    daemon.wait_for_error(lambda e: e["id"] == "marker")
+    assert [e["code"] for e in daemon.errors()] == ["stream_ended", "invalid_request"]
+    assert terminal_events(daemon, "twice") == ["finished"]
+
+
+def test_an_unknown_emotion_on_a_later_chunk_keeps_the_streams_emotion_as_the_warning_says(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    chunk(daemon, "mood", seq=0, text="Calm down. ", emotion="angry")
+    chunk(daemon, "mood", seq=1, text="Right now!", emotion="grumpy", end=True)
+    spoken_ok(daemon, "mood")
+    (warning,) = daemon.errors()
+    assert (warning["code"], warning["field"]) == ("invalid_emotion", "emotion")
+    assert "the stream's emotion so far" in warning["message"]
+    assert {c.emotion for c in emulator.contexts.values()} == {"angry"}

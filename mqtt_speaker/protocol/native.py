@@ -12,6 +12,7 @@ from mqtt_speaker.protocol.adapter import BaseAdapter
 from mqtt_speaker.protocol.errors import ErrorFlood
 from mqtt_speaker.protocol.link import Inbound, MqttLink
 from mqtt_speaker.protocol.payloads import (
+    Refusal,
     RequestRejected,
     encode,
     parse_chunk,
@@ -173,20 +174,23 @@ class NativeTopics(BaseAdapter):
     def _on_chunk(self, message: Inbound) -> None:
         try:
             chunk = parse_chunk(message.payload, max_text_length=self._settings.stream.max_length)
-            request, passed = self._timed(chunk.request, message)  # used when this chunk opens its stream
         except RequestRejected as exc:
             self.on_error(
                 ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
             )
             return
-        chunk = chunk.model_copy(update={"request": request})
-        self._warn([*chunk.warnings, *([passed] if passed else [])], chunk.id)
+        if chunk.request is not None:  # its start instant, for when it opens its stream
+            try:
+                request, passed = self._timed(chunk.request, message)
+            except RequestRejected as exc:
+                chunk = chunk.model_copy(
+                    update={"request": None, "refused": Refusal(message=exc.message, field=exc.field)}
+                )
+            else:
+                opening = [*chunk.opening_warnings, *([passed] if passed else [])]
+                chunk = chunk.model_copy(update={"request": request, "opening_warnings": opening})
         self.streams.receive(chunk)
 
     def _warn(self, warnings: list[Warning_], request_id: str) -> None:
         for warning in warnings:
-            self.on_error(
-                ErrorReport(
-                    code=warning.code, message=warning.message, id=request_id, field=warning.field, severity="warning"
-                )
-            )
+            self.on_error(warning.report(request_id))

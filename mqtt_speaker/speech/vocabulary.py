@@ -86,6 +86,10 @@ class Warning_(BaseModel):
     field: str
     message: str
 
+    def report(self, request_id: str) -> ErrorReport:
+        """As published: a warning about request `request_id`."""
+        return ErrorReport(code=self.code, message=self.message, id=request_id, field=self.field, severity="warning")
+
 
 class Segment(BaseModel):
     """A run of text spoken with one emotion, speed and generation volume (None: the defaults)."""
