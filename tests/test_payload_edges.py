@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -79,3 +80,24 @@ def test_a_cache_warm_item_with_a_number_too_large_is_refused_naming_the_item_an
 def test_a_set_command_with_a_number_too_large_is_refused(parse: Callable[[bytes], float], text: str) -> None:
     with pytest.raises(RequestRejected):
         parse(text.encode())
+
+
+@pytest.mark.parametrize("text", ["...", " . ! ", "?!", "\u2026"])
+def test_a_say_with_nothing_to_speak_is_an_invalid_request(text: str) -> None:
+    for payload in (text, json.dumps({"text": text}), json.dumps({"segments": [{"text": text}, {"text": " "}]})):
+        with pytest.raises(RequestRejected) as caught:
+            parse_say(payload.encode(), max_text_length=2000)
+        assert "nothing to speak" in caught.value.message
+
+
+@pytest.mark.parametrize("text", ["42", "\U0001f44d", "$", "Ok."])
+def test_digits_symbols_and_words_are_something_to_speak(text: str) -> None:
+    assert parse_say(json.dumps({"text": text}).encode(), max_text_length=2000).request.text == text
+
+
+def test_an_unknown_segment_emotion_says_it_is_spoken_with_the_requests_emotion() -> None:
+    payload = {"emotion": "calm", "segments": [{"text": "a", "emotion": "grumpy"}]}
+    parsed = parse_say(json.dumps(payload).encode(), max_text_length=2000)
+    assert parsed.request.segments[0].emotion == "calm"
+    (warning,) = parsed.warnings
+    assert "spoken with the request's emotion (calm)" in warning.message

@@ -462,3 +462,20 @@ def test_an_unknown_emotion_on_a_later_chunk_keeps_the_streams_emotion_as_the_wa
     assert (warning["code"], warning["field"]) == ("invalid_emotion", "emotion")
     assert "the stream's emotion so far" in warning["message"]
     assert {c.emotion for c in emulator.contexts.values()} == {"angry"}
+
+
+@pytest.mark.parametrize("blank", [["   "], ["...", " ", "..."], [""]])
+def test_a_stream_with_nothing_to_speak_fails_as_an_invalid_request_and_reaches_no_engine(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, blank: list[str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    write(daemon, "blank", blank, 0.1)
+    failed = daemon.wait_terminal("blank")
+    assert (failed["event_type"], failed["code"]) == ("failed", "invalid_request")
+    assert "nothing to speak" in failed["message"]
+    error = daemon.wait_for_error(lambda e: e["id"] == "blank")
+    assert (error["code"], error["field"]) == ("invalid_request", "text")
+    assert emulator.contexts == {}  # nothing was sent to Cartesia, nothing billed
+    daemon.say(b'{"id": "dots", "text": "..."}')  # the same as a say
+    refused = daemon.wait_for_error(lambda e: e["id"] == "dots")
+    assert (refused["code"], refused["field"]) == ("invalid_request", "text")

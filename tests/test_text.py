@@ -173,6 +173,19 @@ def test_a_complete_text_is_one_piece_per_segment() -> None:
     assert text.segments() == segments
 
 
+@pytest.mark.parametrize("blank", ["   ", "...", " ... \n\n ", "!?"])
+def test_a_run_with_nothing_to_speak_is_never_given_to_an_engine(blank: str) -> None:
+    text = LiveText()
+    pieces = asyncio.run(collect(text, [(blank, NEUTRAL), (blank, NEUTRAL), None], continuations=True))
+    assert pieces == []
+
+
+def test_a_run_that_begins_with_punctuation_is_given_once_it_has_words() -> None:
+    text = LiveText()
+    pieces = asyncio.run(collect(text, [("... ", NEUTRAL), ("Well. ", NEUTRAL), ("And", NEUTRAL), None], False))
+    assert [(p.text, p.closes) for p in pieces] == [("... Well. ", False), ("And", True)]
+
+
 def test_the_rest_starts_at_the_first_word_not_heard_and_skips_a_run_left_with_punctuation() -> None:
     request = SayRequest(id="r", segments=(Segment(text="One, two"), Segment(text="Three, ..."), Segment(text="Four")))
     script = Script.of(request)

@@ -27,7 +27,7 @@ from mqtt_speaker.playback.output import AudioDeviceError, Output, Playback, Sta
 from mqtt_speaker.playback.sounds import Sounds
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speech.audio import AudioChunk
-from mqtt_speaker.speech.text import Meter, Piece, Script
+from mqtt_speaker.speech.text import NOTHING_TO_SPEAK, Meter, Piece, Script, speakable
 from mqtt_speaker.speech.vocabulary import (
     ErrorCode,
     ErrorReport,
@@ -272,6 +272,11 @@ class Voice:
                 error = SynthesisError(ErrorCode.SYNTHESIS_INTERRUPTED, f"cut short: {error.message}")
             failure = ErrorReport(code=error.code, message=error.message, id=request.id)
             return self._fail(job, failure, report=False, played=played_total)
+        if played_total == 0 and not speakable(job.text.whole):  # a stream of "   " or "...": never sent anywhere
+            message = f"text: {NOTHING_TO_SPEAK}"
+            return self._fail(
+                job, ErrorReport(code=ErrorCode.INVALID_REQUEST, message=message, id=request.id, field="text")
+            )
         if played_total == 0:
             return self._fail(job, ErrorReport(code=ErrorCode.SYNTHESIS_FAILED, message="no audio", id=request.id))
         self._problems.clear("audio")

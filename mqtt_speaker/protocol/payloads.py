@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from mqtt_speaker.speech.emotions import EMOTIONS, LANGUAGES
+from mqtt_speaker.speech.text import NOTHING_TO_SPEAK, speakable
 from mqtt_speaker.speech.vocabulary import (
     CONTROL_CHARACTERS,
     DUCK_DB_RANGE,
@@ -335,9 +336,9 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
         )
         if seg.model_extra:
             warnings.append(_unknown(seg.model_extra, prefix=prefix))
-    if not "".join(s.text for s in segments).strip():
+    if not speakable("".join(s.text for s in segments)):
         field = "text" if body.segments is None else "segments"
-        raise RequestRejected(f"{field}: blank; nothing to speak", field, request_id)
+        raise RequestRejected(f"{field}: {NOTHING_TO_SPEAK}", field, request_id)
     total = sum(len(s.text) for s in segments)
     if total > max_text_length:
         field = "text" if body.segments is None else "segments"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import string
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -72,6 +73,15 @@ class Piece:
     text: str
     voice: Segment
     closes: bool
+
+
+NOTHING_TO_SPEAK = "nothing to speak (only white space and punctuation)"
+
+
+def speakable(text: str) -> bool:
+    """Something in `text` can be spoken: a letter, a digit or a symbol (an emoji, a currency sign), not
+    only white space and punctuation."""
+    return any(unicodedata.category(char)[0] in "LNS" for char in text)
 
 
 def sentence_end(text: str) -> int:
@@ -136,6 +146,11 @@ class LiveText:
     def length(self) -> int:
         return sum(len(run.text) for run in self.runs)
 
+    @property
+    def whole(self) -> str:
+        """The text so far, every run's."""
+        return "".join(run.text for run in self.runs)
+
     def segments(self) -> tuple[Segment, ...]:
         """The text so far as segments (a run's text with its settings)."""
         return tuple(run.voice.model_copy(update={"text": run.text}) for run in self.runs)
@@ -174,12 +189,12 @@ class LiveText:
             run = self.runs[segment]
             rest = run.text[offset:]
             if segment < len(self.runs) - 1 or self.ended:  # the run is complete
-                if rest or opened:
+                if opened or speakable(rest):
                     yield Piece(segment, offset, rest, run.voice, closes=True)
                 segment, offset, opened = segment + 1, 0, False
                 continue
             cut = sentence_end(rest) or hold_point(rest) or (continuations and opened and words_end(rest))
-            if cut:
+            if cut and (opened or speakable(rest[:cut])):  # a run never begins with nothing to say ("...")
                 yield Piece(segment, offset, rest[:cut], run.voice, closes=False)
                 offset, opened = offset + cut, True
                 continue
