@@ -22,6 +22,7 @@ from mqtt_speaker.core.listener import Listener
 from mqtt_speaker.core.problems import Problems
 from mqtt_speaker.core.scheduler import Job
 from mqtt_speaker.engines.base import Engine, SynthesisError, Voicing
+from mqtt_speaker.engines.registry import unavailable
 from mqtt_speaker.playback.ducking import Ducker, Lowering, once_lowered
 from mqtt_speaker.playback.output import AudioDeviceError, Output, Playback, StartGate
 from mqtt_speaker.playback.sounds import Sounds
@@ -79,9 +80,10 @@ class Voice:
     def refuse(self, job: Job) -> ErrorReport | None:
         """The cost guard before a request starts: why it may not (rate_limited), or None. A text still
         arriving is charged piece by piece as it is pushed instead (see _meter)."""
-        if not job.text.ended:
+        names = self.candidates(job.request)
+        if not job.text.ended or not names:
             return None
-        engine = self._engines[self.candidates(job.request)[0]]
+        engine = self._engines[names[0]]
         whole = job.request.model_copy(update={"segments": job.text.segments()})
         return self._charge(engine, whole, "", job.text.length)
 
@@ -168,9 +170,20 @@ class Voice:
         task.add_done_callback(self._writes.discard)
 
     def candidates(self, request: SayRequest) -> list[str]:
-        """The engine to ask first (the request's or the primary), then the fallbacks that are installed."""
-        first = request.engine if request.engine in self._engines else self._primary
-        return [first, *(name for name in self._settings.fallback if name != first and name in self._engines)]
+        """The engines to ask in turn: the one the request asks for (else the primary), then the installed
+        fallbacks. A request that asks for a local engine (Piper, espeak-ng) stays local: no billed engine
+        is asked for it, not even as a fallback; one that asks for an engine not built here (see
+        `_substituted`) starts with the next."""
+        first = request.engine or self._primary
+        local = request.engine is not None and request.engine != "cartesia"
+        names = dict.fromkeys([first, *self._settings.fallback])
+        return [name for name in names if name in self._engines and not (local and self._engines[name].billed)]
+
+    def _substituted(self, request: SayRequest) -> SynthesisError | None:
+        """Why the engine the request asks for cannot speak it here (not built), or None."""
+        if request.engine is None or request.engine in self._engines:
+            return None
+        return SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, f"asked for, but {unavailable(request.engine)}")
 
     def engine_in_use(self) -> str:
         names = [self._primary, *self._settings.fallback]
@@ -217,7 +230,10 @@ class Voice:
         played_total = 0.0
         progress = _Progress(StartGate(request.start_at) if request.start_at is not None else None)
         tried = False
-        last_error: SynthesisError | None = None
+        last_error = substituted = self._substituted(request)
+        if substituted is not None:  # announced: on the error topic (once) and in started's fallback_reason
+            self._engine_failed(request.engine or "", substituted, request.id)
+            fallback_reason = f"{request.engine}: {substituted.code}"
         for index, name in enumerate(names):
             if remaining is None:
                 break
@@ -233,7 +249,13 @@ class Voice:
                 source, cached = await self._source(engine, remaining, voicing)
                 attempt = _Attempt(source)
                 on_first_audio = functools.partial(
-                    self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
+                    self._started,
+                    job,
+                    voicing,
+                    engine,
+                    cached,
+                    fallback_reason if index or substituted else None,
+                    progress,
                 )
                 stream = attempt.stream() if tried else await self._with_chime(job, attempt.stream())
                 if lowered is not None:
