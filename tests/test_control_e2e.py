@@ -188,6 +188,20 @@ def test_chime_then_speech_without_a_gap(
     assert abs(speech_start / RATE - 0.8) < 0.02
 
 
+def test_started_and_its_latency_come_after_the_chime_when_the_speech_is_heard(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    say(daemon, "ding", "After the chime", chime=True)
+    spoken_ok(daemon, "ding")
+    queued, started = (
+        next(m for m in daemon.observer.on(daemon.topic("event")) if m.json() == e)
+        for e in (daemon.wait_for_event("ding", "queued"), daemon.wait_for_event("ding", "started"))
+    )
+    assert started.json()["latency_ms"] >= 790  # the chime plays for 0.8 s before the first word
+    assert started.received - queued.received >= 0.75
+
+
 def test_an_unknown_chime_plays_the_default_with_a_warning(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
 ) -> None:
