@@ -189,9 +189,16 @@ class Voice:
         names = [self._primary, *self._settings.fallback]
         return next((n for n in names if n in self._engines and self._engines[n].problem() is None), self._primary)
 
-    def _engine_failed(self, name: str, error: SynthesisError, request_id: str) -> None:
-        """Record an engine's failure: published once per outage, not once per request."""
-        report = ErrorReport(code=error.code, message=f"{name}: {error.message}", id=request_id)
+    def _engine_failed(self, name: str, error: SynthesisError, request: SayRequest) -> None:
+        """Record an engine's failure: published once per outage, not once per request. A refusal of what
+        the request asked for (an unknown voice) is no outage: published for its request every time, and a
+        problem only when it asked for nothing of its own (then the configuration is at fault)."""
+        report = ErrorReport(code=error.code, message=f"{name}: {error.message}", id=request.id)
+        if error.request_only:
+            self._listener.on_error(report)
+            if name == self._primary and request.voice is None:
+                self._problems.set("tts", report)
+            return
         if name == self._primary:
             self._problems.set("tts", report)
         if name not in self._failing:
@@ -232,7 +239,7 @@ class Voice:
         tried = False
         last_error = substituted = self._substituted(request)
         if substituted is not None:  # announced: on the error topic (once) and in started's fallback_reason
-            self._engine_failed(request.engine or "", substituted, request.id)
+            self._engine_failed(request.engine or "", substituted, request)
             fallback_reason = f"{request.engine}: {substituted.code}"
         for index, name in enumerate(names):
             if remaining is None:
@@ -240,7 +247,7 @@ class Voice:
             engine = self._engines[name]
             known = engine.problem()
             if known is not None and index < len(names) - 1:
-                self._engine_failed(name, known, request.id)
+                self._engine_failed(name, known, request)
                 fallback_reason = fallback_reason or f"{name}: {known.code}"
                 continue
             if live and engine.billed:
@@ -280,7 +287,7 @@ class Voice:
                 break
             last_error = attempt.error
             if attempt.error.code is not ErrorCode.RATE_LIMITED:  # the cost guard said so already; not a fault
-                self._engine_failed(name, attempt.error, request.id)
+                self._engine_failed(name, attempt.error, request)
             fallback_reason = f"{name}: {attempt.error.code}"
             remaining = replace(remaining, meter=None)
             if attempt.heard:  # the rest, from the first word not spoken whole, by the next engine
