@@ -7,15 +7,19 @@ import os
 import re
 import socket
 import tomllib
+import typing
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -260,6 +264,20 @@ class SyncSettings(BaseModel):
     )
 
 
+class _Environment(EnvSettingsSource):
+    """MQTT_SPEAKER_* variables; a list setting also takes plain words (`MQTT_SPEAKER_FALLBACK=espeak`,
+    `MQTT_SPEAKER_SYNC__GROUPS=downstairs,bedrooms`) as well as JSON (`'["downstairs"]'`)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            # (`field` is None for a nested setting's dict value: pydantic-settings passes it so)
+            if typing.get_origin(getattr(field, "annotation", None)) is not list or not isinstance(value, str):
+                raise
+            return [word for word in re.split(r"[\s,]+", value) if word]
+
+
 class Settings(BaseSettings):
     """Every setting of mqtt-speaker. See config/config.example.toml for the documented file."""
 
@@ -313,7 +331,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = settings_cls.model_config.get("toml_file")
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, _Environment(settings_cls))
         if toml_file:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
         return sources
@@ -449,6 +467,9 @@ def load_settings(cli_path: Path | None = None) -> Settings:
         cls = _FromFile
     try:
         return cls()
+    except SettingsError as exc:  # a variable that cannot be read at all (a dict setting that is not JSON)
+        reason = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"invalid settings (environment): {exc}{reason}") from exc
     except ValidationError as exc:
         where = f"config file {path} / environment" if path else "environment"
         problems = "; ".join(

@@ -149,3 +149,16 @@ def test_systemd_credentials_fill_unset_secrets(tmp_path: Path, monkeypatch: pyt
     monkeypatch.delenv("MQTT_SPEAKER_MQTT__PASSWORD")
     s = load_settings()
     assert (s.cartesia.api_key, s.mqtt.password, s.has_api_key) == (None, None, False)
+
+
+@pytest.mark.parametrize(
+    ("value", "groups"),
+    [("downstairs", ["downstairs"]), ("downstairs,bedrooms", ["downstairs", "bedrooms"]), ("a b", ["a", "b"])],
+)
+def test_a_list_setting_from_the_environment_may_be_plain_words(
+    value: str, groups: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MQTT_SPEAKER_SYNC__GROUPS", value)
+    monkeypatch.setenv("MQTT_SPEAKER_FALLBACK", "espeak")
+    settings = load_settings()
+    assert (settings.sync.groups, settings.fallback) == (groups, ["espeak"])
