@@ -94,6 +94,18 @@ def test_retained_say_is_not_spoken(
     assert daemon.events() == [] and emulator.contexts_for("Replayed") == []
 
 
+def test_clearing_a_retained_say_as_the_readme_says_is_quiet(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    daemon.say(b'{"id": "old", "text": "Replayed on every reconnect"}', retain=True)
+    daemon.wait_for_error(lambda e: e["code"] == "retained_command_ignored")
+    daemon.say(b"", retain=True)  # mosquitto_pub -r -n -t <topic>
+    daemon.say(b'{"id": "marker"}')  # handled after the clearing: once its error is here, any other would be too
+    daemon.wait_for_error(lambda e: e["id"] == "marker")
+    assert [e["code"] for e in daemon.errors()] == ["retained_command_ignored", "invalid_request"]
+
+
 def test_unknown_emotion_and_out_of_range_values_speak_with_a_warning(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
 ) -> None:

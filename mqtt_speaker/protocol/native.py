@@ -98,7 +98,9 @@ class NativeTopics(BaseAdapter):
         command = self._topics.parse_command(message.topic)
         if command is None:
             return False
-        if message.retain and command in ONE_SHOT:
+        if message.retain and command in ONE_SHOT and not message.payload:
+            LOG.debug("%s: a retained message cleared", message.topic)  # mosquitto_pub -r -n, as the README says
+        elif message.retain and command in ONE_SHOT:
             self.on_error(
                 ErrorReport(
                     code=ErrorCode.RETAINED_COMMAND_IGNORED,
