@@ -35,6 +35,20 @@ def test_wav_files_are_written_to_output_dir(make_daemon: Callable[..., Daemon],
     assert wav.stat().st_size > 10_000  # a header and well over a tenth of a second of speech
 
 
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_wav_files_are_written_at_the_configured_sample_rate(
+    make_daemon: Callable[..., Daemon], workdir: Path, rate: int
+) -> None:
+    out = workdir / "wav"
+    daemon = make_daemon({"MQTT_SPEAKER_AUDIO__OUTPUT_DIR": str(out), "MQTT_SPEAKER_AUDIO__SAMPLE_RATE": str(rate)})
+    daemon.say(json.dumps({"id": "rated", "text": "At the configured rate", "chime": True}))
+    spoken_ok(daemon, "rated")
+    [path] = [p for p in out.glob("*.wav") if "rated" in p.name]
+    with wave.open(str(path)) as wav:
+        assert wav.getframerate() == rate
+        assert wav.getnframes() / rate > 1.0  # the chime (0.8 s) and the speech, not squeezed or stretched
+
+
 def test_a_wav_file_is_written_as_fast_as_cartesia_sends_not_at_the_pace_of_speech(
     make_daemon: Callable[..., Daemon], emulator: CartesiaEmulator, cartesia_env: dict[str, str], workdir: Path
 ) -> None:
