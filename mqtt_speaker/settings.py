@@ -191,7 +191,11 @@ class AudioSettings(BaseModel):
         description="Sound server only: seconds that must be queued before speech starts (a larger one starts "
         "later and survives a slower first second)",
     )
-    device: str | int | None = Field(default=None, description="PortAudio output device name or index")
+    device: str | int | None = Field(
+        default=None,
+        description="PortAudio output device name or index; naming one selects PortAudio under 'auto', but "
+        "'pulse' and 'default' are the sound server's default sink (played through the server when one answers)",
+    )
     output_dir: Path | None = Field(default=None, description="Write WAV files here instead of playing")
     sample_rate: int | None = Field(default=None, description="Output sample rate; default: the device's default rate")
     latency: float | str = Field(
