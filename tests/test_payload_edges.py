@@ -101,3 +101,10 @@ def test_an_unknown_segment_emotion_says_it_is_spoken_with_the_requests_emotion(
     assert parsed.request.segments[0].emotion == "calm"
     (warning,) = parsed.warnings
     assert "spoken with the request's emotion (calm)" in warning.message
+
+
+def test_a_cache_warm_list_of_more_than_a_hundred_items_is_refused_whole_saying_so() -> None:
+    assert len(parse_warm(json.dumps(["Hi"] * 100).encode(), max_text_length=2000)) == 100
+    with pytest.raises(RequestRejected) as caught:
+        parse_warm(json.dumps(["Hi"] * 101).encode(), max_text_length=2000)
+    assert caught.value.field == "warm" and "101 items" in caught.value.message

@@ -45,6 +45,7 @@ from mqtt_speaker.speech.vocabulary import (
 )
 
 _T = TypeVar("_T")
+MAX_WARM_ITEMS = 100  # in one cache/warm message
 
 
 def encode(model: BaseModel) -> str:
@@ -547,8 +548,14 @@ def parse_warm(payload: bytes, *, max_text_length: int) -> list[SayRequest]:
         raise RequestRejected("warm: not valid JSON; send a list of texts or say requests", "warm") from exc
     if not isinstance(items, list) or not items:
         raise RequestRejected("warm: send a non-empty JSON list of texts or say requests", "warm")
+    if len(items) > MAX_WARM_ITEMS:
+        raise RequestRejected(
+            f"warm: {len(items)} items is more than {MAX_WARM_ITEMS} in one message; nothing was warmed "
+            "(send the rest in further messages)",
+            "warm",
+        )
     requests = []
-    for index, item in enumerate(items[:100]):
+    for index, item in enumerate(items):
         try:
             raw = item.encode() if isinstance(item, str) else json.dumps(item).encode()
             requests.append(parse_say(raw, max_text_length=max_text_length).request)
