@@ -311,7 +311,13 @@ class Voice:
         self._problems.clear("audio")
         duration = round(played_total * 1000)
         LOG.info("finished %s (%d ms of audio)", request.id, duration)
-        return FinishedEvent(id=request.id, duration_ms=duration, engine=names[index])
+        return FinishedEvent(
+            id=request.id,
+            duration_ms=duration,
+            engine=names[index],
+            fallback=fallback_reason is not None,
+            fallback_reason=fallback_reason,
+        )
 
     def _started(  # noqa: PLR0913 - what the started event says, gathered where the first audio plays
         self,

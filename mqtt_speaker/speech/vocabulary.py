@@ -187,7 +187,9 @@ class StartedEvent(Event):
 class FinishedEvent(Event):
     event_type: Literal[EventType.FINISHED] = EventType.FINISHED
     duration_ms: int = Field(description="Audio actually played")
-    engine: str
+    engine: str = Field(description="The engine that spoke its end")
+    fallback: bool = Field(default=False, description="A fallback engine spoke all or part of it (also mid-way)")
+    fallback_reason: str | None = Field(default=None, description="Why the engine asked first did not speak it all")
 
 
 InterruptReason = Literal["stop", "skip", "priority", "shutdown"]
