@@ -282,6 +282,17 @@ class _Environment(EnvSettingsSource):
             return [word for word in re.split(r"[\s,]+", value) if word]
 
 
+class _CartesiaKey(PydanticBaseSettingsSource):
+    """CARTESIA_API_KEY, Cartesia's own variable: below MQTT_SPEAKER_CARTESIA__API_KEY, above the file."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ says it all
+
+    def __call__(self) -> dict[str, Any]:
+        key = os.environ.get("CARTESIA_API_KEY")
+        return {"cartesia": {"api_key": key}} if key else {}
+
+
 class Settings(BaseSettings):
     """Every setting of mqtt-speaker. See config/config.example.toml for the documented file."""
 
@@ -335,7 +346,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = settings_cls.model_config.get("toml_file")
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, _Environment(settings_cls))
+        sources: tuple[PydanticBaseSettingsSource, ...] = (
+            init_settings,
+            _Environment(settings_cls),
+            _CartesiaKey(settings_cls),
+        )
         if toml_file:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
         return sources
@@ -343,13 +358,13 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _secrets_from_elsewhere(cls, data: Any) -> Any:
-        """Secrets not set otherwise come from CARTESIA_API_KEY, or from systemd credentials
-        ($CREDENTIALS_DIRECTORY/cartesia_api_key and .../mqtt_password, see LoadCredential=)."""
+        """Secrets not set otherwise (the environment, CARTESIA_API_KEY, the file) come from systemd
+        credentials ($CREDENTIALS_DIRECTORY/cartesia_api_key and .../mqtt_password, see LoadCredential=)."""
         if not isinstance(data, dict):
             return data
         credentials = os.environ.get("CREDENTIALS_DIRECTORY")
         sources: dict[tuple[str, str], list[str | None]] = {
-            ("cartesia", "api_key"): [os.environ.get("CARTESIA_API_KEY"), _credential(credentials, "cartesia_api_key")],
+            ("cartesia", "api_key"): [_credential(credentials, "cartesia_api_key")],
             ("mqtt", "password"): [_credential(credentials, "mqtt_password")],
         }
         for (section, key), candidates in sources.items():
