@@ -26,6 +26,15 @@ def test_the_last_will_says_offline_after_an_unclean_death(make_daemon: Callable
     daemon.wait_offline(30)  # the last will
 
 
+def test_a_clean_shutdown_says_offline_and_does_not_log_a_lost_connection(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    assert daemon.stop() == 0
+    daemon.wait_offline()
+    log = daemon.log()
+    assert "disconnected from the broker" in log
+    assert "lost the broker connection" not in log and "reconnecting" not in log
+
+
 def test_wav_files_are_written_to_output_dir(make_daemon: Callable[..., Daemon], workdir: Path) -> None:
     out = workdir / "wav"
     daemon = make_daemon({"MQTT_SPEAKER_AUDIO__OUTPUT_DIR": str(out)})
