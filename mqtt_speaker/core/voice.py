@@ -180,10 +180,17 @@ class Voice:
         return [name for name in names if name in self._engines and not (local and self._engines[name].billed)]
 
     def _substituted(self, request: SayRequest) -> SynthesisError | None:
-        """Why the engine the request asks for cannot speak it here (not built), or None."""
-        if request.engine is None or request.engine in self._engines:
+        """Why the engine the request asks for cannot speak it here (it is not built), or None. Said once on
+        the error topic, as a warning: the next engine speaks it (started says so)."""
+        name = request.engine
+        if name is None or name in self._engines:
             return None
-        return SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, f"asked for, but {unavailable(request.engine)}")
+        error = SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, f"asked for, but {unavailable(name)}")
+        if name not in self._failing:
+            self._failing.add(name)
+            message = f"{name}: {error.message}"
+            self._listener.on_error(ErrorReport(code=error.code, message=message, id=request.id, severity="warning"))
+        return error
 
     def engine_in_use(self) -> str:
         names = [self._primary, *self._settings.fallback]
@@ -238,8 +245,7 @@ class Voice:
         progress = _Progress(StartGate(request.start_at) if request.start_at is not None else None)
         tried = False
         last_error = substituted = self._substituted(request)
-        if substituted is not None:  # announced: on the error topic (once) and in started's fallback_reason
-            self._engine_failed(request.engine or "", substituted, request)
+        if substituted is not None:  # and in started's fallback_reason
             fallback_reason = f"{request.engine}: {substituted.code}"
         for index, name in enumerate(names):
             if remaining is None:
