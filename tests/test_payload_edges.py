@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from mqtt_speaker.protocol.payloads import (
+    Refusal,
     RequestRejected,
     parse_chunk,
     parse_duck_db,
@@ -63,8 +64,8 @@ def test_a_segment_number_too_large_for_a_float_names_the_segment_field(field: s
 @pytest.mark.parametrize("field", SAY_NUMBERS)
 def test_a_stream_chunk_with_a_number_too_large_cannot_open_its_stream_naming_the_field(field: str) -> None:
     chunk = parse_chunk(f'{{"id": "s", "seq": 0, "text": "hi", "{field}": {HUGE}}}'.encode(), max_text_length=2000)
-    assert chunk.request is None and chunk.refused is not None
-    assert chunk.refused.field == field and "finite" in chunk.refused.message
+    assert isinstance(chunk.request, Refusal)
+    assert chunk.request.field == field and "finite" in chunk.request.message
 
 
 @pytest.mark.parametrize("field", ["speed", "ttl", "duck_db"])

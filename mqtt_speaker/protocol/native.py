@@ -181,13 +181,11 @@ class NativeTopics(BaseAdapter):
                 ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
             )
             return
-        if chunk.request is not None:  # its start instant, for when it opens its stream
+        if isinstance(chunk.request, SayRequest):  # its start instant, for when it opens its stream
             try:
                 request, passed = self._timed(chunk.request, message)
             except RequestRejected as exc:
-                chunk = chunk.model_copy(
-                    update={"request": None, "refused": Refusal(message=exc.message, field=exc.field)}
-                )
+                chunk = chunk.model_copy(update={"request": Refusal(message=exc.message, field=exc.field)})
             else:
                 opening = [*chunk.opening_warnings, *([passed] if passed else [])]
                 chunk = chunk.model_copy(update={"request": request, "opening_warnings": opening})

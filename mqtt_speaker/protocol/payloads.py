@@ -407,8 +407,9 @@ class StreamChunk(BaseModel):
     text: str
     emotion: str | None
     end: bool
-    request: SayRequest | None = Field(description="The say fields, for when the chunk opens its stream")
-    refused: Refusal | None = Field(default=None, description="Why the say fields cannot open a stream")
+    request: SayRequest | Refusal = Field(
+        description="The say fields, for when the chunk opens its stream; or why they cannot open it"
+    )
     say_fields: list[str] = Field(description="The say fields the chunk gave (beyond id, seq, text, emotion, end)")
     warnings: list[Warning_] = Field(default_factory=list, description="About the chunk itself (its emotion)")
     opening_warnings: list[Warning_] = Field(
@@ -419,7 +420,8 @@ class StreamChunk(BaseModel):
 def parse_chunk(payload: bytes, *, max_text_length: int) -> StreamChunk:
     """Turn a say/stream payload into a chunk, or raise RequestRejected naming the field. Only the chunk's
     own fields (id, seq, text, emotion, end) refuse it: its say fields matter only if it opens its stream,
-    so a problem with them is kept in `refused` (the stream is not opened) and is moot on a later chunk."""
+    so a problem with them is kept as its `request`'s Refusal (the stream is not opened) and is moot on a
+    later chunk."""
     text = _decode(payload, max_bytes=max(65_536, max_text_length * 8))
     obj = _load_object(text)
     if obj is None:
@@ -445,10 +447,9 @@ def parse_chunk(payload: bytes, *, max_text_length: int) -> StreamChunk:
             speed=_clamped(body.speed, SPEED_RANGE, "speed", opening),
             volume=_clamped(body.generation_volume, GENERATION_VOLUME_RANGE, "generation_volume", opening),
         )
-        request: SayRequest | None = _request(body, request_id, (segment,), opening)
-        refused = None
+        request: SayRequest | Refusal = _request(body, request_id, (segment,), opening)
     except RequestRejected as exc:
-        request, refused = None, Refusal(message=exc.message, field=exc.field)
+        request = Refusal(message=exc.message, field=exc.field)
     return StreamChunk(
         id=request_id,
         seq=own.seq,
@@ -456,7 +457,6 @@ def parse_chunk(payload: bytes, *, max_text_length: int) -> StreamChunk:
         emotion=emotion,
         end=own.end,
         request=request,
-        refused=refused,
         say_fields=say_fields,
         warnings=warnings,
         opening_warnings=opening,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from cachetools import TTLCache
 
-from mqtt_speaker.protocol.payloads import StreamChunk
+from mqtt_speaker.protocol.payloads import Refusal, StreamChunk
 from mqtt_speaker.settings import StreamSettings
 from mqtt_speaker.speech.text import LiveText
 from mqtt_speaker.speech.vocabulary import (
@@ -115,11 +115,11 @@ class Streams:
         """A stream opened by `chunk`, its request submitted; None when the chunk cannot open it (the error
         said why). A stream refused for its say fields or for too many streams stays refused: its later
         chunks would otherwise open it and speak only its tail."""
-        if chunk.request is None:
-            refused = chunk.refused
-            message, field = (refused.message, refused.field) if refused else ("payload: not a say request", None)
-            self._error(ErrorCode.INVALID_REQUEST, f"{message}; stream {chunk.id!r} not opened", chunk.id, field)
-            self._remember(chunk.id, f"not opened: {message}", next_seq=0)
+        request = chunk.request
+        if isinstance(request, Refusal):
+            message = f"{request.message}; stream {chunk.id!r} not opened"
+            self._error(ErrorCode.INVALID_REQUEST, message, chunk.id, request.field)
+            self._remember(chunk.id, f"not opened: {request.message}", next_seq=0)
             return None
         if chunk.seq is not None and chunk.seq > self._settings.max_seq_ahead:
             self._seq_out_of_range(chunk, next_seq=0)
@@ -134,11 +134,11 @@ class Streams:
             self._remember(chunk.id, "not opened: too many streams were open", next_seq=0)
             return None
         self._publish_warnings([*chunk.opening_warnings, *chunk.warnings], chunk.id)
-        voice = chunk.request.segments[0].model_copy(update={"text": ""})
-        stream = _Stream(request=chunk.request, text=LiveText(), voice=voice)
+        voice = request.segments[0].model_copy(update={"text": ""})
+        stream = _Stream(request=request, text=LiveText(), voice=voice)
         self._open[chunk.id] = stream
         self._touch(chunk.id, stream)
-        self._submit(chunk.request, stream.text)
+        self._submit(request, stream.text)
         return stream
 
     def _publish_warnings(self, warnings: list[Warning_], stream_id: str) -> None:
