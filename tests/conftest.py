@@ -103,8 +103,17 @@ class Message:
 class Observer:
     """A test-side MQTT client that records everything under the base topic and can publish."""
 
-    def __init__(self, port: int, tls: tuple[str, str, str] | None = None, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        tls: tuple[str, str, str] | None = None,
+        persistent: bool = False,
+        *,
+        auth: tuple[str, str] | None = None,
+        topics: tuple[str, ...] = (f"{BASE}/#",),
+    ) -> None:
         self.messages: list[Message] = []
+        self._topics = topics
         self._lock = threading.Lock()
         self._connected = threading.Event()
         client_id = f"observer-{uuid.uuid4().hex[:8]}"
@@ -114,6 +123,8 @@ class Observer:
         # As the daemon's: a publish right after a received message must not wait for the broker's
         # delayed ACK (40 ms), or the benchmark would time this client, not the daemon.
         without_tcp_delays(self.client)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         if persistent:  # keeps its session (and the messages sent while it reconnects) across broker restarts
             self.client.reconnect_delay_set(1, 1)
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -133,7 +144,7 @@ class Observer:
             raise RuntimeError("observer could not connect")
 
     def _on_connect(self, client: paho.Client, *_: Any) -> None:
-        client.subscribe(f"{BASE}/#", qos=1)
+        client.subscribe([(topic, 1) for topic in self._topics])
         self._connected.set()
 
     def _on_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:

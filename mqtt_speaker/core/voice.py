@@ -23,12 +23,13 @@ from mqtt_speaker.core.problems import Problems
 from mqtt_speaker.core.scheduler import Job
 from mqtt_speaker.core.shared import SHARED_ENGINE, SharedSource
 from mqtt_speaker.engines.base import Engine, SynthesisError, Voicing
+from mqtt_speaker.engines.registry import unavailable
 from mqtt_speaker.playback.ducking import Ducker, Lowering, once_lowered
 from mqtt_speaker.playback.output import AudioDeviceError, Output, Playback, StartGate
 from mqtt_speaker.playback.sounds import Sounds
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speech.audio import AudioChunk
-from mqtt_speaker.speech.text import Meter, Piece, Script
+from mqtt_speaker.speech.text import NOTHING_TO_SPEAK, Meter, Piece, Script, speakable
 from mqtt_speaker.speech.vocabulary import (
     ErrorCode,
     ErrorReport,
@@ -81,9 +82,10 @@ class Voice:
     def refuse(self, job: Job) -> ErrorReport | None:
         """The cost guard before a request starts: why it may not (rate_limited), or None. A text still
         arriving is charged piece by piece as it is pushed instead (see _meter)."""
-        if not job.text.ended:
+        names = self.candidates(job.request)
+        if not job.text.ended or not names:
             return None
-        engine = self._engines[self.candidates(job.request)[0]]
+        engine = self._engines[names[0]]
         whole = job.request.model_copy(update={"segments": job.text.segments()})
         return self._charge(engine, whole, "", job.text.length)
 
@@ -171,19 +173,43 @@ class Voice:
         task.add_done_callback(self._writes.discard)
 
     def candidates(self, request: SayRequest) -> list[str]:
-        """The engine to ask first (the request's or the primary), then the fallbacks that are installed;
-        for a broadcast the house shares, its shared audio before them all."""
-        first = request.engine if request.engine in self._engines else self._primary
-        own = [first, *(name for name in self._settings.fallback if name != first and name in self._engines)]
+        """The engines to ask in turn: for a broadcast the house shares, its shared audio; then the one the
+        request asks for (else the primary), then the installed fallbacks. A request that asks for a local
+        engine (Piper, espeak-ng) stays local: no billed engine is asked for it, not even as a fallback; one
+        that asks for an engine not built here (see `_substituted`) starts with the next."""
+        first = request.engine or self._primary
+        local = request.engine is not None and request.engine != "cartesia"
+        names = dict.fromkeys([first, *self._settings.fallback])
+        own = [name for name in names if name in self._engines and not (local and self._engines[name].billed)]
         return [SHARED_ENGINE, *own] if request.shared and SHARED_ENGINE in self._engines else own
+
+    def _substituted(self, request: SayRequest) -> SynthesisError | None:
+        """Why the engine the request asks for cannot speak it here (it is not built), or None. Said once on
+        the error topic, as a warning: the next engine speaks it (started says so)."""
+        name = request.engine
+        if name is None or name in self._engines:
+            return None
+        error = SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, f"asked for, but {unavailable(name)}")
+        if name not in self._failing:
+            self._failing.add(name)
+            message = f"{name}: {error.message}"
+            self._listener.on_error(ErrorReport(code=error.code, message=message, id=request.id, severity="warning"))
+        return error
 
     def engine_in_use(self) -> str:
         names = [self._primary, *self._settings.fallback]
         return next((n for n in names if n in self._engines and self._engines[n].problem() is None), self._primary)
 
-    def _engine_failed(self, name: str, error: SynthesisError, request_id: str) -> None:
-        """Record an engine's failure: published once per outage, not once per request."""
-        report = ErrorReport(code=error.code, message=f"{name}: {error.message}", id=request_id)
+    def _engine_failed(self, name: str, error: SynthesisError, request: SayRequest) -> None:
+        """Record an engine's failure: published once per outage, not once per request. A refusal of what
+        the request asked for (an unknown voice) is no outage: published for its request every time, and a
+        problem only when it asked for nothing of its own (then the configuration is at fault)."""
+        report = ErrorReport(code=error.code, message=f"{name}: {error.message}", id=request.id)
+        if error.request_only:
+            self._listener.on_error(report)
+            if name == self._primary and request.voice is None:
+                self._problems.set("tts", report)
+            return
         if name == self._primary:
             self._problems.set("tts", report)
         if name not in self._failing:
@@ -222,7 +248,9 @@ class Voice:
         played_total = 0.0
         progress = _Progress(StartGate(request.start_at) if request.start_at is not None else None)
         tried = False
-        last_error: SynthesisError | None = None
+        last_error = substituted = self._substituted(request)
+        if substituted is not None:  # and in started's fallback_reason
+            fallback_reason = f"{request.engine}: {substituted.code}"
         sources: list[tuple[str, str | None, bool]] = []  # (engine, room, shared) of each one heard, in order
         for index, name in enumerate(names):
             if remaining is None:
@@ -230,7 +258,7 @@ class Voice:
             engine = self._engines[name]
             known = engine.problem()
             if known is not None and index < len(names) - 1:
-                self._engine_failed(name, known, request.id)
+                self._engine_failed(name, known, request)
                 fallback_reason = fallback_reason or f"{name}: {known.code}"
                 continue
             if live and engine.billed:
@@ -241,7 +269,13 @@ class Voice:
                 source, cached = await self._source(engine, remaining, voicing)
                 attempt = _Attempt(source)
                 on_first_audio = functools.partial(
-                    self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
+                    self._started,
+                    job,
+                    voicing,
+                    engine,
+                    cached,
+                    fallback_reason if index or substituted else None,
+                    progress,
                 )
                 stream = attempt.stream() if tried else await self._with_chime(job, attempt.stream())
                 if lowered is not None:
@@ -270,7 +304,7 @@ class Voice:
                 break
             last_error = attempt.error
             if attempt.error.code is not ErrorCode.RATE_LIMITED:  # the cost guard said so already; not a fault
-                self._engine_failed(name, attempt.error, request.id)
+                self._engine_failed(name, attempt.error, request)
             fallback_reason = f"{name}: {attempt.error.code}"
             remaining = replace(remaining, meter=None)
             if attempt.heard:  # the rest, from the first word not spoken whole, by the next engine
@@ -284,6 +318,11 @@ class Voice:
                 error = SynthesisError(ErrorCode.SYNTHESIS_INTERRUPTED, f"cut short: {error.message}")
             failure = ErrorReport(code=error.code, message=error.message, id=request.id)
             return self._fail(job, failure, report=False, played=played_total)
+        if played_total == 0 and not speakable(job.text.whole):  # a stream of "   " or "...": never sent anywhere
+            message = f"text: {NOTHING_TO_SPEAK}"
+            return self._fail(
+                job, ErrorReport(code=ErrorCode.INVALID_REQUEST, message=message, id=request.id, field="text")
+            )
         if played_total == 0:
             return self._fail(job, ErrorReport(code=ErrorCode.SYNTHESIS_FAILED, message="no audio", id=request.id))
         self._problems.clear("audio")
@@ -295,6 +334,8 @@ class Voice:
             engine=sources[-1][0] if sources else name,
             synthesized_by=list(dict.fromkeys(site for _, site, _ in sources if site is not None)),
             shared=any(shared for _, _, shared in sources),
+            fallback=fallback_reason is not None,
+            fallback_reason=fallback_reason,
         )
 
     def _started(  # noqa: PLR0913 - what the started event says, gathered where the first audio plays

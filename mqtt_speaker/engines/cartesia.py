@@ -80,7 +80,9 @@ def error_frame(event: Any) -> SynthesisError:
         return SynthesisError(ErrorCode.CARTESIA_AUTH, message)
     if status == 429:
         return SynthesisError(ErrorCode.CARTESIA_RATE_LIMITED, message)
-    return SynthesisError(ErrorCode.SYNTHESIS_FAILED, message)
+    # Another 4xx refuses what this request asked for (an unknown voice, say): the service works.
+    request_only = isinstance(status, int) and 400 <= status < 500
+    return SynthesisError(ErrorCode.SYNTHESIS_FAILED, message, request_only=request_only)
 
 
 def spoken_prefix(text: str, words: Sequence[str]) -> int:

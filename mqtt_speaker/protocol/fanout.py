@@ -44,7 +44,7 @@ from mqtt_speaker.protocol.topics import ONLINE, Topics
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speech.audio import AudioChunk, Pcm
 from mqtt_speaker.speech.text import LiveText
-from mqtt_speaker.speech.vocabulary import ErrorCode, ErrorReport, Event, EventType, SayRequest
+from mqtt_speaker.speech.vocabulary import ENGINE_PREFERENCE, ErrorCode, ErrorReport, Event, EventType, SayRequest
 
 LOG = logging.getLogger(__name__)
 RATE = 24_000  # the shared audio's rate: Cartesia's speech at 24 kHz (48 kB/s of PCM)
@@ -59,7 +59,6 @@ FIRST_MARGIN = 0.15  # seconds before the instant by which the first frame must 
 MAX_ROOMS = 256  # rooms of the house remembered
 JOIN_MARGIN = 0.3  # seconds: a room that joins mid-broadcast starts with the first frame due this far ahead
 LATE_MARGIN = 0.3  # seconds: audio that comes after the instant is due this long after it is sent, in every room
-RANK = {"cartesia": 3, "piper": 2, "espeak": 1}  # whose synthesis the house prefers
 
 
 class SharedStart(BaseModel):
@@ -239,7 +238,9 @@ class House(BaseAdapter):
         rooms[me] = _Room(True, self._speaker.engine_in_use(), tuple(self._settings.sync.groups), True)
 
         def rank(site: str) -> tuple[int, str]:
-            return RANK.get(rooms[site].engine or "", 0), hashlib.sha256(f"{key}/{site}".encode()).hexdigest()
+            engine = rooms[site].engine
+            preference = ENGINE_PREFERENCE.index(engine) if engine in ENGINE_PREFERENCE else len(ENGINE_PREFERENCE)
+            return -preference, hashlib.sha256(f"{key}/{site}".encode()).hexdigest()
 
         return max(rooms, key=rank)
 

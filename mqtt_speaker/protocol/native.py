@@ -13,6 +13,7 @@ from mqtt_speaker.protocol.errors import ErrorFlood
 from mqtt_speaker.protocol.fanout import House
 from mqtt_speaker.protocol.link import Inbound, MqttLink
 from mqtt_speaker.protocol.payloads import (
+    Refusal,
     RequestRejected,
     encode,
     parse_chunk,
@@ -103,7 +104,9 @@ class NativeTopics(BaseAdapter):
         command = self._topics.parse_command(message.topic)
         if command is None:
             return False
-        if message.retain and command in ONE_SHOT:
+        if message.retain and command in ONE_SHOT and not message.payload:
+            LOG.debug("%s: a retained message cleared", message.topic)  # mosquitto_pub -r -n, as the README says
+        elif message.retain and command in ONE_SHOT:
             self.on_error(
                 ErrorReport(
                     code=ErrorCode.RETAINED_COMMAND_IGNORED,
@@ -184,14 +187,19 @@ class NativeTopics(BaseAdapter):
     def _on_chunk(self, message: Inbound) -> None:
         try:
             chunk = parse_chunk(message.payload, max_text_length=self._settings.stream.max_length)
-            request, passed = self._timed(chunk.request, message)  # used when this chunk opens its stream
         except RequestRejected as exc:
             self.on_error(
                 ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
             )
             return
-        chunk = chunk.model_copy(update={"request": request})
-        self._warn([*chunk.warnings, *([passed] if passed else [])], chunk.id)
+        if isinstance(chunk.request, SayRequest):  # its start instant, for when it opens its stream
+            try:
+                request, passed = self._timed(chunk.request, message)
+            except RequestRejected as exc:
+                chunk = chunk.model_copy(update={"request": Refusal(message=exc.message, field=exc.field)})
+            else:
+                opening = [*chunk.opening_warnings, *([passed] if passed else [])]
+                chunk = chunk.model_copy(update={"request": request, "opening_warnings": opening})
         self.streams.receive(chunk)
 
     def _submit(self, request: SayRequest, text: LiveText, message: bytes | None = None) -> None:
@@ -202,8 +210,4 @@ class NativeTopics(BaseAdapter):
 
     def _warn(self, warnings: list[Warning_], request_id: str) -> None:
         for warning in warnings:
-            self.on_error(
-                ErrorReport(
-                    code=warning.code, message=warning.message, id=request_id, field=warning.field, severity="warning"
-                )
-            )
+            self.on_error(warning.report(request_id))

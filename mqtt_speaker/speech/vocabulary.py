@@ -24,6 +24,8 @@ MAX_SEGMENTS = 64
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 EngineName = Literal["cartesia", "piper", "espeak"]
+# Best first: of the rooms online, one with the best engine synthesizes a broadcast the house shares.
+ENGINE_PREFERENCE: tuple[EngineName, ...] = ("cartesia", "piper", "espeak")
 
 
 class EngineChoice(StrEnum):
@@ -87,6 +89,10 @@ class Warning_(BaseModel):
     code: ErrorCode
     field: str
     message: str
+
+    def report(self, request_id: str) -> ErrorReport:
+        """As published: a warning about request `request_id`."""
+        return ErrorReport(code=self.code, message=self.message, id=request_id, field=self.field, severity="warning")
 
 
 class Segment(BaseModel):
@@ -191,7 +197,9 @@ class StartedEvent(Event):
 class FinishedEvent(Event):
     event_type: Literal[EventType.FINISHED] = EventType.FINISHED
     duration_ms: int = Field(description="Audio actually played")
-    engine: str
+    engine: str = Field(description="The engine that spoke its end")
+    fallback: bool = Field(default=False, description="A fallback engine spoke all or part of it (also mid-way)")
+    fallback_reason: str | None = Field(default=None, description="Why the engine asked first did not speak it all")
     synthesized_by: list[str] = Field(
         default_factory=list, description="The rooms (sites) whose synthesis was played, in order"
     )
