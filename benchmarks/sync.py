@@ -49,7 +49,7 @@ def broadcast(  # noqa: PLR0913 - one broadcast to the rooms, with everything it
         for daemon in daemons:
             event = daemon.wait_terminal(request_id)
             assert event["event_type"] == "finished", event
-        x = capture.wait_for_sound_then_silence(len(daemons))
+        x = capture.wait_for_sound_then_silence(list(range(len(daemons))))
     first = min(o for room in range(len(daemons)) if (o := onset(x[:, room])) is not None)
     late = max(daemon.wait_for_event(request_id, "started")["late_ms"] or 0 for daemon in daemons)
     return spread_ms(x, list(range(len(daemons)))), (first - published) / RATE * 1000, late

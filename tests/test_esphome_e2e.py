@@ -125,7 +125,7 @@ def requests_from_esphome(daemon: Daemon) -> list[str]:
     return [e["id"] for e in daemon.events() if e["event_type"] == "queued" and e["id"].startswith("esphome-")]
 
 
-def test_home_assistants_calls_reach_the_speaker_and_each_surface_shows_the_others_volume(  # noqa: PLR0913 - the parts it needs
+def test_home_assistants_calls_reach_the_speaker_and_each_surface_shows_the_others_volume(
     make_daemon: Callable[..., Daemon],
     cartesia_env: dict[str, str],
     emulator: CartesiaEmulator,

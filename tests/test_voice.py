@@ -209,3 +209,12 @@ def test_a_chime_from_a_url_plays_first_and_one_that_fails_is_a_warning(tmp_path
     assert ended.event_type.value == "finished" and played == [0, 0, 0]
     (warning,) = listener.errors
     assert (warning.code, warning.field, warning.severity) == (ErrorCode.MEDIA_UNAVAILABLE, "chime", "warning")
+
+
+def test_a_request_for_a_local_engine_never_falls_back_to_a_billed_one(tmp_path: Path) -> None:
+    cloud = RecordingEngine("cartesia")
+    cloud.billed = True
+    built, _ = voice(tmp_path, {"cartesia": cloud, "espeak": RefusingEngine()}, fallback=["cartesia"])
+    ended = speak(built, SayRequest(id="l", segments=(Segment(text="Private"),), engine="espeak"))
+    assert getattr(ended, "code", None) == ErrorCode.CARTESIA_AUTH  # espeak's own failure (the fake's code)
+    assert cloud.asked == []
