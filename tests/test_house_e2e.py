@@ -25,6 +25,7 @@ from mqtt_speaker.protocol.fanout import AUDIO, encode_frame
 from mqtt_speaker.protocol.fanout import RATE as RATE_SHARED
 from tests.cartesia_emulator import CartesiaEmulator
 from tests.conftest import BASE, Broker, Daemon, Observer, spoken_ok
+from tests.media_server import MediaServer
 from tests.relay import Relay
 from tests.rooms import NODELAY_BROKER, TARGET_MS, THRESHOLD, Rooms, heard, nodelay_broker, onset, spread_ms, stamped
 from tests.sound import RATE, Signal, wait_until
@@ -142,6 +143,23 @@ def test_a_group_a_stream_and_a_chime_are_shared_too(
     shared_by(started)
     assert spread_ms(x, [0, 1, 2]) <= TARGET_MS and end_spread_ms(x, [0, 1, 2]) <= TARGET_MS
     assert len({c.context_id for c in paced.contexts.values() if "come to the kitchen" in c.transcript}) == 1
+
+
+def test_a_broadcast_of_media_is_fetched_by_every_room_itself_and_starts_together(
+    start_rooms: Callable[..., list[Daemon]], rooms: Rooms, observer: Observer
+) -> None:
+    # Media is not synthesized: nothing to share (and no room's fetch to wait for); each room fetches the
+    # URL and plays it from the broadcast's shared instant.
+    media = MediaServer().start()
+    try:
+        daemons = start_rooms()
+        payload = {"id": "m-1", "media": media.url("tone.mp3")}
+        x, started = heard(rooms, daemons, "m-1", stamped(observer, payload))
+        assert [(s["engine"], s["shared"]) for s in started] == [("media", False)] * 3
+        assert media.requests.count("/tone.mp3") == 3
+        assert spread_ms(x, [0, 1, 2]) <= TARGET_MS
+    finally:
+        media.stop()
 
 
 def test_the_synthesizing_room_killed_mid_broadcast_the_others_finish_it(

@@ -193,11 +193,11 @@ class House(BaseAdapter):
     # ------------------------------------------------------------------------------ a broadcast comes
 
     def share(self, request: SayRequest, text: LiveText, message: bytes | None) -> SayRequest:
-        """A broadcast this room takes (its scope is set): shared when the house shares it, and synthesized
-        here for the house when this room is the one chosen."""
+        """A broadcast this room takes (its scope is set): shared when the house shares it (speech, not
+        media), and synthesized here for the house when this room is the one chosen."""
         scope = request.scope
-        if not self._settings.sync.share or scope is None or self._stopped:
-            return request
+        if not self._settings.sync.share or scope is None or self._stopped or request.media is not None:
+            return request  # media is not synthesized: every room fetches it itself (in step all the same)
         key = key_of(scope, request, message)
         shared = request.model_copy(update={"shared": key, "id": request.id if request.id_given else f"b-{key}"})
         audio = self._hub.get(key)
