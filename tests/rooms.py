@@ -140,6 +140,20 @@ def spread_ms(x: Signal, rooms: list[int]) -> float:
     return (max(found) - min(found)) / RATE * 1000
 
 
+def last_sample(x: Signal) -> int | None:
+    """Index of the last sample louder than the threshold; None when the room stayed silent."""
+    loud = np.flatnonzero(np.abs(x) > THRESHOLD)
+    return int(loud[-1]) if loud.size else None
+
+
+def end_spread_ms(x: Signal, rooms: list[int]) -> float:
+    """Milliseconds between the first and the last of these rooms' last sample."""
+    ends = [last_sample(x[:, room]) for room in rooms]
+    assert all(e is not None for e in ends), f"a room stayed silent: {ends}"
+    found = [e for e in ends if e is not None]
+    return (max(found) - min(found)) / RATE * 1000
+
+
 # ------------------------------------------------------------------------------------------ fixtures
 # (tests/conftest.py loads this module as a plugin; a test module that plays rooms takes the broker
 # without Nagle with `broker = pytest.fixture(name="broker")(nodelay_broker)`)

@@ -119,6 +119,8 @@ def shown(value: Any) -> str:
     """A default as the docs write it."""
     if isinstance(value, Enum):
         return str(value.value)
+    if isinstance(value, bool):  # as the environment and TOML write it
+        return str(value).lower()
     if isinstance(value, list):
         return json.dumps(value)
     if isinstance(value, float):
@@ -173,7 +175,8 @@ def test_the_readme_topic_table_is_every_topic_of_the_speaker() -> None:
     topics = Topics("mqtt-speaker", "kitchen")
     own = {topic.removeprefix("mqtt-speaker/kitchen/") for topic in (topics.availability, topics.state)}
     own |= {topic.removeprefix("mqtt-speaker/kitchen/") for topic in (topics.event, topics.error)}
-    assert readme_topic_leaves() == {command.value for command in Command} | own
+    shared = {topics.shared_topic("<key>", kind).removeprefix("mqtt-speaker/all/") for kind in ("start", "audio")}
+    assert readme_topic_leaves() == {command.value for command in Command} | own | shared
 
 
 def test_every_error_code_is_documented_and_every_documented_code_exists() -> None:

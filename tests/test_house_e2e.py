@@ -27,8 +27,19 @@ from tests.cartesia_emulator import CartesiaEmulator
 from tests.conftest import BASE, Broker, Daemon, Observer, spoken_ok
 from tests.media_server import MediaServer
 from tests.relay import Relay
-from tests.rooms import NODELAY_BROKER, TARGET_MS, THRESHOLD, Rooms, heard, nodelay_broker, onset, spread_ms, stamped
-from tests.sound import RATE, Signal, wait_until
+from tests.rooms import (
+    NODELAY_BROKER,
+    TARGET_MS,
+    THRESHOLD,
+    Rooms,
+    end_spread_ms,
+    heard,
+    nodelay_broker,
+    onset,
+    spread_ms,
+    stamped,
+)
+from tests.sound import RATE, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -51,19 +62,6 @@ def paced(jittery: CartesiaEmulator) -> CartesiaEmulator:
     return jittery
 
 
-def last_sample(x: Signal) -> int | None:
-    loud = np.flatnonzero(np.abs(x) > THRESHOLD)
-    return int(loud[-1]) if loud.size else None
-
-
-def end_spread_ms(x: Signal, rooms: list[int]) -> float:
-    """Milliseconds between the first and the last of these rooms' last sample."""
-    ends = [last_sample(x[:, room]) for room in rooms]
-    assert all(e is not None for e in ends), f"a room stayed silent: {ends}"
-    found = [e for e in ends if e is not None]
-    return (max(found) - min(found)) / RATE * 1000
-
-
 def shared_by(started: list[dict[str, Any]]) -> str:
     """The room that synthesized a broadcast, as every room's `started` says (the same in each)."""
     assert all(s["shared"] for s in started), started
@@ -78,7 +76,7 @@ def test_a_broadcast_is_synthesized_once_and_every_room_ends_together(
     paced: CartesiaEmulator,
     record_property: Callable[[str, object], None],
 ) -> None:
-    daemons = start_rooms()
+    daemons = start_rooms(*[{"env": json.dumps({"MQTT_SPEAKER_CACHE__ENABLED": "true"})}] * 3)
     onsets, ends = [], []
     for n, text in enumerate(TEXTS):
         request_id = f"house-{n}"
@@ -95,6 +93,14 @@ def test_a_broadcast_is_synthesized_once_and_every_room_ends_together(
     record_property("end_spread_ms", ends)
     print(f"shared all/say: onset spread {onsets} ms, end spread {ends} ms")
     assert max(onsets) <= TARGET_MS and max(ends) <= TARGET_MS, (onsets, ends)
+    # Every room kept what it heard under the same key: a repeat to any one room is free there.
+    for daemon in daemons:
+        request_id = f"repeat-{daemon.site}"
+        daemon.say(json.dumps({"id": request_id, "text": TEXTS[0]}))
+        assert daemon.wait_terminal(request_id)["event_type"] == "finished"
+        (repeat,) = [e for e in daemon.events(request_id) if e["event_type"] == "started"]
+        assert repeat["cached"] is True, repeat
+    assert len(paced.contexts_for(TEXTS[0])) == 1
 
 
 def test_rooms_that_synthesize_for_themselves_end_apart(

@@ -132,6 +132,9 @@ def test_the_example_acl_lets_every_documented_feature_through_and_nothing_else(
 
         # mqtt-speaker say on the speaker itself, with the service's user
         assert not publish_refused(acl_broker, SPEAKER, topics.command(Command.SAY))
+        # A broadcast's shared audio, which any room may synthesize for the house
+        for kind in ("start", "audio"):
+            assert not publish_refused(acl_broker, SPEAKER, topics.shared_topic("0123456789abcdef", kind))
         # The other discovery form is published, and the first one cleared, by the speaker's user
         daemon.stop()
         daemon.wait_offline()
@@ -154,6 +157,7 @@ def test_the_example_acl_lets_every_documented_feature_through_and_nothing_else(
             (SPEAKER, f"{BASE}/bedroom/state"),
             (HOME_ASSISTANT, f"{BASE}/kitchen/state"),
             (HOME_ASSISTANT, f"{BASE}/kitchen/availability"),
+            (HOME_ASSISTANT, topics.shared_topic("0123456789abcdef", "audio")),  # only speakers make the audio
         ]:
             assert publish_refused(acl_broker, auth, topic), (auth[0], topic)
     finally:

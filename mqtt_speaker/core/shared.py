@@ -253,12 +253,13 @@ class SharedSource:
                 segment=lost.segment,
             ) from lost
         if not live and not audio.mixed:
-            self._keep(script.request, audio.origin, kept)
+            self._keep(script.request, audio.origin, kept, sample_rate)
 
-    def _keep(self, request: SayRequest, origin: Origin | None, chunks: list[AudioChunk]) -> None:
-        """A broadcast heard whole, into the cache under its synthesizer's key (in a worker thread)."""
+    def _keep(self, request: SayRequest, origin: Origin | None, chunks: list[AudioChunk], sample_rate: int) -> None:
+        """A broadcast heard whole, into the cache (in a worker thread) under the key this room would give
+        its synthesizer's engine, voice and emotion at this room's rate: a repeat here is then free."""
         cache = self._cache
         if cache is None or not cache.enabled or not request.cache or origin is None or not chunks:
             return
-        key = cache_key(origin.identity, request, origin.voicing, origin.rate)
+        key = cache_key(origin.identity, request, origin.voicing, sample_rate)
         asyncio.get_running_loop().run_in_executor(None, cache.put, key, chunks)

@@ -27,7 +27,7 @@ from mqtt_speaker.protocol.payloads import (
     parse_warm,
 )
 from mqtt_speaker.protocol.streams import Streams
-from mqtt_speaker.protocol.timing import check_at, start_instant
+from mqtt_speaker.protocol.timing import ClockWatch, check_at, start_instant
 from mqtt_speaker.protocol.topics import ONLINE, Command, Topics
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speech.text import LiveText
@@ -63,6 +63,7 @@ class NativeTopics(BaseAdapter):
         self._errors = ErrorFlood(settings.max_errors_per_second, self._publish_error)
         self.streams = Streams(settings.stream, self._submit, self.on_error, remember_for=settings.dedupe_window)
         self._last_state: str | None = None
+        self._clock = ClockWatch()
         self._stopped = False  # from here on nothing says `online`: `offline` is, or is about to be, the last word
 
     def subscriptions(self) -> list[str]:
@@ -155,9 +156,10 @@ class NativeTopics(BaseAdapter):
             case Command.CACHE_WARM:
                 speaker.warm(parse_warm(payload, max_text_length=self._settings.max_text_length))
 
-    def _timed(self, request: SayRequest, message: Inbound) -> tuple[SayRequest, Warning_ | None]:
+    def _timed(self, request: SayRequest, message: Inbound) -> tuple[SayRequest, list[Warning_]]:
         """The request with its start instant (docs/sync.md): `at`, or a broadcast's (all, a group) arrival
-        or `ts` plus the lead; a warning when `at` has passed. RequestRejected when `at` is too far ahead."""
+        or `ts` plus the lead; warnings when `at` has passed or the clock is not synchronized.
+        RequestRejected when `at` is too far ahead."""
         passed = check_at(request, message.received, self._settings.sync.max_ahead)
         instant = start_instant(
             at=request.at,
@@ -171,18 +173,19 @@ class NativeTopics(BaseAdapter):
             ahead = (instant - message.received) * 1000
             LOG.debug("%s starts at %.6f, %.1f ms after it arrived", request.id, instant, ahead)
         scope = self._topics.scope(message.topic)
-        return request.model_copy(update={"start_at": instant, "scope": scope}), passed
+        warnings = [warning for warning in (passed, self._clock.check(instant)) if warning is not None]
+        return request.model_copy(update={"start_at": instant, "scope": scope}), warnings
 
     def _on_say(self, message: Inbound) -> None:
         try:
             parsed = parse_say(message.payload, max_text_length=self._settings.max_text_length)
-            request, passed = self._timed(parsed.request, message)
+            request, timing = self._timed(parsed.request, message)
         except RequestRejected as exc:
             self.on_error(
                 ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
             )
             return
-        self._warn([*parsed.warnings, *([passed] if passed else [])], request.id)
+        self._warn([*parsed.warnings, *timing], request.id)
         text = LiveText.complete(request.segments)
         self._submit(request, text, message.payload)
 
@@ -196,11 +199,11 @@ class NativeTopics(BaseAdapter):
             return
         if isinstance(chunk.request, SayRequest):  # its start instant, for when it opens its stream
             try:
-                request, passed = self._timed(chunk.request, message)
+                request, timing = self._timed(chunk.request, message)
             except RequestRejected as exc:
                 chunk = chunk.model_copy(update={"request": Refusal(message=exc.message, field=exc.field)})
             else:
-                opening = [*chunk.opening_warnings, *([passed] if passed else [])]
+                opening = [*chunk.opening_warnings, *timing]
                 chunk = chunk.model_copy(update={"request": request, "opening_warnings": opening})
         self.streams.receive(chunk)
 

@@ -87,6 +87,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_STREAMS = "too_many_streams"
     TEXT_TOO_LONG = "text_too_long"
     INVALID_FRAME = "invalid_frame"
+    CLOCK_UNSYNCHRONIZED = "clock_unsynchronized"
     MEDIA_UNAVAILABLE = "media_unavailable"
     MEDIA_INVALID = "media_invalid"
     MEDIA_TOO_LONG = "media_too_long"
