@@ -33,6 +33,7 @@ PAYLOADS: dict[Command, str] = {
     Command.SKIP: "PRESS",
     Command.CLEAR: '{{"below": "high"}}',
     Command.SET_VOLUME: "60",
+    Command.SET_MUTE: "OFF",
     Command.SET_EMOTION: "calm",
     Command.SET_VOICE: "6ccbfb76-1fc6-48f7-b71d-91ac6298247b",
     Command.SET_QUIET: "OFF",
