@@ -176,3 +176,25 @@ def test_a_sink_that_stops_taking_audio_fails_the_request_and_the_next_one_plays
         assert failed["duration_ms"] > 0, failed
     daemon.say(json.dumps({"id": "after", "text": "Back again."}))
     spoken_ok(daemon, "after", timeout=30)
+
+
+def test_a_stop_is_heard_once_after_what_the_sink_holds_and_duration_ms_counts_it(
+    on_sink: Callable[..., Daemon], sink: Sink
+) -> None:
+    # Before: the fade after a stop began from what was being heard when it came, but a sink that cannot take
+    # back what it holds (a network tunnel here; a pipe, Bluetooth) played that first: its last 0.2 or 0.5 s
+    # were heard twice, and `duration_ms` left them out.
+    if not sink.heard:
+        pytest.skip("what this sink plays is not captured")
+    daemon = on_sink()
+    with sink.server.capture() as capture:
+        daemon.say(json.dumps({"id": "stopped", "text": "A long announcement that is stopped halfway. " * 3}))
+        daemon.wait_for_event("stopped", "started")
+        wait_until(lambda: bool(sound_regions(capture.signal())), 10, "the announcement to be heard")
+        time.sleep(0.5)  # well into it
+        daemon.observer.publish(daemon.topic("stop"), "")
+        event = daemon.wait_terminal("stopped", timeout=30)
+        x = capture.wait_for_sound_then_silence(silence=0.5)
+    assert event["event_type"] == "interrupted", event
+    [heard] = sound_regions(x, min_gap=0.005)
+    assert heard.seconds == pytest.approx(event["duration_ms"] / 1000, abs=0.03), event
