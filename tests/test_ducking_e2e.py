@@ -48,8 +48,14 @@ class Music:
     stream merely open, playing silence, as snapclient and MPD keep one when nothing plays)."""
 
     def __init__(
-        self, pulse: PulseAudio, directory: Path, seconds: float = 40.0, amplitude: float = MUSIC_AMPLITUDE
+        self,
+        pulse: PulseAudio,
+        directory: Path,
+        seconds: float = 40.0,
+        amplitude: float = MUSIC_AMPLITUDE,
+        app: str = "test-music",
     ) -> None:
+        self.app = app
         self.path = directory / f"music-{amplitude}.wav"
         t = np.arange(int(seconds * RATE)) / RATE
         tone = (amplitude * np.sin(2 * np.pi * MUSIC_HZ * t) * 32767).astype("<i2")
@@ -63,7 +69,7 @@ class Music:
 
     def start(self) -> Music:
         self.proc = subprocess.Popen(
-            ["paplay", "--property=media.role=music", "--property=application.name=test-music", str(self.path)],
+            ["paplay", "--property=media.role=music", f"--property=application.name={self.app}", str(self.path)],
             env={**os.environ, **self._pulse.env},
         )
         # On PipeWire a new stream shows on no sink and at 0 % until WirePlumber has linked it.
@@ -76,7 +82,7 @@ class Music:
 
     def sink_input(self) -> dict[str, str] | None:
         """The music's sink input: its properties, plus 'index' and 'volume' (pactl's text)."""
-        return next((s for s in sink_inputs(self._pulse) if s.get("application.name") == "test-music"), None)
+        return next((s for s in sink_inputs(self._pulse) if s.get("application.name") == self.app), None)
 
     def volume(self) -> str:
         stream = self.sink_input()
@@ -625,10 +631,11 @@ def test_a_sound_server_restart_mid_announcement_never_leaves_the_music_down(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], restartable: PulseAudio, workdir: Path
 ) -> None:
     """The server remembers each role's volume (module-stream-restore, in every stock setup) and saves the
-    lowered one while we speak; then it restarts. The player reconnects after the daemon has (snapclient
-    and MPD come back on their own), gets the lowered volume the server remembered, and must still end
-    at its own. Before, what the daemon had lowered was looked for only by its index and process id, which
-    a restarted server gives out anew: the music stayed down for good."""
+    lowered one while we speak; then it restarts. A player of that role (here another one: the server keeps
+    the volume by role) connects after the daemon has (snapclient and MPD come back on their own), gets
+    the lowered volume the server remembered, and must still end at its own. Before, what the daemon had
+    lowered was looked for only by its index and process id, which a restarted server gives out anew: the
+    music stayed down for good."""
     server = restartable
     assert server.pactl("load-module", "module-stream-restore").returncode == 0
     daemon = make_daemon({**cartesia_env, **server.env}, AUDIO__DUCK_DB=str(DEPTH))
@@ -646,7 +653,7 @@ def test_a_sound_server_restart_mid_announcement_never_leaves_the_music_down(
         daemon.wait_terminal("cut")
         wait_until(lambda: "ducking works again" in daemon.log(), 10, "the daemon to reach the server again")
         time.sleep(1.0)  # the player reconnects a while after the server is back
-        music.start()
+        music = Music(server, workdir, app="another-player").start()
         with server.capture() as capture:
             wait_level(capture, at(FULL_DB), "the music back at its own level")
         assert music.volume() == before

@@ -550,7 +550,11 @@ class Ducker:
                 left = self._leftover_of(info)
                 if left is not None:
                     self._set_volume(index, left.original)
-                    LOG.info("ducking: restored %s, which came back at the volume it had been lowered to", left.app)
+                    LOG.info(
+                        "ducking: restored %s, which came (back) at the volume %s had been lowered to",
+                        _name(info.proplist),
+                        left.app,
+                    )
 
     def _our_sink(self, inputs: Iterable[Any], sinks: list[Any]) -> int | None:
         """The sink we play to: our own stream's, else $PULSE_SINK, else the server's default sink. (A stream
@@ -664,8 +668,8 @@ class Ducker:
         """Streams that were lowered when the last connection ended (a crash, a SIGKILL, a power cut, the
         sound server restarted) and could not be restored. The same stream, still there (same index, process
         and application), is put back if its volume is still one we could have set (between its floor and its
-        original), else left as someone changed it. A stream of the same application at such a volume, there
-        now or coming back within LEFTOVER_WAIT, is put back too: a player reconnecting after the server
+        original), else left as someone changed it. A stream of the same application or role at such a volume,
+        there now or coming back within LEFTOVER_WAIT, is put back too: a player reconnecting after the server
         restarted gets the lowered volume the server remembered for it (module-stream-restore, WirePlumber)."""
         try:
             record = _Record.model_validate_json(self._path.read_bytes())
@@ -698,19 +702,19 @@ class Ducker:
             LOG.info(
                 "ducking: stream %d (%s) lowered before is gone; looked for as it comes back", gone.index, gone.app
             )
-        self._track_new(inputs)  # the others: a stream of the same application, at a volume we could have set
+        self._track_new(inputs)  # the others: a stream of the same application or role, at a volume we could have set
         self._save()
 
     def _leftover_of(self, info: Any) -> _Lowered | None:
-        """The leftover that a stream new to us is (then no longer looked for): of the same application (or, for
-        a stream without one, role), at a volume that leftover allows. None when there is none (or they were
-        given up: LEFTOVER_WAIT passed)."""
+        """The leftover that a stream new to us is (then no longer looked for): of the same application or role
+        (module-stream-restore remembers a volume per role, then per application), at a volume that leftover
+        allows. None when there is none (or they were given up: LEFTOVER_WAIT passed)."""
         if self._leftovers and time.monotonic() > self._leftovers_until:
             self._give_up_leftovers()
         props = info.proplist
         app, role, now = props.get("application.name"), props.get("media.role"), list(info.volume.values)
         for left in self._leftovers:
-            same = left.app == app if app is not None else role is not None and left.role == role
+            same = (app is not None and left.app == app) or (role is not None and left.role == role)
             if same and left.allows(now):
                 self._leftovers.remove(left)
                 self._save()
