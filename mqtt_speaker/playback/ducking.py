@@ -389,14 +389,17 @@ class Ducker:
             # Held and the server reported no change (no stream came, went or changed): not asked again.
             self._event_seen = False
             self._apply(self._level)
-        elif self._level == 0 and self._event_seen:
+        elif self._level == 0 and (self._event_seen or self._recheck is not None):
             self._event_seen = False
             self._track()
         with self._cond:
             self._resolve(self._wanted)
             self._steady = self._level if self._level == self._wanted.depth else None
         self._failures = 0  # a whole look went through
-        self._listen((self._recheck or HELD_POLL) if self._level > 0 else self._recheck)
+        if self._level > 0:
+            self._listen(self._recheck or HELD_POLL)
+        else:  # a stream being linked (PipeWire) is looked at again, less often: its peaks are for later
+            self._listen(None if self._recheck is None else HELD_POLL)
         return None, False
 
     def _backoff(self) -> float:
