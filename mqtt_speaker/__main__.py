@@ -51,10 +51,10 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from mqtt_speaker.check import run_checks
 
-    return EXIT_OK if run_checks(settings) else EXIT_NOT_FINISHED
+    return EXIT_OK if run_checks(settings, args.config) else EXIT_NOT_FINISHED
 
 
 def cmd_devices(settings: Settings, _args: argparse.Namespace) -> int:

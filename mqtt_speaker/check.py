@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import shutil
 import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mqtt_speaker.engines.base import SynthesisError
@@ -29,8 +32,8 @@ class NotAvailable(Exception):
     """An optional feature that cannot work here: said, but not a failure."""
 
 
-def check_config(settings: Settings) -> str:
-    path = config_path_from(None)
+def check_config(settings: Settings, path: Path | None) -> str:
+    """The file the settings were read from (--config, $MQTT_SPEAKER_CONFIG or /etc's), and the topics."""
     return f"{path or 'no config file'}; site {settings.site!r}, topics under {settings.base_topic}/{settings.site}/"
 
 
@@ -113,6 +116,8 @@ def check_audio(settings: Settings) -> str:
 def check_ducking(settings: Settings) -> str:
     if settings.audio.output_dir is not None:
         raise NotAvailable("not available: utterances are written to files, nothing plays")
+    if settings.audio.sink:  # the sink we play on, and so duck on (this one-shot process's own environment)
+        os.environ["PULSE_SINK"] = settings.audio.sink
     try:
         server = describe_server()
     except ConnectionError as exc:
@@ -123,7 +128,6 @@ def check_ducking(settings: Settings) -> str:
 
 
 CHECKS: list[tuple[str, Callable[[Settings], str]]] = [
-    ("config", check_config),
     ("broker", check_broker),
     ("speech", check_speech),
     ("audio", check_audio),
@@ -131,10 +135,12 @@ CHECKS: list[tuple[str, Callable[[Settings], str]]] = [
 ]
 
 
-def run_checks(settings: Settings) -> bool:
-    """Print one line per check; True when all passed."""
+def run_checks(settings: Settings, config: Path | None = None) -> bool:
+    """Print one line per check (`config`: --config, when given); True when all passed."""
     ok = True
-    for name, check in CHECKS:
+    path = config_path_from(config)
+    checks: list[tuple[str, Callable[[Settings], str]]] = [("config", functools.partial(check_config, path=path))]
+    for name, check in checks + CHECKS:
         mark = "ok  "
         try:
             detail = check(settings)

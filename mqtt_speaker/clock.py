@@ -26,9 +26,9 @@ def _adjtimex() -> Any:
         return None
 
 
-def clock_synchronized() -> bool | None:
-    """True when the kernel's clock discipline says synchronized (chrony, systemd-timesyncd or ntpd
-    clear STA_UNSYNC), False when it says not, None where it cannot tell (not Linux, no adjtimex)."""
+def _timex() -> tuple[int, int, int] | None:
+    """(adjtimex's state, the status flags, the estimated error in microseconds), read only; None where
+    there is no adjtimex."""
     adjtimex = _adjtimex()
     if adjtimex is None:
         return None
@@ -37,6 +37,26 @@ def clock_synchronized() -> bool | None:
     if state < 0:
         return None
     long_size = ctypes.sizeof(ctypes.c_long)
-    status_offset = max(4, long_size) + 4 * long_size  # modes (padded to a long), offset, freq, maxerror, esterror
-    (status,) = struct.unpack_from("i", buffer.raw, status_offset)
+    fields = max(4, long_size)  # modes (padded to a long), then offset, freq, maxerror, esterror, status
+    (esterror,) = struct.unpack_from("l", buffer.raw, fields + 3 * long_size)
+    (status,) = struct.unpack_from("i", buffer.raw, fields + 4 * long_size)
+    return state, status, esterror
+
+
+def clock_synchronized() -> bool | None:
+    """True when the kernel's clock discipline says synchronized (chrony, systemd-timesyncd or ntpd
+    clear STA_UNSYNC), False when it says not, None where it cannot tell (not Linux, no adjtimex)."""
+    timex = _timex()
+    if timex is None:
+        return None
+    state, status, _ = timex
     return not (status & _STA_UNSYNC) and state != _TIME_ERROR
+
+
+def clock_error_ms() -> float | None:
+    """The kernel's estimate of the clock's error (esterror, set by the NTP daemon), in milliseconds; None
+    where it cannot tell or the clock is not synchronized (the estimate then means nothing)."""
+    timex = _timex()
+    if timex is None or not clock_synchronized():
+        return None
+    return round(timex[2] / 1000, 3)

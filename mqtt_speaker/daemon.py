@@ -8,7 +8,9 @@ import asyncio
 import logging
 import signal
 
+from mqtt_speaker.core.broadcast import Broadcaster
 from mqtt_speaker.core.cache import AudioCache
+from mqtt_speaker.core.shared import SHARED_ENGINE, SharedHub, SharedSource
 from mqtt_speaker.core.speaker import Speaker
 from mqtt_speaker.engines.base import Engine
 from mqtt_speaker.engines.registry import build_engines
@@ -16,6 +18,7 @@ from mqtt_speaker.playback.devices import build_output
 from mqtt_speaker.playback.ducking import Ducker, record_path
 from mqtt_speaker.playback.output import Output
 from mqtt_speaker.protocol.adapter import Adapter
+from mqtt_speaker.protocol.fanout import House
 from mqtt_speaker.protocol.homeassistant import HomeAssistantDiscovery
 from mqtt_speaker.protocol.link import Inbound, MqttLink, Will
 from mqtt_speaker.protocol.native import NativeTopics
@@ -47,14 +50,12 @@ class Daemon:
         self._output = output
         self._ducker = ducker
         self._notifier = Notifier()
+        cache = AudioCache(settings.cache)
+        hub = SharedHub()  # broadcasts synthesized once for the house, as this room receives them
+        own = dict(engines)
+        voices = {**own, SHARED_ENGINE: SharedSource(hub, cache)} if settings.sync.share else own
         self.speaker = Speaker(
-            engines,
-            output,
-            settings,
-            self,
-            primary=settings.primary_engine,
-            cache=AudioCache(settings.cache),
-            ducker=ducker,
+            voices, output, settings, self, primary=settings.primary_engine, cache=cache, ducker=ducker
         )
         self.link = MqttLink(
             settings.mqtt,
@@ -65,8 +66,20 @@ class Daemon:
             on_problem=self._notifier.status,
             on_dropped=lambda message: self.on_error(ErrorReport(code=ErrorCode.MESSAGES_DROPPED, message=message)),
         )
+        broadcaster = Broadcaster(
+            own,
+            settings,
+            defaults=self.speaker.defaults,
+            listener=self,
+            problems=self.speaker.problems,
+            guard=self.speaker.guard,
+            primary=settings.primary_engine,
+            cache=cache,
+        )
+        house = House(settings, self._topics, self.speaker, self.link, hub, broadcaster, self.on_error)
         self.adapters: list[Adapter] = [
-            NativeTopics(settings, self._topics, self.speaker, self.link),
+            NativeTopics(settings, self._topics, self.speaker, self.link, house),
+            house,
             HomeAssistantDiscovery(settings, self._topics, self.speaker.defaults, self.link, self._announce),
         ]
         self.link.subscribe([topic for adapter in self.adapters for topic in adapter.subscriptions()])

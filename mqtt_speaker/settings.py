@@ -7,15 +7,19 @@ import os
 import re
 import socket
 import tomllib
+import typing
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -187,7 +191,11 @@ class AudioSettings(BaseModel):
         description="Sound server only: seconds that must be queued before speech starts (a larger one starts "
         "later and survives a slower first second)",
     )
-    device: str | int | None = Field(default=None, description="PortAudio output device name or index")
+    device: str | int | None = Field(
+        default=None,
+        description="PortAudio output device name or index; naming one selects PortAudio under 'auto', but "
+        "'pulse' and 'default' are the sound server's default sink (played through the server when one answers)",
+    )
     output_dir: Path | None = Field(default=None, description="Write WAV files here instead of playing")
     sample_rate: int | None = Field(default=None, description="Output sample rate; default: the device's default rate")
     latency: float | str = Field(
@@ -258,6 +266,36 @@ class SyncSettings(BaseModel):
     groups: list[Annotated[str, AfterValidator(topic_name)]] = Field(
         default_factory=list, description="Speaker groups this speaker belongs to: <base>/group/<name>/say"
     )
+    share: bool = Field(
+        default=True,
+        description="A broadcast (all, a group, and their streams) is synthesized once, by one room, and every "
+        "room plays that same audio (docs/sync.md); false: this room synthesizes its own copy",
+    )
+
+
+class _Environment(EnvSettingsSource):
+    """MQTT_SPEAKER_* variables; a list setting also takes plain words (`MQTT_SPEAKER_FALLBACK=espeak`,
+    `MQTT_SPEAKER_SYNC__GROUPS=downstairs,bedrooms`) as well as JSON (`'["downstairs"]'`)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            # (`field` is None for a nested setting's dict value: pydantic-settings passes it so)
+            if typing.get_origin(getattr(field, "annotation", None)) is not list or not isinstance(value, str):
+                raise
+            return [word for word in re.split(r"[\s,]+", value) if word]
+
+
+class _CartesiaKey(PydanticBaseSettingsSource):
+    """CARTESIA_API_KEY, Cartesia's own variable: below MQTT_SPEAKER_CARTESIA__API_KEY, above the file."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ says it all
+
+    def __call__(self) -> dict[str, Any]:
+        key = os.environ.get("CARTESIA_API_KEY")
+        return {"cartesia": {"api_key": key}} if key else {}
 
 
 class Settings(BaseSettings):
@@ -313,7 +351,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = settings_cls.model_config.get("toml_file")
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        sources: tuple[PydanticBaseSettingsSource, ...] = (
+            init_settings,
+            _Environment(settings_cls),
+            _CartesiaKey(settings_cls),
+        )
         if toml_file:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
         return sources
@@ -321,13 +363,13 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _secrets_from_elsewhere(cls, data: Any) -> Any:
-        """Secrets not set otherwise come from CARTESIA_API_KEY, or from systemd credentials
-        ($CREDENTIALS_DIRECTORY/cartesia_api_key and .../mqtt_password, see LoadCredential=)."""
+        """Secrets not set otherwise (the environment, CARTESIA_API_KEY, the file) come from systemd
+        credentials ($CREDENTIALS_DIRECTORY/cartesia_api_key and .../mqtt_password, see LoadCredential=)."""
         if not isinstance(data, dict):
             return data
         credentials = os.environ.get("CREDENTIALS_DIRECTORY")
         sources: dict[tuple[str, str], list[str | None]] = {
-            ("cartesia", "api_key"): [os.environ.get("CARTESIA_API_KEY"), _credential(credentials, "cartesia_api_key")],
+            ("cartesia", "api_key"): [_credential(credentials, "cartesia_api_key")],
             ("mqtt", "password"): [_credential(credentials, "mqtt_password")],
         }
         for (section, key), candidates in sources.items():
@@ -449,6 +491,9 @@ def load_settings(cli_path: Path | None = None) -> Settings:
         cls = _FromFile
     try:
         return cls()
+    except SettingsError as exc:  # a variable that cannot be read at all (a dict setting that is not JSON)
+        reason = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"invalid settings (environment): {exc}{reason}") from exc
     except ValidationError as exc:
         where = f"config file {path} / environment" if path else "environment"
         problems = "; ".join(

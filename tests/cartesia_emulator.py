@@ -83,6 +83,7 @@ class _Voicing:
     """How a context speaks (from its inputs; they must all agree) and how far its tone has got."""
 
     position: int
+    pace: float = 1.0  # this context's own pace: its audio lasts this many times the nominal
     rate: int = 44100
     encoding: str = "pcm_f32le"
     speed: float = 1.0
@@ -111,6 +112,7 @@ class Behaviour:
     jitter: float = 0.0  # seconds: each chunk's pacing varies by up to this much either way (mean unchanged)
     first_chunk_jitter: float = 0.0  # seconds: each context's first chunk comes up to this much later (uniform)
     ms_per_char: float = 40.0
+    pace_spread: float = 0.0  # each context speaks up to this share slower or faster (a generative voice's pace)
     chunk_ms: float = 20.0
     amplitude: float = 0.3
     idle_timeout: float = 300.0
@@ -285,7 +287,8 @@ class CartesiaEmulator:
         allows (up to the last sentence end it is spoken at once), a flush or the last input speaks it
         all; a context with nothing left to say expires `context_expiry` after its last audio."""
         log = self.contexts[context_id]
-        stream = _Voicing(position=0)
+        spread = self.behaviour.pace_spread
+        stream = _Voicing(position=0, pace=random.uniform(1 - spread, 1 + spread))
         pending = ""
         pending_since = 0.0
         delay = 0.0
@@ -347,9 +350,9 @@ class CartesiaEmulator:
         b = self.behaviour
         rate = stream.rate
         log.sample_rate = rate
-        total = int(len(text) * b.ms_per_char / 1000 / stream.speed * rate)
-        # Word timings follow the tone: each character lasts ms_per_char (at speed 1).
-        per_char = b.ms_per_char / 1000 / stream.speed
+        total = int(len(text) * b.ms_per_char * stream.pace / 1000 / stream.speed * rate)
+        # Word timings follow the tone: each character lasts ms_per_char (at speed 1, at its pace).
+        per_char = b.ms_per_char * stream.pace / 1000 / stream.speed
         start = stream.position / rate
         words = [
             (m.group(), start + m.start() * per_char, start + m.end() * per_char) for m in re.finditer(r"\S+", text)

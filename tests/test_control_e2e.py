@@ -188,6 +188,20 @@ def test_chime_then_speech_without_a_gap(
     assert abs(speech_start / RATE - 0.8) < 0.02
 
 
+def test_started_and_its_latency_come_after_the_chime_when_the_speech_is_heard(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    say(daemon, "ding", "After the chime", chime=True)
+    spoken_ok(daemon, "ding")
+    queued, started = (
+        next(m for m in daemon.observer.on(daemon.topic("event")) if m.json() == e)
+        for e in (daemon.wait_for_event("ding", "queued"), daemon.wait_for_event("ding", "started"))
+    )
+    assert started.json()["latency_ms"] >= 790  # the chime plays for 0.8 s before the first word
+    assert started.received - queued.received >= 0.75
+
+
 def test_an_unknown_chime_plays_the_default_with_a_warning(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
 ) -> None:
@@ -221,6 +235,57 @@ def test_runtime_defaults_show_in_state_apply_and_survive_a_restart(
     restarted = make_daemon(cartesia_env, site=daemon.site)
     wait_until(lambda: restarted.states()[-1]["volume"] == 40, 10, "the volume kept across the restart")
     assert restarted.states()[-1]["emotion"] == "sad"
+
+
+def restart(daemon: Daemon, make_daemon: Callable[..., Daemon], env: dict[str, str]) -> tuple[Daemon, dict[str, Any]]:
+    """Stop `daemon` and start it again with `env`: the restarted daemon and the first state it publishes."""
+    daemon.stop()
+    daemon.wait_offline()  # every state the old one published came before its last word
+    before = len(daemon.states())
+    restarted = make_daemon(env, site=daemon.site)
+    wait_until(lambda: len(restarted.states()) > before, 10, "the restarted daemon's state")
+    return restarted, restarted.states()[before]
+
+
+def heard_by_cartesia(daemon: Daemon, emulator: CartesiaEmulator, request_id: str, text: str) -> tuple[str, str]:
+    """Say `text`; the voice and the emotion Cartesia was asked for."""
+    say(daemon, request_id, text)
+    spoken_ok(daemon, request_id)
+    (context,) = emulator.contexts_for(text)
+    frame = next(f for f in emulator.frames if f.get("context_id") == context.context_id)
+    return frame["voice"], frame["generation_config"]["emotion"]
+
+
+def test_a_changed_configuration_takes_effect_at_the_next_start_where_no_set_command_changed_it(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    first = daemon.states()[-1]
+    assert (first["volume"], first["emotion"], first["voice"], first["duck_db"]) == (100, "neutral", "Default", 12.0)
+    assert heard_by_cartesia(daemon, emulator, "first", "The first start.") == (
+        "6ccbfb76-1fc6-48f7-b71d-91ac6298247b",
+        "neutral",
+    )
+
+    configured = {
+        **cartesia_env,
+        "MQTT_SPEAKER_DEFAULT_VOLUME": "50",
+        "MQTT_SPEAKER_DEFAULT_EMOTION": "happy",
+        "MQTT_SPEAKER_CARTESIA__VOICE": "configured-voice",
+        "MQTT_SPEAKER_AUDIO__DUCK_DB": "20",
+    }
+    daemon, state = restart(daemon, make_daemon, configured)
+    assert (state["volume"], state["emotion"], state["voice"], state["duck_db"]) == (50, "happy", "Default", 20.0)
+    assert heard_by_cartesia(daemon, emulator, "second", "The second start.") == ("configured-voice", "happy")
+    control(daemon, "set/volume", "30")  # a runtime change: it stands over the configuration from now on
+    control(daemon, "set/emotion", "calm")
+    wait_until(lambda: daemon.states()[-1]["emotion"] == "calm", 10, "the set values in the state")
+
+    reconfigured = {**configured, "MQTT_SPEAKER_DEFAULT_VOLUME": "70", "MQTT_SPEAKER_DEFAULT_EMOTION": "sad"}
+    reconfigured["MQTT_SPEAKER_CARTESIA__VOICE"] = "another-voice"
+    daemon, state = restart(daemon, make_daemon, reconfigured)
+    assert (state["volume"], state["emotion"], state["voice"], state["duck_db"]) == (30, "calm", "Default", 20.0)
+    assert heard_by_cartesia(daemon, emulator, "third", "The third start.") == ("another-voice", "calm")
 
 
 def test_quiet_mode_and_quiet_hours_drop_all_but_critical(

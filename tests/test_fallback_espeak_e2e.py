@@ -48,3 +48,46 @@ def test_espeak_speaks_when_cartesia_fails_before_any_audio(
         "error frame": "synthesis_failed",
     }[fault]
     assert started["fallback_reason"] == f"cartesia: {expected}", started
+
+
+def test_a_request_for_piper_without_a_piper_voice_is_spoken_by_espeak_and_says_so_never_by_cartesia(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, pulse: PulseAudio
+) -> None:
+    env = {k: v for k, v in cartesia_env.items() if k != "MQTT_SPEAKER_FALLBACK"}  # the default: piper, espeak
+    daemon = make_daemon(env)
+    with pulse.capture() as capture:
+        daemon.say(json.dumps({"id": "local", "text": "Spoken locally", "engine": "piper"}))  # the README's example
+        spoken_ok(daemon, "local")
+        x = capture.wait_for_sound_then_silence()
+    started = daemon.wait_for_event("local", "started")
+    assert (started["engine"], started["fallback"], started["fallback_reason"]) == (
+        "espeak",
+        True,
+        "piper: engine_unavailable",
+    )
+    error = daemon.wait_for_error(lambda e: e["code"] == "engine_unavailable")
+    assert error["id"] == "local" and "Piper voice" in error["message"]
+    assert emulator.contexts == {} and sound_regions(x)
+
+
+@pytest.mark.parametrize("fallback", ["[]", '["cartesia"]'])
+def test_a_request_for_espeak_is_spoken_by_espeak_whatever_the_fallback(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, fallback: str
+) -> None:
+    daemon = make_daemon({**cartesia_env, "MQTT_SPEAKER_FALLBACK": fallback})
+    daemon.say(json.dumps({"id": "local", "text": "Spoken locally", "engine": "espeak"}))
+    spoken_ok(daemon, "local")
+    started = daemon.wait_for_event("local", "started")
+    assert (started["engine"], started["fallback"]) == ("espeak", False)
+    assert emulator.contexts == {}
+
+
+def test_a_request_for_an_engine_that_is_not_there_fails_clearly_without_a_local_fallback(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env)  # no fallback at all
+    daemon.say(json.dumps({"id": "local", "text": "Spoken locally", "engine": "piper"}))
+    failed = daemon.wait_terminal("local")
+    assert (failed["event_type"], failed["code"]) == ("failed", "engine_unavailable")
+    assert "Piper voice" in failed["message"]
+    assert emulator.contexts == {}

@@ -154,6 +154,25 @@ def test_error_frames_fail_the_request_with_the_services_message(
     wait_until(lambda: daemon.states()[-1]["problem"], 10, "the problem flag")
 
 
+def test_a_request_with_an_unknown_voice_is_no_outage_and_the_next_real_one_is_published(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    for request_id in ("typo-1", "typo-2"):
+        daemon.say(json.dumps({"id": request_id, "text": "Hello", "voice": "invalid-voice"}))
+        failed = daemon.wait_terminal(request_id)
+        assert (failed["event_type"], failed["code"]) == ("failed", "synthesis_failed")
+        error = next(e for e in daemon.errors() if e["id"] == request_id)  # each one says why (before its end)
+        assert "invalid-voice" in error["message"]
+    assert not any(state["problem"] for state in daemon.states())  # Cartesia works: no Problem
+    daemon.say(b'{"id": "fine", "text": "Hello"}')
+    spoken_ok(daemon, "fine")
+    daemon.say(json.dumps({"id": "quota", "text": "Hello", "voice": "over-quota"}))  # a real outage: a 429 frame
+    error = daemon.wait_for_error(lambda e: e["code"] == "cartesia_rate_limited")
+    assert error["id"] == "quota"
+    wait_until(lambda: daemon.states()[-1]["problem"], 10, "the problem flag")
+
+
 def test_sound_device_lost_mid_utterance_fails_and_the_next_request_plays_when_it_is_back(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
 ) -> None:

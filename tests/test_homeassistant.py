@@ -97,7 +97,7 @@ class Entities:
         self.ha.call("button", "press", entity_id=self.ids[role])
 
 
-def test_home_assistant_sees_the_speaker_and_drives_every_entity(  # noqa: PLR0913, PLR0915 - one Home Assistant start drives every entity (it takes a minute to start)
+def test_home_assistant_sees_the_speaker_and_drives_every_entity(  # noqa: PLR0915 - one Home Assistant start drives every entity (it takes a minute to start)
     homeassistant: HomeAssistant,
     make_daemon: Callable[..., Daemon],
     cartesia_env: dict[str, str],
@@ -195,9 +195,10 @@ def test_home_assistant_sees_the_speaker_and_drives_every_entity(  # noqa: PLR09
     ha.call("switch", "turn_off", entity_id=ids["quiet"])
     entities.wait_value("quiet", "off")
 
-    # The Problem sensor: on while the speech service fails (an unknown voice), off after the next success.
-    daemon.say(json.dumps({"id": "bad", "text": "No such voice", "voice": "invalid-voice"}))
-    assert daemon.wait_terminal("bad")["code"] == "synthesis_failed"
+    # The Problem sensor: on while the speech service fails (the plan's limit: a 429), off after the next
+    # success. (A request's own unknown voice is no outage: it leaves the sensor off.)
+    daemon.say(json.dumps({"id": "bad", "text": "Over the limit", "voice": "over-quota"}))
+    assert daemon.wait_terminal("bad")["code"] == "cartesia_rate_limited"
     entities.wait_value("problem", "on")
     daemon.say(json.dumps({"id": "good", "text": "Fine again"}))
     assert daemon.wait_terminal("good")["event_type"] == "finished"

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from mqtt_speaker.engines.base import PcmAssembler
+from mqtt_speaker.playback import devices
 from mqtt_speaker.playback.output import Playback, Played
 from mqtt_speaker.playback.pcm import Resampler
 from mqtt_speaker.playback.wav import WavWriter
+from mqtt_speaker.settings import AudioSettings
 from mqtt_speaker.speech.audio import CHIME_SEGMENT, AudioChunk
 
 
@@ -75,3 +77,20 @@ def test_a_wav_file_holds_the_whole_chime_and_speech_at_the_configured_rate(tmp_
     for end in (0.5, 1.0, 1.5):  # each part is there to its last few milliseconds: no tail was dropped
         last = x[int((end - 0.004) * 48000) : int((end - 0.001) * 48000)]
         assert np.abs(last).max() > 0.3, (end, np.abs(last).max())
+
+
+@pytest.mark.parametrize(
+    ("device", "player"),
+    [
+        (None, "PulsePlayer"),
+        ("pulse", "PulsePlayer"),
+        ("default", "PulsePlayer"),
+        ("USB Audio", "SoundDevicePlayer"),
+        (3, "SoundDevicePlayer"),
+    ],
+)
+def test_under_auto_a_named_device_selects_portaudio_but_pulse_and_default_are_the_sound_server(
+    device: str | int | None, player: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devices, "available", lambda: True)  # a sound server answers
+    assert type(devices.sound_player(AudioSettings(device=device))).__name__ == player

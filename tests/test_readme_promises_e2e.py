@@ -26,6 +26,15 @@ def test_the_last_will_says_offline_after_an_unclean_death(make_daemon: Callable
     daemon.wait_offline(30)  # the last will
 
 
+def test_a_clean_shutdown_says_offline_and_does_not_log_a_lost_connection(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    assert daemon.stop() == 0
+    daemon.wait_offline()
+    log = daemon.log()
+    assert "disconnected from the broker" in log
+    assert "lost the broker connection" not in log and "reconnecting" not in log
+
+
 def test_wav_files_are_written_to_output_dir(make_daemon: Callable[..., Daemon], workdir: Path) -> None:
     out = workdir / "wav"
     daemon = make_daemon({"MQTT_SPEAKER_AUDIO__OUTPUT_DIR": str(out)})
@@ -33,6 +42,20 @@ def test_wav_files_are_written_to_output_dir(make_daemon: Callable[..., Daemon],
     spoken_ok(daemon, "to-file")
     [wav] = [p for p in out.glob("*.wav") if "to-file" in p.name]
     assert wav.stat().st_size > 10_000  # a header and well over a tenth of a second of speech
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_wav_files_are_written_at_the_configured_sample_rate(
+    make_daemon: Callable[..., Daemon], workdir: Path, rate: int
+) -> None:
+    out = workdir / "wav"
+    daemon = make_daemon({"MQTT_SPEAKER_AUDIO__OUTPUT_DIR": str(out), "MQTT_SPEAKER_AUDIO__SAMPLE_RATE": str(rate)})
+    daemon.say(json.dumps({"id": "rated", "text": "At the configured rate", "chime": True}))
+    spoken_ok(daemon, "rated")
+    [path] = [p for p in out.glob("*.wav") if "rated" in p.name]
+    with wave.open(str(path)) as wav:
+        assert wav.getframerate() == rate
+        assert wav.getnframes() / rate > 1.0  # the chime (0.8 s) and the speech, not squeezed or stretched
 
 
 def test_a_wav_file_is_written_as_fast_as_cartesia_sends_not_at_the_pace_of_speech(

@@ -55,6 +55,31 @@ def test_bad_input_gets_a_clear_error_and_nothing_else(
     assert daemon.alive()
 
 
+HUGE = "1" + "0" * 400  # an integer too large for a float
+
+
+def test_a_number_too_large_for_a_float_gets_an_error_naming_the_field_on_every_topic(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    sent: list[tuple[str, str, str, str]] = []  # topic, payload, code, field
+    for field in ("speed", "volume", "generation_volume", "ttl", "ts", "at", "duck_db"):
+        sent.append(("say", f'{{"text": "hi", "{field}": {HUGE}}}', "invalid_request", field))
+        sent.append(("say/stream", f'{{"id": "s-{field}", "text": "hi", "{field}": {HUGE}}}', "invalid_request", field))
+    sent.append(("say", f'{{"segments": [{{"text": "hi", "speed": {HUGE}}}]}}', "invalid_request", "segments.0.speed"))
+    sent.append(("cache/warm", f'[{{"text": "hi", "ttl": {HUGE}}}]', "invalid_command", "warm.0.ttl"))
+    sent.append(("set/volume", HUGE, "invalid_command", "volume"))
+    sent.append(("set/duck_db", HUGE, "invalid_command", "duck_db"))
+    for topic, payload, _, _ in sent:
+        daemon.observer.publish(daemon.topic(topic), payload)
+    wait_until(lambda: len(daemon.errors()) >= len(sent), 30, "one error per message")
+    assert [(e["code"], e["field"]) for e in daemon.errors()] == [(code, field) for _, _, code, field in sent]
+    assert daemon.events() == [] and emulator.contexts == {}
+    assert "Traceback" not in daemon.log()
+    daemon.say(b'{"id": "after", "text": "Still here"}')
+    spoken_ok(daemon, "after")
+
+
 def test_retained_say_is_not_spoken(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
 ) -> None:
@@ -67,6 +92,18 @@ def test_retained_say_is_not_spoken(
     make_daemon(cartesia_env, site=daemon.site, MQTT__CLIENT_ID="another-session")
     wait_until(lambda: len([e for e in daemon.errors() if e["code"] == "retained_command_ignored"]) == 2, 30, "2nd")
     assert daemon.events() == [] and emulator.contexts_for("Replayed") == []
+
+
+def test_clearing_a_retained_say_as_the_readme_says_is_quiet(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    daemon.say(b'{"id": "old", "text": "Replayed on every reconnect"}', retain=True)
+    daemon.wait_for_error(lambda e: e["code"] == "retained_command_ignored")
+    daemon.say(b"", retain=True)  # mosquitto_pub -r -n -t <topic>
+    daemon.say(b'{"id": "marker"}')  # handled after the clearing: once its error is here, any other would be too
+    daemon.wait_for_error(lambda e: e["id"] == "marker")
+    assert [e["code"] for e in daemon.errors()] == ["retained_command_ignored", "invalid_request"]
 
 
 def test_unknown_emotion_and_out_of_range_values_speak_with_a_warning(

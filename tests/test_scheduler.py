@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import time
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -177,3 +178,20 @@ def test_quiet_hours_beginning_drop_what_is_still_queued(monkeypatch: Any) -> No
         return policy.ends()
 
     assert asyncio.run(run()) == [("waiting", "dropped", "quiet"), ("before", "finished", None)]
+
+
+def test_a_ts_in_the_future_does_not_lengthen_the_ttl() -> None:
+    async def run() -> list[tuple[str, str, str | None]]:
+        policy = Policy(per_char=0.001)
+        policy.say("long", text="x" * 2000)  # two seconds
+        policy.say("ahead", ttl=0.5, sent_at=time.time() + 3600)  # a sender's clock an hour ahead
+        policy.say("past", ttl=0.5, sent_at=time.time() - 0.1)
+        await policy.until(lambda: len(policy.ends()) == 3)
+        await policy.close()
+        return policy.ends()
+
+    assert asyncio.run(run()) == [
+        ("past", "dropped", "expired"),  # 0.4 s after its arrival
+        ("ahead", "dropped", "expired"),  # 0.5 s after its arrival, not an hour and a half
+        ("long", "finished", None),
+    ]

@@ -77,6 +77,23 @@ def test_prefixed_key_wins_over_cartesia_api_key(monkeypatch: pytest.MonkeyPatch
     assert key is not None and key.get_secret_value() == "prefixed"
 
 
+def test_cartesia_api_key_in_the_environment_wins_over_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[cartesia]\napi_key = "from-the-file"\n')
+    assert _key(load_settings(config)) == "from-the-file"
+    monkeypatch.setenv("CARTESIA_API_KEY", "from-the-environment")
+    assert _key(load_settings(config)) == "from-the-environment"
+    monkeypatch.setenv("MQTT_SPEAKER_CARTESIA__API_KEY", "prefixed")
+    assert _key(load_settings(config)) == "prefixed"
+
+
+def _key(settings: Settings) -> str | None:
+    key = settings.cartesia.api_key
+    return None if key is None else key.get_secret_value()
+
+
 def test_toml_file_with_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "config.toml"
     config.write_text('site = "hall"\n[mqtt]\nhost = "file-host"\nport = 1884\n[audio]\ndevice = "pulse"\n')
@@ -149,3 +166,16 @@ def test_systemd_credentials_fill_unset_secrets(tmp_path: Path, monkeypatch: pyt
     monkeypatch.delenv("MQTT_SPEAKER_MQTT__PASSWORD")
     s = load_settings()
     assert (s.cartesia.api_key, s.mqtt.password, s.has_api_key) == (None, None, False)
+
+
+@pytest.mark.parametrize(
+    ("value", "groups"),
+    [("downstairs", ["downstairs"]), ("downstairs,bedrooms", ["downstairs", "bedrooms"]), ("a b", ["a", "b"])],
+)
+def test_a_list_setting_from_the_environment_may_be_plain_words(
+    value: str, groups: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MQTT_SPEAKER_SYNC__GROUPS", value)
+    monkeypatch.setenv("MQTT_SPEAKER_FALLBACK", "espeak")
+    settings = load_settings()
+    assert (settings.sync.groups, settings.fallback) == (groups, ["espeak"])

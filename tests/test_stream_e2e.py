@@ -138,6 +138,32 @@ def test_a_writer_that_stalls_mid_sentence_goes_on_in_a_new_context(
     assert terminal_events(daemon, "stall") == ["finished"]
 
 
+@pytest.mark.parametrize(
+    "sample",
+    [
+        ("ja", "今日は雨です。", "傘を持って行きましょう。"),
+        ("zh", "今天下雨。", "带上雨伞。"),
+        ("hi", "आज बारिश हो रही है।", " छाता ले लो।"),
+    ],
+    ids=lambda sample: sample[0],
+)
+def test_live_text_without_spaces_after_its_sentences_starts_at_the_first_sentence(
+    make_daemon: Callable[..., Daemon],
+    cartesia_env: dict[str, str],
+    emulator: CartesiaEmulator,
+    sample: tuple[str, str, str],
+) -> None:
+    language, first, rest = sample
+    daemon = make_daemon(cartesia_env, stream__timeout="60")
+    chunk(daemon, "lang", seq=0, text=first, language=language)
+    daemon.wait_for_event("lang", "started", timeout=20)  # the writer has not gone on (nor ended): a sentence has
+    chunk(daemon, "lang", seq=1, text=rest, end=True)
+    spoken_ok(daemon, "lang")
+    contexts = sorted(emulator.contexts.values(), key=lambda c: c.first_chunk_at or 0)
+    assert contexts[0].transcript.startswith(first)
+    assert "".join(c.transcript for c in contexts) == first + rest
+
+
 def test_chunks_out_of_order_and_twice_are_spoken_once_in_order(
     make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
 ) -> None:
@@ -269,6 +295,55 @@ def test_say_stream_speaks_a_pipe_as_it_is_written_mid_line(
     assert terminal_events(daemon, "piped") == ["finished"]
 
 
+def run_stream_cli(
+    daemon: Daemon, broker: Broker, pieces: list[str], pause: float, **settings: str
+) -> subprocess.CompletedProcess[bytes]:
+    """`mqtt-speaker say --stream --id cli` fed `pieces` through a pipe, `pause` seconds of quiet after
+    each but the last, then the end of input; the CLI's own settings as given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_SPEAKER_", "CARTESIA_"))}
+    env.update(broker_env(broker, daemon))
+    env.update({f"MQTT_SPEAKER_{k.upper()}": v for k, v in settings.items()})
+    command = [sys.executable, "-m", "mqtt_speaker", "say", "--stream", "--id", "cli"]
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None
+        for index, piece in enumerate(pieces):
+            proc.stdin.write(piece.encode())
+            proc.stdin.flush()
+            if index < len(pieces) - 1:
+                time.sleep(pause)  # the writer is quiet: a tool call, a slow model
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def test_say_stream_keeps_its_stream_open_while_its_input_is_quiet_past_the_stream_timeout(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, broker: Broker
+) -> None:
+    daemon = make_daemon(cartesia_env, stream__timeout="3")
+    pieces = ["Let me look that up. ", "The shop opens at nine."]
+    result = run_stream_cli(daemon, broker, pieces, pause=8)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["event_type"] == "finished"
+    spoken = "".join(c.transcript for c in sorted(emulator.contexts.values(), key=lambda c: c.first_chunk_at or 0))
+    assert spoken == "".join(pieces)
+    assert [e["code"] for e in daemon.errors()] == []
+
+
+def test_say_stream_never_reports_success_for_text_that_was_not_spoken(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, broker: Broker
+) -> None:
+    daemon = make_daemon(cartesia_env, stream__timeout="0.5")  # shorter than the CLI's keepalive (2 s)
+    result = run_stream_cli(daemon, broker, ["Let me look that up. ", "The shop opens at nine."], pause=4)
+    assert result.returncode == 1, result.stdout
+    assert json.loads(result.stdout)["event_type"] == "finished"  # what arrived in time was spoken
+    assert b"stream_timeout" in result.stderr and b"stream_ended" in result.stderr
+    assert "nine" not in "".join(c.transcript for c in emulator.contexts.values())
+
+
 def test_a_stream_still_being_written_is_not_cached(make_daemon: Callable[..., Daemon], pulse: PulseAudio) -> None:
     daemon = make_daemon({"MQTT_SPEAKER_CACHE__ENABLED": "true"})  # espeak-ng: free, so no cost guard either
     chunk(daemon, "live", seq=0, text="Hello there. ")
@@ -307,6 +382,10 @@ def test_streams_open_at_once_are_capped(
     assert daemon.events("second") == []
     chunk(daemon, "first", seq=1, text="Ends here.", end=True)
     spoken_ok(daemon, "first")
+    chunk(daemon, "second", seq=1, text="Only the tail.", end=True)  # there is room now: still not opened
+    ended = daemon.wait_for_error(lambda e: e["id"] == "second" and e["code"] == "stream_ended")
+    assert "too many streams" in ended["message"]
+    assert daemon.events("second") == [] and emulator.contexts_for("Only the tail") == []
 
 
 def test_a_stream_dropped_in_quiet_mode_answers_its_next_chunk_with_an_error(
@@ -322,3 +401,81 @@ def test_a_stream_dropped_in_quiet_mode_answers_its_next_chunk_with_an_error(
     error = daemon.wait_for_error(lambda e: e["code"] == "stream_ended")
     assert error["id"] == "hush" and "dropped" in error["message"]
     assert emulator.contexts == {}
+
+
+def test_a_later_chunk_with_invalid_say_fields_is_spoken_and_they_are_ignored(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    chunk(daemon, "lax", seq=0, text="Hello there. ")
+    chunk(daemon, "lax", seq=1, text="Still here. ", priority="urgent")
+    chunk(daemon, "lax", seq=2, text="And here. ", language="klingon")
+    chunk(daemon, "lax", seq=3, text="Bye.", at=time.time() + 3600, end=True)
+    spoken_ok(daemon, "lax")
+    spoken = "".join(c.transcript for c in sorted(emulator.contexts.values(), key=lambda c: c.first_chunk_at or 0))
+    assert spoken == "Hello there. Still here. And here. Bye."
+    assert [(e["code"], e["field"]) for e in daemon.errors()] == [
+        ("unknown_field", "priority"),
+        ("unknown_field", "language"),
+        ("unknown_field", "at"),
+    ]
+
+
+def test_a_refused_opening_chunk_neither_opens_nor_holds_the_speaker(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    chunk(daemon, "far", seq=5000, text="Lost in the future.")
+    chunk(daemon, "urgent", seq=0, text="Hello. ", priority="urgent")
+    daemon.say(json.dumps({"id": "after", "text": "Spoken at once."}))
+    spoken_ok(daemon, "after")
+    assert daemon.events("far") == [] and daemon.events("urgent") == []
+    assert [(e["id"], e["code"], e["field"]) for e in daemon.errors()] == [
+        ("far", "invalid_request", "seq"),
+        ("urgent", "invalid_request", "priority"),
+    ]
+
+
+def test_a_redelivered_last_chunk_is_ignored_after_the_stream_ended(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    chunk(daemon, "twice", seq=0, text="Hello. ")
+    chunk(daemon, "twice", seq=1, text="Bye.", end=True)
+    spoken_ok(daemon, "twice")
+    chunk(daemon, "twice", seq=1, text="Bye.", end=True)  # QoS 1 delivers it again
+    chunk(daemon, "twice", seq=2, text="Something new.")
+    daemon.say(b'{"id": "marker"}')  # handled after both: once its error is here, theirs would be too
+    daemon.wait_for_error(lambda e: e["id"] == "marker")
+    assert [e["code"] for e in daemon.errors()] == ["stream_ended", "invalid_request"]
+    assert terminal_events(daemon, "twice") == ["finished"]
+
+
+def test_an_unknown_emotion_on_a_later_chunk_keeps_the_streams_emotion_as_the_warning_says(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    chunk(daemon, "mood", seq=0, text="Calm down. ", emotion="angry")
+    chunk(daemon, "mood", seq=1, text="Right now!", emotion="grumpy", end=True)
+    spoken_ok(daemon, "mood")
+    (warning,) = daemon.errors()
+    assert (warning["code"], warning["field"]) == ("invalid_emotion", "emotion")
+    assert "the stream's emotion so far" in warning["message"]
+    assert {c.emotion for c in emulator.contexts.values()} == {"angry"}
+
+
+@pytest.mark.parametrize("blank", [["   "], ["...", " ", "..."], [""]])
+def test_a_stream_with_nothing_to_speak_fails_as_an_invalid_request_and_reaches_no_engine(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], emulator: CartesiaEmulator, blank: list[str]
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    write(daemon, "blank", blank, 0.1)
+    failed = daemon.wait_terminal("blank")
+    assert (failed["event_type"], failed["code"]) == ("failed", "invalid_request")
+    assert "nothing to speak" in failed["message"]
+    error = daemon.wait_for_error(lambda e: e["id"] == "blank")
+    assert (error["code"], error["field"]) == ("invalid_request", "text")
+    assert emulator.contexts == {}  # nothing was sent to Cartesia, nothing billed
+    daemon.say(b'{"id": "dots", "text": "..."}')  # the same as a say
+    refused = daemon.wait_for_error(lambda e: e["id"] == "dots")
+    assert (refused["code"], refused["field"]) == ("invalid_request", "text")

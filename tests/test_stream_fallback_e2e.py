@@ -11,11 +11,10 @@ import pytest
 from tests.cartesia_emulator import CartesiaEmulator, Fault
 from tests.conftest import Daemon, spoken_ok
 from tests.sound import RATE, PulseAudio, sound_regions
-from tests.test_fallback_e2e import piper_env, piper_seconds
+from tests.test_fallback_e2e import piper_seconds
 from tests.test_stream_e2e import terminal_events, words, write
 
 pytestmark = pytest.mark.e2e
-__all__ = ["piper_env"]  # the fixture, for the test below
 
 FIRST = "First sentence from the cloud. "
 SECOND = "Second part, wherever it comes from, and then a long tail of words that only Piper says."

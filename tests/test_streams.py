@@ -89,3 +89,99 @@ def test_say_fields_on_a_later_chunk_are_ignored_with_a_warning() -> None:
     (warning,) = h.errors
     assert (warning.code.value, warning.field, warning.severity) == ("unknown_field", "priority", "warning")
     assert "".join(s.text for s in text.segments()) == "Hello. Again."
+
+
+def spoken(h: Harness) -> list[tuple[str, str | None]]:
+    return [(s.text, s.emotion) for s in h.text.segments()]
+
+
+def test_a_later_chunk_with_invalid_say_fields_is_spoken_and_its_fields_ignored() -> None:
+    async def run() -> Harness:
+        h = Harness()
+        h.streams.receive(chunk(seq=0, text="Hello. "))
+        h.streams.receive(chunk(seq=1, text="Still here. ", priority="urgent", language="klingon"))
+        h.streams.receive(chunk(seq=2, text="Bye.", speed="fast", end=True))
+        return h
+
+    h = asyncio.run(run())
+    assert spoken(h) == [("Hello. Still here. Bye.", None)] and h.text.ended
+    assert [(e.code.value, e.field) for e in h.errors] == [
+        ("unknown_field", "language, priority"),
+        ("unknown_field", "speed"),
+    ]
+
+
+def test_an_opening_chunk_with_invalid_say_fields_opens_nothing_and_its_stream_stays_refused() -> None:
+    async def run() -> Harness:
+        h = Harness()
+        h.streams.receive(chunk(seq=0, text="Hello. ", priority="urgent"))
+        h.streams.receive(chunk(seq=1, text="The tail.", end=True))
+        return h
+
+    h = asyncio.run(run())
+    assert h.submitted == []
+    refused, tail = h.errors
+    assert (refused.code.value, refused.field, refused.id) == ("invalid_request", "priority", "s")
+    assert "not opened" in refused.message
+    assert tail.code.value == "stream_ended" and "not opened" in tail.message
+
+
+def test_an_opening_chunk_with_a_seq_out_of_range_opens_nothing() -> None:
+    async def run() -> Harness:
+        h = Harness(max_seq_ahead=10)
+        h.streams.receive(chunk(seq=5000, text="Lost in the future."))
+        assert h.submitted == []  # nothing holds the speaker
+        h.streams.receive(chunk(seq=0, text="Hello.", end=True))
+        return h
+
+    h = asyncio.run(run())
+    (error,) = h.errors
+    assert (error.code.value, error.field) == ("invalid_request", "seq")
+    assert len(h.submitted) == 1 and spoken(h) == [("Hello.", None)]
+
+
+def test_a_repeat_of_a_chunk_after_the_stream_ended_is_ignored_and_a_new_one_is_not() -> None:
+    async def run() -> Harness:
+        h = Harness()
+        h.streams.receive(chunk(seq=0, text="Hello. "))
+        h.streams.receive(chunk(seq=1, text="Bye.", end=True))
+        h.streams.receive(chunk(seq=1, text="Bye.", end=True))  # QoS 1 delivers the last chunk again
+        h.streams.on_event(FinishedEvent(id="s", duration_ms=10, engine="espeak"))
+        h.streams.receive(chunk(seq=1, text="Bye.", end=True))  # ... even after the request finished
+        assert h.errors == []
+        h.streams.receive(chunk(seq=2, text="More."))
+        return h
+
+    h = asyncio.run(run())
+    (error,) = h.errors
+    assert error.code.value == "stream_ended" and "finished" in error.message
+
+
+def test_an_unknown_emotion_on_a_later_chunk_keeps_the_streams_emotion_and_says_so() -> None:
+    async def run() -> Harness:
+        h = Harness()
+        h.streams.receive(chunk(seq=0, text="Calm down. ", emotion="angry"))
+        h.streams.receive(chunk(seq=1, text="Now!", emotion="grumpy", end=True))
+        return h
+
+    h = asyncio.run(run())
+    assert spoken(h) == [("Calm down. Now!", "angry")]
+    (warning,) = h.errors
+    assert (warning.code.value, warning.field, warning.severity) == ("invalid_emotion", "emotion", "warning")
+    assert "the stream's emotion so far" in warning.message and "default emotion instead" not in warning.message
+
+
+def test_a_stream_refused_for_too_many_streams_is_not_opened_by_its_next_chunk() -> None:
+    async def run() -> Harness:
+        h = Harness(max_open=1)
+        h.streams.receive(chunk(id="first", seq=0, text="One. "))
+        h.streams.receive(chunk(id="second", seq=0, text="Head. "))
+        h.streams.receive(chunk(id="first", seq=1, text="Done.", end=True))  # room again
+        h.streams.receive(chunk(id="second", seq=1, text="Tail only.", end=True))
+        return h
+
+    h = asyncio.run(run())
+    assert [request.id for request, _ in h.submitted] == ["first"]
+    refused, tail = h.errors
+    assert (refused.code.value, refused.id) == ("too_many_streams", "second")
+    assert (tail.code.value, tail.id) == ("stream_ended", "second") and "too many streams" in tail.message

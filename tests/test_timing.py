@@ -13,7 +13,7 @@ from mqtt_speaker.clock import clock_synchronized
 from mqtt_speaker.playback.output import StartGate, frames_before_start
 from mqtt_speaker.playback.portaudio import Fifo
 from mqtt_speaker.protocol.payloads import RequestRejected, parse_say
-from mqtt_speaker.protocol.timing import check_at, start_instant
+from mqtt_speaker.protocol.timing import ClockWatch, check_at, start_instant
 from mqtt_speaker.protocol.topics import Command, Topics
 from mqtt_speaker.settings import ConfigError, load_settings
 from mqtt_speaker.speech.vocabulary import ErrorCode
@@ -168,3 +168,18 @@ def test_sync_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_state_says_whether_the_clock_is_synchronized() -> None:
     synchronized = clock_synchronized()
     assert synchronized in ((True, False) if sys.platform.startswith("linux") else (None,))
+
+
+# ------------------------------------------------------------------------------------------ clock
+
+
+def test_an_unsynchronized_clock_is_said_once_for_synchronized_requests_only() -> None:
+    state: list[bool | None] = [False]
+    watch = ClockWatch(lambda: state[0])
+    assert watch.check(None) is None  # not synchronized: the clock does not matter
+    warning = watch.check(1_000.0)
+    assert warning is not None and warning.code is ErrorCode.CLOCK_UNSYNCHRONIZED and warning.field == "at"
+    assert watch.check(1_001.0) is None  # once an hour, not on every broadcast
+    for synchronized in (True, None):  # synchronized, or the system cannot tell: nothing to say
+        state[0] = synchronized
+        assert ClockWatch(lambda: state[0]).check(1_000.0) is None

@@ -108,3 +108,12 @@ def test_the_cost_guard_refuses_what_would_pass_the_limit_and_counts_what_it_let
     refused = built.refuse(job("second", "world!"))
     assert refused is not None and refused.code is ErrorCode.RATE_LIMITED and "per minute" in refused.message
     assert built.refuse(job("third", "ok")) is None  # 5 + 2 characters: within the minute's 10
+
+
+def test_a_request_for_a_local_engine_never_falls_back_to_a_billed_one(tmp_path: Path) -> None:
+    cloud = RecordingEngine("cartesia")
+    cloud.billed = True
+    built, _ = voice(tmp_path, {"cartesia": cloud, "espeak": RefusingEngine()}, fallback=["cartesia"])
+    ended = speak(built, SayRequest(id="l", segments=(Segment(text="Private"),), engine="espeak"))
+    assert getattr(ended, "code", None) == ErrorCode.CARTESIA_AUTH  # espeak's own failure (the fake's code)
+    assert cloud.asked == []

@@ -131,10 +131,13 @@ class Scheduler:
             self._listener.on_change()
 
     def _remaining_ttl(self, request: SayRequest) -> float:
+        """Counted from its own start instant, or when it was sent, not from its arrival; a `ts` ahead of
+        the arrival (a sender's clock that is ahead) counts as the arrival: it never lengthens the TTL."""
         ttl = request.ttl if request.ttl is not None else self._settings.default_ttl
+        now = time.time()
         origin = request.at if request.at is not None else request.sent_at
-        if origin is not None:  # counted from its own start instant, or when it was sent, not from its arrival
-            return origin + ttl - time.time()
+        if origin is not None and (request.at is not None or origin < now):
+            return origin + ttl - now
         return ttl
 
     def _is_duplicate(self, request: SayRequest) -> bool:

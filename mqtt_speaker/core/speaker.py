@@ -14,8 +14,9 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from mqtt_speaker.clock import clock_synchronized
+from mqtt_speaker.clock import clock_error_ms, clock_synchronized
 from mqtt_speaker.core.cache import AudioCache
+from mqtt_speaker.core.costguard import CostGuard
 from mqtt_speaker.core.defaults import Defaults
 from mqtt_speaker.core.listener import Listener
 from mqtt_speaker.core.problems import Problems
@@ -60,6 +61,7 @@ class Speaker:
         self._listener = listener
         self.defaults = Defaults(settings)
         self.problems = Problems(listener)
+        self.guard = CostGuard(settings)  # the characters this room pays for, its own requests' and the house's
         self.voice = Voice(
             engines,
             output,
@@ -70,6 +72,7 @@ class Speaker:
             primary=primary,
             cache=cache,
             ducker=ducker,
+            guard=self.guard,
         )
         quiet = Quiet(settings, lambda: self.defaults.current.quiet, clock)
         self.scheduler = Scheduler(settings, self.voice, quiet, listener)
@@ -139,7 +142,10 @@ class Speaker:
             quiet=defaults.quiet,
             quiet_now=self.scheduler.quiet.now(),
             clock_synchronized=clock_synchronized(),
+            clock_error_ms=clock_error_ms(),
             duck_db=defaults.duck_db,
+            groups=list(self._settings.sync.groups),
+            shares=self._settings.sync.share,
         )
 
     def update_defaults(self, **changes: object) -> None:

@@ -21,13 +21,15 @@ from mqtt_speaker.core.defaults import Defaults
 from mqtt_speaker.core.listener import Listener
 from mqtt_speaker.core.problems import Problems
 from mqtt_speaker.core.scheduler import Job
+from mqtt_speaker.core.shared import SHARED_ENGINE, SharedSource
 from mqtt_speaker.engines.base import Engine, SynthesisError, Voicing
+from mqtt_speaker.engines.registry import unavailable
 from mqtt_speaker.playback.ducking import Ducker, Lowering, once_lowered
 from mqtt_speaker.playback.output import AudioDeviceError, Output, Playback, StartGate
 from mqtt_speaker.playback.sounds import Sounds
 from mqtt_speaker.settings import Settings
 from mqtt_speaker.speech.audio import AudioChunk
-from mqtt_speaker.speech.text import Meter, Piece, Script
+from mqtt_speaker.speech.text import NOTHING_TO_SPEAK, Meter, Piece, Script, speakable
 from mqtt_speaker.speech.vocabulary import (
     ErrorCode,
     ErrorReport,
@@ -58,6 +60,7 @@ class Voice:
         primary: str | None = None,
         cache: AudioCache | None = None,
         ducker: Ducker | None = None,
+        guard: CostGuard | None = None,
     ) -> None:
         self._engines = engines
         self._primary = primary or next(iter(engines))
@@ -69,7 +72,7 @@ class Voice:
         self._defaults = defaults
         self._listener = listener
         self._problems = problems
-        self._guard = CostGuard(settings)
+        self._guard = guard or CostGuard(settings)
         self._sounds = Sounds(settings.sounds_dir)
         self._failing: set[str] = set()
         self._writes: set[asyncio.Future[None]] = set()
@@ -79,9 +82,10 @@ class Voice:
     def refuse(self, job: Job) -> ErrorReport | None:
         """The cost guard before a request starts: why it may not (rate_limited), or None. A text still
         arriving is charged piece by piece as it is pushed instead (see _meter)."""
-        if not job.text.ended:
+        names = self.candidates(job.request)
+        if not job.text.ended or not names:
             return None
-        engine = self._engines[self.candidates(job.request)[0]]
+        engine = self._engines[names[0]]
         whole = job.request.model_copy(update={"segments": job.text.segments()})
         return self._charge(engine, whole, "", job.text.length)
 
@@ -112,11 +116,12 @@ class Voice:
         cache = self._cache
         if cache is None or not cache.enabled or not request.cache:
             return False
-        return cache.has(cache_key(engine.identity, request, self._voicing(request), self._output.sample_rate))
+        return cache.has(cache_key(engine.identity, request, self.voicing(request), self._output.sample_rate))
 
     # --------------------------------------------------------------------------------------- speaking
 
-    def _voicing(self, request: SayRequest) -> Voicing:
+    def voicing(self, request: SayRequest) -> Voicing:
+        """The defaults it is spoken with where it does not say otherwise."""
         return Voicing(
             emotion=self._defaults.current.emotion,
             voice=self._settings.voice_id(request.voice or self._defaults.current.voice),
@@ -168,17 +173,43 @@ class Voice:
         task.add_done_callback(self._writes.discard)
 
     def candidates(self, request: SayRequest) -> list[str]:
-        """The engine to ask first (the request's or the primary), then the fallbacks that are installed."""
-        first = request.engine if request.engine in self._engines else self._primary
-        return [first, *(name for name in self._settings.fallback if name != first and name in self._engines)]
+        """The engines to ask in turn: for a broadcast the house shares, its shared audio; then the one the
+        request asks for (else the primary), then the installed fallbacks. A request that asks for a local
+        engine (Piper, espeak-ng) stays local: no billed engine is asked for it, not even as a fallback; one
+        that asks for an engine not built here (see `_substituted`) starts with the next."""
+        first = request.engine or self._primary
+        local = request.engine is not None and request.engine != "cartesia"
+        names = dict.fromkeys([first, *self._settings.fallback])
+        own = [name for name in names if name in self._engines and not (local and self._engines[name].billed)]
+        return [SHARED_ENGINE, *own] if request.shared and SHARED_ENGINE in self._engines else own
+
+    def _substituted(self, request: SayRequest) -> SynthesisError | None:
+        """Why the engine the request asks for cannot speak it here (it is not built), or None. Said once on
+        the error topic, as a warning: the next engine speaks it (started says so)."""
+        name = request.engine
+        if name is None or name in self._engines:
+            return None
+        error = SynthesisError(ErrorCode.ENGINE_UNAVAILABLE, f"asked for, but {unavailable(name)}")
+        if name not in self._failing:
+            self._failing.add(name)
+            message = f"{name}: {error.message}"
+            self._listener.on_error(ErrorReport(code=error.code, message=message, id=request.id, severity="warning"))
+        return error
 
     def engine_in_use(self) -> str:
         names = [self._primary, *self._settings.fallback]
         return next((n for n in names if n in self._engines and self._engines[n].problem() is None), self._primary)
 
-    def _engine_failed(self, name: str, error: SynthesisError, request_id: str) -> None:
-        """Record an engine's failure: published once per outage, not once per request."""
-        report = ErrorReport(code=error.code, message=f"{name}: {error.message}", id=request_id)
+    def _engine_failed(self, name: str, error: SynthesisError, request: SayRequest) -> None:
+        """Record an engine's failure: published once per outage, not once per request. A refusal of what
+        the request asked for (an unknown voice) is no outage: published for its request every time, and a
+        problem only when it asked for nothing of its own (then the configuration is at fault)."""
+        report = ErrorReport(code=error.code, message=f"{name}: {error.message}", id=request.id)
+        if error.request_only:
+            self._listener.on_error(report)
+            if name == self._primary and request.voice is None:
+                self._problems.set("tts", report)
+            return
         if name == self._primary:
             self._problems.set("tts", report)
         if name not in self._failing:
@@ -210,7 +241,7 @@ class Voice:
 
     async def _speak(self, job: Job, lowered: Lowering | None) -> Event:  # noqa: PLR0912, PLR0915 - the engines in turn, each attempt's outcome decides the next: one loop reads best
         request = job.request
-        voicing = self._voicing(request)
+        voicing = self.voicing(request)
         gain = request.volume if request.volume is not None else self._defaults.current.volume / 100
         names = self.candidates(request)
         live = not job.text.ended  # a stream still being written: charged as pushed, never cached
@@ -219,30 +250,43 @@ class Voice:
         played_total = 0.0
         progress = _Progress(StartGate(request.start_at) if request.start_at is not None else None)
         tried = False
-        last_error: SynthesisError | None = None
+        last_error = substituted = self._substituted(request)
+        if substituted is not None:  # and in started's fallback_reason
+            fallback_reason = f"{request.engine}: {substituted.code}"
+        sources: list[tuple[str, str | None, bool]] = []  # (engine, room, shared) of each one heard, in order
         for index, name in enumerate(names):
             if remaining is None:
                 break
             engine = self._engines[name]
             known = engine.problem()
             if known is not None and index < len(names) - 1:
-                self._engine_failed(name, known, request.id)
+                self._engine_failed(name, known, request)
                 fallback_reason = fallback_reason or f"{name}: {known.code}"
                 continue
             if live and engine.billed:
                 remaining = replace(remaining, meter=self._meter(engine, request))
+            if isinstance(engine, SharedSource):
+                engine.bind(request, progress.pending_start())
             try:
                 source, cached = await self._source(engine, remaining, voicing)
                 attempt = _Attempt(source)
                 on_first_audio = functools.partial(
-                    self._started, job, voicing, engine, cached, fallback_reason if index > 0 else None, progress
+                    self._started,
+                    job,
+                    voicing,
+                    engine,
+                    cached,
+                    fallback_reason if index or substituted else None,
+                    progress,
                 )
                 stream = attempt.stream() if tried else await self._with_chime(job, attempt.stream())
                 if lowered is not None:
                     stream = once_lowered(lowered, stream)
                 tried = True
                 async with contextlib.aclosing(stream) as chunks:
-                    playback = Playback(request.id, on_first_audio, job.stop, gain, progress.pending_start())
+                    playback = Playback(
+                        request.id, on_first_audio, job.stop, gain, progress.pending_start(), name, engine.identity
+                    )
                     played = await self._output.play(chunks, playback)
             except AudioDeviceError as exc:
                 failure = ErrorReport(code=ErrorCode.AUDIO_DEVICE_UNAVAILABLE, message=str(exc), id=request.id)
@@ -252,6 +296,8 @@ class Voice:
                 LOG.exception("speaking %s failed unexpectedly", request.id)
                 return self._fail(job, ErrorReport(code=ErrorCode.INTERNAL_ERROR, message=repr(exc), id=request.id))
             played_total += played.seconds
+            if attempt.heard:
+                sources.append((*self._origin(engine, request), name == SHARED_ENGINE))
             if played.interrupted and job.interruption is not None:
                 return self._interrupted(job, played_total)
             if attempt.error is None:
@@ -260,7 +306,7 @@ class Voice:
                 break
             last_error = attempt.error
             if attempt.error.code is not ErrorCode.RATE_LIMITED:  # the cost guard said so already; not a fault
-                self._engine_failed(name, attempt.error, request.id)
+                self._engine_failed(name, attempt.error, request)
             fallback_reason = f"{name}: {attempt.error.code}"
             remaining = replace(remaining, meter=None)
             if attempt.heard:  # the rest, from the first word not spoken whole, by the next engine
@@ -274,12 +320,25 @@ class Voice:
                 error = SynthesisError(ErrorCode.SYNTHESIS_INTERRUPTED, f"cut short: {error.message}")
             failure = ErrorReport(code=error.code, message=error.message, id=request.id)
             return self._fail(job, failure, report=False, played=played_total)
+        if played_total == 0 and not speakable(job.text.whole):  # a stream of "   " or "...": never sent anywhere
+            message = f"text: {NOTHING_TO_SPEAK}"
+            return self._fail(
+                job, ErrorReport(code=ErrorCode.INVALID_REQUEST, message=message, id=request.id, field="text")
+            )
         if played_total == 0:
             return self._fail(job, ErrorReport(code=ErrorCode.SYNTHESIS_FAILED, message="no audio", id=request.id))
         self._problems.clear("audio")
         duration = round(played_total * 1000)
         LOG.info("finished %s (%d ms of audio)", request.id, duration)
-        return FinishedEvent(id=request.id, duration_ms=duration, engine=names[index])
+        return FinishedEvent(
+            id=request.id,
+            duration_ms=duration,
+            engine=sources[-1][0] if sources else name,
+            synthesized_by=list(dict.fromkeys(site for _, site, _ in sources if site is not None)),
+            shared=any(shared for _, _, shared in sources),
+            fallback=fallback_reason is not None,
+            fallback_reason=fallback_reason,
+        )
 
     def _started(  # noqa: PLR0913 - what the started event says, gathered where the first audio plays
         self,
@@ -296,10 +355,11 @@ class Voice:
         progress.started = True
         request = job.request
         latency = round((time.monotonic() - job.received) * 1000)
+        name, by = self._origin(engine, request)
         self._listener.on_event(
             StartedEvent(
                 id=request.id,
-                engine=engine.name,
+                engine=name,
                 emotion=job.text.runs[0].voice.emotion or voicing.emotion,
                 voice=voicing.voice,
                 segments=len(job.text.runs),
@@ -309,11 +369,21 @@ class Voice:
                 fallback=fallback_reason is not None,
                 fallback_reason=fallback_reason,
                 late_ms=progress.start.late_ms if progress.start else None,
+                synthesized_by=by,
+                shared=engine.name == SHARED_ENGINE,
             )
         )
-        LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, engine.name, latency)
+        LOG.info("speaking %s with %s (%d ms after it arrived)", request.id, name, latency)
         if progress.start is not None and progress.start.late is not None:
             LOG.info("%s started %+.1f ms from its instant", request.id, progress.start.late * 1000)
+
+    def _origin(self, engine: Engine, request: SayRequest) -> tuple[str, str | None]:
+        """The engine whose audio plays, and the room (site) that synthesized it: for shared audio, the
+        synthesizing room's, as its start message said."""
+        if isinstance(engine, SharedSource):
+            origin = engine.origin(request)
+            return (origin.engine, origin.site) if origin is not None else (engine.name, None)
+        return engine.name, self._settings.site
 
     def clear_cache(self) -> None:
         """cache/clear, in a worker thread (a thousand files on an SD card); one clear at a time."""
@@ -330,7 +400,7 @@ class Voice:
             if refused is not None:
                 self._listener.on_error(refused)
                 continue
-            source, cached = await self._source(engine, Script.of(request), self._voicing(request))
+            source, cached = await self._source(engine, Script.of(request), self.voicing(request))
             try:
                 async with contextlib.aclosing(source) as chunks:
                     async for _ in chunks:

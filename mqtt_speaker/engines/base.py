@@ -27,9 +27,10 @@ class SynthesisError(Exception):
     """Speech could not be produced. `retryable`: a fresh attempt may succeed at once. `spoken_chars`:
     after audio, how many characters of the segment it stopped in were spoken whole (the next engine
     goes on from there; 0 when not known). `segment`: the segment spoken_chars counts in, when it is not
-    the one last heard (a refusal before a new segment's first piece)."""
+    the one last heard (a refusal before a new segment's first piece). `request_only`: the engine
+    refused this request's own settings (an unknown voice) and works for others: not an outage."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - what a failure says (keyword-only)
         self,
         code: ErrorCode,
         message: str,
@@ -37,6 +38,7 @@ class SynthesisError(Exception):
         retryable: bool = False,
         spoken_chars: int = 0,
         segment: int | None = None,
+        request_only: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -44,6 +46,7 @@ class SynthesisError(Exception):
         self.retryable = retryable
         self.spoken_chars = spoken_chars
         self.segment = segment
+        self.request_only = request_only
 
 
 class Engine(Protocol):

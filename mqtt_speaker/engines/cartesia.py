@@ -39,6 +39,7 @@ from mqtt_speaker.speech.text import Piece, Position, Script
 from mqtt_speaker.speech.vocabulary import ErrorCode
 
 LOG = logging.getLogger(__name__)
+EMPTY: Pcm = np.zeros(0, dtype=np.int16)
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 BACKOFF_MAX = 60.0
 CLOSE_IDLE = 0.5  # a context that has said everything is closed after this (Cartesia: it expires after 1 s)
@@ -79,7 +80,9 @@ def error_frame(event: Any) -> SynthesisError:
         return SynthesisError(ErrorCode.CARTESIA_AUTH, message)
     if status == 429:
         return SynthesisError(ErrorCode.CARTESIA_RATE_LIMITED, message)
-    return SynthesisError(ErrorCode.SYNTHESIS_FAILED, message)
+    # Another 4xx refuses what this request asked for (an unknown voice, say): the service works.
+    request_only = isinstance(status, int) and 400 <= status < 500
+    return SynthesisError(ErrorCode.SYNTHESIS_FAILED, message, request_only=request_only)
 
 
 def spoken_prefix(text: str, words: Sequence[str]) -> int:
@@ -381,12 +384,16 @@ class CartesiaEngine:
                 if isinstance(item, BaseException):
                     raise item
                 record = item
+                handed = 0  # samples of this context handed over
                 while (audio := await record.out.take(hold=heard_by - time.monotonic() - LEAD)) is not None:
                     if isinstance(audio, BaseException):
                         raise audio
                     self._last_used = now = time.monotonic()
                     heard_by = max(heard_by, now) + audio.size / rate
-                    yield AudioChunk(samples=audio, sample_rate=rate, segment=record.segment)
+                    handed += audio.size
+                    yield AudioChunk(audio, rate, record.segment, spoken=record.spoken(handed))
+                # Its `done`: everything sent on it has been spoken.
+                yield AudioChunk(EMPTY, rate, record.segment, spoken=record.offset + len(record.transcript))
                 in_flight.release()
         finally:
             self._last_used = time.monotonic()
@@ -631,6 +638,11 @@ class Context:
             request["flush"] = True
         await self._ws.send(request)
 
+    def spoken(self, samples: int) -> int:
+        """Characters of its run (from the run's start) whose words are whole within its first `samples`
+        (from the word timestamps)."""
+        whole = [word for word, end in self.words if end * self.rate <= samples]
+        return self.offset + spoken_prefix(self.transcript, whole)
+
     def lost(self, partial: bool, reason: str, code: ErrorCode = ErrorCode.CARTESIA_UNREACHABLE) -> _Lost:
-        whole = [word for word, end in self.words if end * self.rate <= self.received]
-        return _Lost(self.segment, partial, reason, self.offset + spoken_prefix(self.transcript, whole), code)
+        return _Lost(self.segment, partial, reason, self.spoken(self.received), code)

@@ -9,14 +9,17 @@ import struct
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
+import numpy as np
+
 from mqtt_speaker.engines.base import PcmAssembler, SynthesisError, Voicing
 from mqtt_speaker.settings import EspeakSettings
-from mqtt_speaker.speech.audio import AudioChunk
+from mqtt_speaker.speech.audio import AudioChunk, Pcm
 from mqtt_speaker.speech.text import Script
 from mqtt_speaker.speech.vocabulary import ErrorCode, Segment
 
 LOG = logging.getLogger(__name__)
 READ_SIZE = 4096
+EMPTY: Pcm = np.zeros(0, dtype=np.int16)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class EspeakEngine:
             if piece.text.strip():
                 async for chunk in self._piece(piece.text, piece.segment, voice, prosody_for(piece.voice, voicing)):
                     yield chunk
+                yield AudioChunk(EMPTY, 22050, piece.segment, spoken=piece.offset + len(piece.text))
 
     async def _piece(self, text: str, index: int, voice: str, prosody: Prosody) -> AsyncGenerator[AudioChunk, None]:
         args = [

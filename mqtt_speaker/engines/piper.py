@@ -125,6 +125,8 @@ class PiperEngine:
                     yield AudioChunk(samples=samples, sample_rate=int(chunk.sample_rate), segment=index)
             finally:  # closed early (the request moved on): the sentence being made is not wanted
                 self._abandon()
+            spoken = piece.offset + len(piece.text)
+            yield AudioChunk(np.zeros(0, dtype=np.int16), voice.config.sample_rate, index, spoken=spoken)
 
     def _abandon(self) -> None:
         """Stop the sentence being made, if any (its worker thread's ONNX run ends with an error)."""

@@ -9,6 +9,7 @@ fade out. The devices differ only in their sink (pulse.py, portaudio.py, wav.py)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -44,11 +45,19 @@ class StartGate:
 
     at: float  # wall clock, epoch seconds
     late: float | None = None
+    moved: float = 0.0  # seconds the instant was moved on before the first sample (a late shared broadcast)
+
+    def move_to(self, later: float) -> None:
+        """A later instant, agreed by every room (the house's audio came late): counted as lateness."""
+        if later > self.at and self.late is None:
+            self.moved += later - self.at
+            self.at = later
 
     @property
     def late_ms(self) -> int | None:
-        """Milliseconds late, never negative (on time, or placed early by a rounding: 0)."""
-        return None if self.late is None else max(0, round(self.late * 1000))
+        """Milliseconds late, never negative (on time, or placed early by a rounding: 0), from the instant
+        first given."""
+        return None if self.late is None else max(0, round((self.late + self.moved) * 1000))
 
 
 def frames_before_start(start: float, dac_time: float, rate: int) -> int:
@@ -67,6 +76,8 @@ class Playback:
     stop: asyncio.Event  # set it to fade out and return early
     gain: float = 1.0
     start: StartGate | None = None  # a synchronized start: the first sample reaches the DAC at start.at
+    engine: str = ""  # the engine whose audio this is (its name)
+    identity: str = ""  # ... and what of its configuration changes the sound (its cache key's part)
 
 
 class Output(Protocol):
@@ -102,17 +113,46 @@ async def next_chunk(chunks: AsyncIterator[AudioChunk], stopping: asyncio.Future
 
 class Announcer:
     """Calls the playback's on_first_audio once the first speech has been handed over and, for a
-    synchronized start, the first sample has been placed on the device's clock (its lateness known)."""
+    synchronized start, the first sample has been placed on the device's clock (its lateness known).
+    Speech behind a chime is announced when the chime has played out: when the speech is heard."""
 
     def __init__(self, playback: Playback, loop: asyncio.AbstractEventLoop) -> None:
         self._playback = playback
         self._loop = loop
         self._speech = False
         self._done = False
+        self._began: float | None = None  # loop time the first sound is heard from (a synchronized start's instant)
+        self._ahead = 0.0  # seconds of sound before the first speech (a chime)
+        self._due: asyncio.TimerHandle | None = None  # speech behind a chime: when the chime has played out
 
-    def speech(self) -> None:
+    def handed_over(self, chunk: AudioChunk) -> None:
+        """A chunk went to the device: a chime's adds to what plays before the speech; the first speech's
+        is announced once what plays before it has been heard."""
+        if self._began is None:
+            start = self._playback.start
+            self._began = self._loop.time() + (max(0.0, start.at - time.time()) if start else 0.0)
+        if not chunk.is_speech:
+            self._ahead += chunk.samples.size / chunk.sample_rate
+            return
+        if self._speech or self._due is not None:
+            return
+        after = self._began + self._ahead - self._loop.time()
+        if self._ahead and after > 0:
+            self._due = self._loop.call_later(after, self._heard)
+        else:
+            self._heard()
+
+    def _heard(self) -> None:
         self._speech = True
         self._announce()
+
+    def end(self, *, heard: bool) -> None:
+        """The utterance is over: speech still due to be announced was `heard` (played out) or not (stopped
+        during the chime: no announcement)."""
+        if self._due is not None and not self._speech:
+            self._due.cancel()
+            if heard:
+                self._heard()
 
     def placed_threadsafe(self, late: float) -> None:
         """Called on the audio thread."""
@@ -183,6 +223,7 @@ async def play_utterance(
     sink: Sink | None = None
     feed: Feed | None = None
     limit = 0
+    heard = False
     try:
         while (chunk := await next_chunk(chunks, stopping)) is not None:
             if not chunk.samples.size:
@@ -193,14 +234,15 @@ async def play_utterance(
                 limit = int(max_buffer_seconds * sink.rate)
             for samples in feed(chunk):
                 sink.put(samples)
-            if chunk.is_speech:
-                announcer.speech()
+            announcer.handed_over(chunk)
             if sink.queued > limit:
                 await sink.room(limit // 2, stopping)
         if sink is None or feed is None:
             return Played(0.0)
         sink.put(feed.end())
-        return Played(await sink.finish(stopping))
+        played = Played(await sink.finish(stopping))
+        heard = True
+        return played
     except Stopped:
         if sink is None:
             return Played(0.0, interrupted=True)
@@ -210,5 +252,6 @@ async def play_utterance(
             sink.abandon()
         raise
     finally:
+        announcer.end(heard=heard)
         stopping.cancel()
         device.turn_over()

@@ -260,8 +260,13 @@ class PulseStream:
             raise AudioDeviceError(f"the sound server stopped taking audio: {self._error(error)}")
 
     def delay(self, *, fresh: bool = False) -> float:
-        """Seconds until a sample written now is heard (what is queued plus the sink's own delay), from the
-        server's last timing report, moved on by the time since (`fresh`: a report asked for now).
+        """Seconds until a sample written now is heard (what is queued plus the sink's own delay)."""
+        return max(0.0, self.heard_at(fresh=fresh) - time.time())
+
+    def heard_at(self, *, fresh: bool = False) -> float:
+        """When a sample written now is heard (wall clock), from the server's last timing report (`fresh`:
+        a report asked for now). An instant, not a delay: the time this thread loses before it acts on it
+        (to another thread, to a busy machine) does not move it.
 
         Not pa_simple_get_latency (only until the server has sent a first report): libpulse keeps the
         stream's clock from running backwards, so on a stream that has just started after a pause its
@@ -273,13 +278,14 @@ class PulseStream:
         if info is None:  # none yet (a new stream), or one a flush made out of date: ask for one
             self._update_timing()
             if (info := self._timing()) is None:
-                return self._simple_latency()
+                return time.time() + self._simple_latency()
         queued = (info.write_index - info.read_index) / (2 * self.rate)
         # When the report was current, a sample read then was heard sink_usec later (and the report took
-        # transport_usec to reach us); since then, a playing stream has moved on with the clock.
-        age = time.time() - (info.timestamp_sec + info.timestamp_usec / 1e6) if info.playing else 0.0
+        # transport_usec to reach us); a playing stream has moved on with the clock since.
+        now = time.time()
+        current = info.timestamp_sec + info.timestamp_usec / 1e6 if info.playing else now
         transport = 0.0 if info.synchronized_clocks else info.transport_usec / 1e6
-        return max(0.0, float(queued + info.sink_usec / 1e6 - transport - age))
+        return max(now, float(current + queued + info.sink_usec / 1e6 - transport))
 
     def _timing(self) -> _TimingInfo | None:
         """The server's last timing report, if it can be used."""
@@ -572,7 +578,7 @@ class _Writer:
         between two writes, never after the whole wait); the last part with the server's delay measured
         on the running stream. The seconds to wait before the next step, or None."""
         assert utterance.start is not None
-        ahead = utterance.start - time.time() - stream.delay()
+        ahead = utterance.start - stream.heard_at()
         buffer = size / self._rate
         if ahead > buffer + PLACE_MARGIN * 2:
             return ahead - buffer - PLACE_MARGIN * 2
@@ -582,7 +588,7 @@ class _Writer:
                 return (min(top_up, frames) - room) / self._rate
             self._silence(stream, min(room, frames))
             return None
-        ahead = utterance.start - time.time() - stream.delay(fresh=True)  # the last step: to the sample
+        ahead = utterance.start - stream.heard_at(fresh=True)  # the last step: to the sample
         frames = max(0, round(ahead * self._rate))
         if frames > room:
             return (frames - room) / self._rate

@@ -156,6 +156,7 @@ class MqttLink:
         self._inbound_pending = 0  # handed over, not yet handled (paho's thread adds, the loop subtracts)
         self._inbound_dropped = 0  # since the last report
         self.dropped_inbound = 0
+        self._stopping = False
         self.dropped_outbound = 0
         self._outbound_dropped = 0  # since the last report
         self._outbound_limit = outbound_limit
@@ -235,7 +236,9 @@ class MqttLink:
     def _disconnected(self, reason: str) -> None:
         was = self.connected
         self.connected = False
-        if was:
+        if self._stopping:
+            LOG.info("disconnected from the broker")
+        elif was:
             self._problem(f"lost the broker connection ({reason}); reconnecting")
 
     def _problem(self, message: str) -> None:
@@ -266,7 +269,7 @@ class MqttLink:
         )
         self._client.loop_start()
 
-    def publish(self, topic: str, payload: str, *, retain: bool = False, qos: int = 1) -> None:
+    def publish(self, topic: str, payload: str | bytes, *, retain: bool = False, qos: int = 1) -> None:
         """Queue a message; paho sends it now, or after the reconnect when the broker is away (QoS 1).
         Past OUTBOUND_LIMIT waiting messages it is dropped, counted and logged (once per run of drops)."""
         if not retain and self._outstanding >= self._outbound_limit:
@@ -287,6 +290,7 @@ class MqttLink:
 
     async def stop(self, last_words: tuple[str, str] | None = None) -> None:
         """Publish `last_words` (topic, payload, retained) if connected, then disconnect cleanly."""
+        self._stopping = True  # the disconnection that follows is ours, not a lost connection
         if last_words is not None and self.connected:
             info = self._client.publish(last_words[0], last_words[1], qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):

@@ -10,8 +10,10 @@ import logging
 from mqtt_speaker.core.speaker import Speaker
 from mqtt_speaker.protocol.adapter import BaseAdapter
 from mqtt_speaker.protocol.errors import ErrorFlood
+from mqtt_speaker.protocol.fanout import House
 from mqtt_speaker.protocol.link import Inbound, MqttLink
 from mqtt_speaker.protocol.payloads import (
+    Refusal,
     RequestRejected,
     encode,
     parse_chunk,
@@ -25,9 +27,10 @@ from mqtt_speaker.protocol.payloads import (
     parse_warm,
 )
 from mqtt_speaker.protocol.streams import Streams
-from mqtt_speaker.protocol.timing import check_at, start_instant
+from mqtt_speaker.protocol.timing import ClockWatch, check_at, start_instant
 from mqtt_speaker.protocol.topics import ONLINE, Command, Topics
 from mqtt_speaker.settings import Settings
+from mqtt_speaker.speech.text import LiveText
 from mqtt_speaker.speech.vocabulary import ErrorCode, ErrorReport, Event, SayRequest, StateReport, Warning_
 
 LOG = logging.getLogger(__name__)
@@ -42,20 +45,25 @@ ONE_SHOT = frozenset(
         Command.CACHE_WARM,
     }
 )  # never acted on when retained
+HOUSE_STOPS = frozenset({Command.STOP, Command.SKIP})  # to every room of a scope: its syntheses stop too
 
 
 class NativeTopics(BaseAdapter):
     """<base>/<site>/..., <base>/all/... and <base>/group/<name>/...: say, say/stream, stop, skip, clear,
     set/..., cache/... in; event, error, state and availability out."""
 
-    def __init__(self, settings: Settings, topics: Topics, speaker: Speaker, link: MqttLink) -> None:
+    def __init__(
+        self, settings: Settings, topics: Topics, speaker: Speaker, link: MqttLink, house: House | None = None
+    ) -> None:
         self._settings = settings
         self._topics = topics
         self.speaker = speaker
         self._link = link
+        self._house = house  # a broadcast's audio, synthesized once for the house (protocol/fanout.py)
         self._errors = ErrorFlood(settings.max_errors_per_second, self._publish_error)
-        self.streams = Streams(settings.stream, speaker.submit, self.on_error, remember_for=settings.dedupe_window)
+        self.streams = Streams(settings.stream, self._submit, self.on_error, remember_for=settings.dedupe_window)
         self._last_state: str | None = None
+        self._clock = ClockWatch()
         self._stopped = False  # from here on nothing says `online`: `offline` is, or is about to be, the last word
 
     def subscriptions(self) -> list[str]:
@@ -97,7 +105,9 @@ class NativeTopics(BaseAdapter):
         command = self._topics.parse_command(message.topic)
         if command is None:
             return False
-        if message.retain and command in ONE_SHOT:
+        if message.retain and command in ONE_SHOT and not message.payload:
+            LOG.debug("%s: a retained message cleared", message.topic)  # mosquitto_pub -r -n, as the README says
+        elif message.retain and command in ONE_SHOT:
             self.on_error(
                 ErrorReport(
                     code=ErrorCode.RETAINED_COMMAND_IGNORED,
@@ -113,6 +123,9 @@ class NativeTopics(BaseAdapter):
         else:
             try:
                 self._on_control(command, message.payload)
+                scope = self._topics.scope(message.topic)
+                if command in HOUSE_STOPS and scope is not None and self._house is not None:
+                    self._house.stop_scope(scope)  # the synthesis for every room of the scope stops too
             except RequestRejected as exc:
                 self.on_error(ErrorReport(code=ErrorCode.INVALID_COMMAND, message=exc.message, field=exc.field))
         return True
@@ -141,9 +154,10 @@ class NativeTopics(BaseAdapter):
             case Command.CACHE_WARM:
                 speaker.warm(parse_warm(payload, max_text_length=self._settings.max_text_length))
 
-    def _timed(self, request: SayRequest, message: Inbound) -> tuple[SayRequest, Warning_ | None]:
+    def _timed(self, request: SayRequest, message: Inbound) -> tuple[SayRequest, list[Warning_]]:
         """The request with its start instant (docs/sync.md): `at`, or a broadcast's (all, a group) arrival
-        or `ts` plus the lead; a warning when `at` has passed. RequestRejected when `at` is too far ahead."""
+        or `ts` plus the lead; warnings when `at` has passed or the clock is not synchronized.
+        RequestRejected when `at` is too far ahead."""
         passed = check_at(request, message.received, self._settings.sync.max_ahead)
         instant = start_instant(
             at=request.at,
@@ -156,37 +170,47 @@ class NativeTopics(BaseAdapter):
         if instant is not None:
             ahead = (instant - message.received) * 1000
             LOG.debug("%s starts at %.6f, %.1f ms after it arrived", request.id, instant, ahead)
-        return request.model_copy(update={"start_at": instant}), passed
+        scope = self._topics.scope(message.topic)
+        warnings = [warning for warning in (passed, self._clock.check(instant)) if warning is not None]
+        return request.model_copy(update={"start_at": instant, "scope": scope}), warnings
 
     def _on_say(self, message: Inbound) -> None:
         try:
             parsed = parse_say(message.payload, max_text_length=self._settings.max_text_length)
-            request, passed = self._timed(parsed.request, message)
+            request, timing = self._timed(parsed.request, message)
         except RequestRejected as exc:
             self.on_error(
                 ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
             )
             return
-        self._warn([*parsed.warnings, *([passed] if passed else [])], request.id)
-        self.speaker.submit(request)
+        self._warn([*parsed.warnings, *timing], request.id)
+        text = LiveText.complete(request.segments)
+        self._submit(request, text, message.payload)
 
     def _on_chunk(self, message: Inbound) -> None:
         try:
             chunk = parse_chunk(message.payload, max_text_length=self._settings.stream.max_length)
-            request, passed = self._timed(chunk.request, message)  # used when this chunk opens its stream
         except RequestRejected as exc:
             self.on_error(
                 ErrorReport(code=ErrorCode.INVALID_REQUEST, message=exc.message, id=exc.request_id, field=exc.field)
             )
             return
-        chunk = chunk.model_copy(update={"request": request})
-        self._warn([*chunk.warnings, *([passed] if passed else [])], chunk.id)
+        if isinstance(chunk.request, SayRequest):  # its start instant, for when it opens its stream
+            try:
+                request, timing = self._timed(chunk.request, message)
+            except RequestRejected as exc:
+                chunk = chunk.model_copy(update={"request": Refusal(message=exc.message, field=exc.field)})
+            else:
+                opening = [*chunk.opening_warnings, *timing]
+                chunk = chunk.model_copy(update={"request": request, "opening_warnings": opening})
         self.streams.receive(chunk)
+
+    def _submit(self, request: SayRequest, text: LiveText, message: bytes | None = None) -> None:
+        """To the speaker; a broadcast (a scope) shared with the house first, when the house shares."""
+        if request.scope is not None and self._house is not None:
+            request = self._house.share(request, text, message)
+        self.speaker.submit(request, text)
 
     def _warn(self, warnings: list[Warning_], request_id: str) -> None:
         for warning in warnings:
-            self.on_error(
-                ErrorReport(
-                    code=warning.code, message=warning.message, id=request_id, field=warning.field, severity="warning"
-                )
-            )
+            self.on_error(warning.report(request_id))

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from mqtt_speaker.speech.emotions import EMOTIONS, LANGUAGES
+from mqtt_speaker.speech.text import NOTHING_TO_SPEAK, speakable
 from mqtt_speaker.speech.vocabulary import (
     CONTROL_CHARACTERS,
     DUCK_DB_RANGE,
@@ -44,6 +45,7 @@ from mqtt_speaker.speech.vocabulary import (
 )
 
 _T = TypeVar("_T")
+MAX_WARM_ITEMS = 100  # in one cache/warm message
 
 
 def encode(model: BaseModel) -> str:
@@ -71,9 +73,14 @@ def _reject_bool(value: Any) -> Any:
 
 
 def _finite(value: float) -> float:
-    if not math.isfinite(float(value)):
+    """The number as a float; an integer too large for one (400 digits, say) is refused like infinity."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError("must be a finite number (this one is too large)") from None
+    if not math.isfinite(number):
         raise ValueError("must be a finite number")
-    return value
+    return number
 
 
 Number = Annotated[StrictFloat | StrictInt, BeforeValidator(_reject_bool), AfterValidator(_finite)]
@@ -114,12 +121,23 @@ def _timestamp(value: float | int | str) -> float:
     return float(value)
 
 
+def _usable_id(value: str | int) -> str | int:
+    if isinstance(value, str) and (not value.strip() or len(value) > MAX_ID_LENGTH or CONTROL_CHARACTERS.search(value)):
+        raise ValueError(f"must be 1 to {MAX_ID_LENGTH} printable characters")
+    if isinstance(value, int) and len(str(value)) > MAX_ID_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_ID_LENGTH} printable characters")
+    return value
+
+
+RequestId = Annotated[StrictStr | StrictInt, BeforeValidator(_reject_bool), AfterValidator(_usable_id)]
+
+
 class _SayPayload(BaseModel):
     """The JSON object form of a say request, as received."""
 
     model_config = ConfigDict(extra="allow")
 
-    id: Annotated[StrictStr | StrictInt, BeforeValidator(_reject_bool)] | None = None
+    id: RequestId | None = None
     text: Text | None = None
     segments: Annotated[list[_SegmentPayload], Field(min_length=1, max_length=MAX_SEGMENTS)] | None = None
     emotion: StrictStr | None = None
@@ -138,17 +156,6 @@ class _SayPayload(BaseModel):
     cache: StrictBool = True
     duck: StrictBool = True
     duck_db: Number | None = None
-
-    @field_validator("id")
-    @classmethod
-    def _usable_id(cls, value: str | int | None) -> str | int | None:
-        if isinstance(value, str) and (
-            not value.strip() or len(value) > MAX_ID_LENGTH or CONTROL_CHARACTERS.search(value)
-        ):
-            raise ValueError(f"must be 1 to {MAX_ID_LENGTH} printable characters")
-        if isinstance(value, int) and len(str(value)) > MAX_ID_LENGTH:
-            raise ValueError(f"must be 1 to {MAX_ID_LENGTH} printable characters")
-        return value
 
     @field_validator("voice")
     @classmethod
@@ -181,7 +188,10 @@ def _clean_text(text: str) -> str:
     return CONTROL_CHARACTERS.sub(" ", text)
 
 
-def _emotion(value: str | None, field: str, warnings: list[Warning_]) -> str | None:
+def _emotion(
+    value: str | None, field: str, warnings: list[Warning_], *, instead: str = "the default emotion"
+) -> str | None:
+    """A known emotion (lower-cased), or None with a warning saying what is spoken `instead`."""
     if value is None:
         return None
     emotion = value.strip().lower()
@@ -191,7 +201,7 @@ def _emotion(value: str | None, field: str, warnings: list[Warning_]) -> str | N
         Warning_(
             code=ErrorCode.INVALID_EMOTION,
             field=field,
-            message=f"{field}: unknown emotion {value[:40]!r}; spoken with the default emotion instead "
+            message=f"{field}: unknown emotion {value[:40]!r}; spoken with {instead} "
             f"(known: {', '.join(EMOTIONS[:6])}, ... {len(EMOTIONS)} in all)",
         )
     )
@@ -309,6 +319,7 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
     speed = _clamped(body.speed, SPEED_RANGE, "speed", warnings)
     volume = _clamped(body.generation_volume, GENERATION_VOLUME_RANGE, "generation_volume", warnings)
     raw_segments = body.segments or [_SegmentPayload(text=body.text or "")]
+    instead = f"the request's emotion ({emotion})" if emotion else "the default emotion"
     segments: list[Segment] = []
     for index, seg in enumerate(raw_segments):
         where = "text" if body.segments is None else f"segments.{index}.text"
@@ -319,16 +330,16 @@ def parse_say(payload: bytes, *, max_text_length: int) -> ParsedSay:
         segments.append(
             Segment(
                 text=seg_text,
-                emotion=_first(_emotion(seg.emotion, f"{prefix}emotion", warnings), emotion),
+                emotion=_first(_emotion(seg.emotion, f"{prefix}emotion", warnings, instead=instead), emotion),
                 speed=_first(_clamped(seg.speed, SPEED_RANGE, f"{prefix}speed", warnings), speed),
                 volume=_first(_clamped(seg.volume, GENERATION_VOLUME_RANGE, f"{prefix}volume", warnings), volume),
             )
         )
         if seg.model_extra:
             warnings.append(_unknown(seg.model_extra, prefix=prefix))
-    if not "".join(s.text for s in segments).strip():
+    if not speakable("".join(s.text for s in segments)):
         field = "text" if body.segments is None else "segments"
-        raise RequestRejected(f"{field}: blank; nothing to speak", field, request_id)
+        raise RequestRejected(f"{field}: {NOTHING_TO_SPEAK}", field, request_id)
     total = sum(len(s.text) for s in segments)
     if total > max_text_length:
         field = "text" if body.segments is None else "segments"
@@ -364,11 +375,28 @@ def _request(
     )
 
 
+class _ChunkOwn(BaseModel):
+    """A stream chunk's own fields, as received: these are checked on every chunk."""
+
+    id: RequestId | None = None
+    seq: Annotated[StrictInt, BeforeValidator(_reject_bool), Field(ge=0)] | None = None
+    text: Text | None = None
+    emotion: StrictStr | None = None
+    end: StrictBool = False
+
+
 class _ChunkPayload(_SayPayload):
     """One chunk of a streamed say, as received (the opening one may carry the say fields)."""
 
     seq: Annotated[StrictInt, BeforeValidator(_reject_bool), Field(ge=0)] | None = None
     end: StrictBool = False
+
+
+class Refusal(BaseModel):
+    """Why a chunk's say fields cannot open a stream (a later chunk of an open stream ignores them)."""
+
+    message: str
+    field: str | None
 
 
 class StreamChunk(BaseModel):
@@ -379,44 +407,59 @@ class StreamChunk(BaseModel):
     text: str
     emotion: str | None
     end: bool
-    request: SayRequest = Field(description="The say fields (used when the chunk opens the stream)")
+    request: SayRequest | Refusal = Field(
+        description="The say fields, for when the chunk opens its stream; or why they cannot open it"
+    )
     say_fields: list[str] = Field(description="The say fields the chunk gave (beyond id, seq, text, emotion, end)")
-    warnings: list[Warning_]
+    warnings: list[Warning_] = Field(default_factory=list, description="About the chunk itself (its emotion)")
+    opening_warnings: list[Warning_] = Field(
+        default_factory=list, description="About its say fields: they matter only when the chunk opens its stream"
+    )
 
 
 def parse_chunk(payload: bytes, *, max_text_length: int) -> StreamChunk:
-    """Turn a say/stream payload into a chunk, or raise RequestRejected naming the field."""
+    """Turn a say/stream payload into a chunk, or raise RequestRejected naming the field. Only the chunk's
+    own fields (id, seq, text, emotion, end) refuse it: its say fields matter only if it opens its stream,
+    so a problem with them is kept as its `request`'s Refusal (the stream is not opened) and is moot on a
+    later chunk."""
     text = _decode(payload, max_bytes=max(65_536, max_text_length * 8))
     obj = _load_object(text)
     if obj is None:
         raise RequestRejected('payload: not a JSON object; send {"id": ..., "seq": ..., "text": ...}', "payload")
-    body = _validated(_ChunkPayload, obj)
-    if body.id is None:
+    own = _validated(_ChunkOwn, obj)
+    if own.id is None:
         raise RequestRejected("id: missing; every chunk of a stream carries the stream's id", "id")
-    request_id = str(body.id)
-    if body.segments is not None:
+    request_id = str(own.id)
+    if "segments" in obj:
         raise RequestRejected(
             "segments: not used in a stream; send 'text' (and 'emotion') per chunk", "segments", request_id
         )
     warnings: list[Warning_] = []
-    emotion = _emotion(body.emotion, "emotion", warnings)
-    segment = Segment(
-        text=_clean_text(body.text or ""),
-        emotion=emotion,
-        speed=_clamped(body.speed, SPEED_RANGE, "speed", warnings),
-        volume=_clamped(body.generation_volume, GENERATION_VOLUME_RANGE, "generation_volume", warnings),
-    )
-    request = _request(body, request_id, (segment,), warnings)
+    emotion = _emotion(own.emotion, "emotion", warnings, instead="the stream's emotion so far (at first, the default)")
+    chunk_text = _clean_text(own.text or "")
     say_fields = sorted(set(obj) & set(_SayPayload.model_fields) - {"id", "text", "emotion"})
+    opening: list[Warning_] = []
+    try:
+        body = _validated(_ChunkPayload, obj)
+        segment = Segment(
+            text=chunk_text,
+            emotion=emotion,
+            speed=_clamped(body.speed, SPEED_RANGE, "speed", opening),
+            volume=_clamped(body.generation_volume, GENERATION_VOLUME_RANGE, "generation_volume", opening),
+        )
+        request: SayRequest | Refusal = _request(body, request_id, (segment,), opening)
+    except RequestRejected as exc:
+        request = Refusal(message=exc.message, field=exc.field)
     return StreamChunk(
         id=request_id,
-        seq=body.seq,
-        text=segment.text,
+        seq=own.seq,
+        text=chunk_text,
         emotion=emotion,
-        end=body.end,
+        end=own.end,
         request=request,
         say_fields=say_fields,
         warnings=warnings,
+        opening_warnings=opening,
     )
 
 
@@ -505,8 +548,14 @@ def parse_warm(payload: bytes, *, max_text_length: int) -> list[SayRequest]:
         raise RequestRejected("warm: not valid JSON; send a list of texts or say requests", "warm") from exc
     if not isinstance(items, list) or not items:
         raise RequestRejected("warm: send a non-empty JSON list of texts or say requests", "warm")
+    if len(items) > MAX_WARM_ITEMS:
+        raise RequestRejected(
+            f"warm: {len(items)} items is more than {MAX_WARM_ITEMS} in one message; nothing was warmed "
+            "(send the rest in further messages)",
+            "warm",
+        )
     requests = []
-    for index, item in enumerate(items[:100]):
+    for index, item in enumerate(items):
         try:
             raw = item.encode() if isinstance(item, str) else json.dumps(item).encode()
             requests.append(parse_say(raw, max_text_length=max_text_length).request)

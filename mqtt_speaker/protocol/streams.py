@@ -4,8 +4,9 @@ The first chunk of an id opens the stream: a request is queued whose text is the
 Chunks are applied in `seq` order: a repeated seq is ignored (QoS 1 may deliver twice), a missing one
 is waited for `gap_wait` seconds and then skipped with a warning; without seq, arrival order. `end`
 (or `timeout` seconds without a chunk, with a `stream_timeout` warning) ends the text. Once the
-request has ended (finished, interrupted, dropped, failed) further chunks get a `stream_ended` error,
-for as long as a request id is remembered (`dedupe_window`).
+request has ended (finished, interrupted, dropped, failed) further chunks get a `stream_ended` error
+(a repeat of a chunk it had is ignored), for as long as a request id is remembered (`dedupe_window`);
+so do the chunks of a stream whose first chunk could not open it (its say fields, too many streams).
 Event loop only; every map here is bounded (max_open, and the ended ids are kept for a while).
 """
 
@@ -18,10 +19,18 @@ from dataclasses import dataclass, field
 
 from cachetools import TTLCache
 
-from mqtt_speaker.protocol.payloads import StreamChunk
+from mqtt_speaker.protocol.payloads import Refusal, StreamChunk
 from mqtt_speaker.settings import StreamSettings
 from mqtt_speaker.speech.text import LiveText
-from mqtt_speaker.speech.vocabulary import TERMINAL_EVENTS, ErrorCode, ErrorReport, Event, SayRequest, Segment
+from mqtt_speaker.speech.vocabulary import (
+    TERMINAL_EVENTS,
+    ErrorCode,
+    ErrorReport,
+    Event,
+    SayRequest,
+    Segment,
+    Warning_,
+)
 
 LOG = logging.getLogger(__name__)
 ENDED_MAX = 1000
@@ -36,6 +45,12 @@ class _Stream:
     waiting: dict[int, StreamChunk] = field(default_factory=dict)  # arrived ahead of a missing seq
     timer: asyncio.TimerHandle | None = None
     gap_timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(frozen=True)
+class _Ended:
+    how: str  # "ended", "finished", "not opened: ...", ...
+    next_seq: int  # the seqs below it were had: a repeat of one is ignored
 
 
 class Streams:
@@ -54,7 +69,7 @@ class Streams:
         self._report = report_error
         self._open: dict[str, _Stream] = {}
         # id -> how it ended; an ended stream's id is kept like any request id (the dedupe window)
-        self._ended: TTLCache[str, str] = TTLCache(ENDED_MAX, ttl=remember_for)
+        self._ended: TTLCache[str, _Ended] = TTLCache(ENDED_MAX, ttl=remember_for)
 
     def _error(self, code: ErrorCode, message: str, stream_id: str, field: str | None = None) -> None:
         severity = "warning" if code in (ErrorCode.STREAM_TIMEOUT, ErrorCode.STREAM_GAP) else "error"
@@ -67,29 +82,48 @@ class Streams:
         if stream is None:
             ended = self._ended.get(chunk.id)
             if ended is not None:
-                self._error(
-                    ErrorCode.STREAM_ENDED,
-                    f"stream {chunk.id!r} has already ended ({ended}); this chunk is not spoken",
-                    chunk.id,
-                )
+                self._after_end(chunk, ended)
                 return
             stream = self._open_stream(chunk)
             if stream is None or chunk.id not in self._open:  # not opened, or dropped at once (quiet, ...)
                 return
-        elif chunk.say_fields:
-            names = ", ".join(chunk.say_fields)
-            self._report(
-                ErrorReport(
-                    code=ErrorCode.UNKNOWN_FIELD,
-                    message=f"{names}: only the chunk that opens stream {chunk.id!r} sets these; ignored",
-                    id=chunk.id,
-                    field=names,
-                    severity="warning",
+        else:
+            self._publish_warnings(chunk.warnings, chunk.id)
+            if chunk.say_fields:
+                names = ", ".join(chunk.say_fields)
+                self._report(
+                    ErrorReport(
+                        code=ErrorCode.UNKNOWN_FIELD,
+                        message=f"{names}: only the chunk that opens stream {chunk.id!r} sets these; ignored",
+                        id=chunk.id,
+                        field=names,
+                        severity="warning",
+                    )
                 )
-            )
         self._arrive(stream, chunk)
 
+    def _after_end(self, chunk: StreamChunk, ended: _Ended) -> None:
+        """A chunk for a stream that has ended (or was never opened): a repeat of one it had (QoS 1 may
+        deliver the last chunk twice) is ignored; anything else is not spoken, with an error."""
+        if chunk.seq is not None and chunk.seq < ended.next_seq:
+            LOG.debug("stream %s: seq %d again after its end, ignored", chunk.id, chunk.seq)
+            return
+        what = f"was {ended.how}" if ended.how.startswith("not opened") else f"has already ended ({ended.how})"
+        self._error(ErrorCode.STREAM_ENDED, f"stream {chunk.id!r} {what}; this chunk is not spoken", chunk.id)
+
     def _open_stream(self, chunk: StreamChunk) -> _Stream | None:
+        """A stream opened by `chunk`, its request submitted; None when the chunk cannot open it (the error
+        said why). A stream refused for its say fields or for too many streams stays refused: its later
+        chunks would otherwise open it and speak only its tail."""
+        request = chunk.request
+        if isinstance(request, Refusal):
+            message = f"{request.message}; stream {chunk.id!r} not opened"
+            self._error(ErrorCode.INVALID_REQUEST, message, chunk.id, request.field)
+            self._remember(chunk.id, f"not opened: {request.message}", next_seq=0)
+            return None
+        if chunk.seq is not None and chunk.seq > self._settings.max_seq_ahead:
+            self._seq_out_of_range(chunk, next_seq=0)
+            return None
         if len(self._open) >= self._settings.max_open:
             self._error(
                 ErrorCode.TOO_MANY_STREAMS,
@@ -97,13 +131,28 @@ class Streams:
                 f"(the limit is {self._settings.max_open})",
                 chunk.id,
             )
+            self._remember(chunk.id, "not opened: too many streams were open", next_seq=0)
             return None
-        voice = chunk.request.segments[0].model_copy(update={"text": ""})
-        stream = _Stream(request=chunk.request, text=LiveText(), voice=voice)
+        self._publish_warnings([*chunk.opening_warnings, *chunk.warnings], chunk.id)
+        voice = request.segments[0].model_copy(update={"text": ""})
+        stream = _Stream(request=request, text=LiveText(), voice=voice)
         self._open[chunk.id] = stream
         self._touch(chunk.id, stream)
-        self._submit(chunk.request, stream.text)
+        self._submit(request, stream.text)
         return stream
+
+    def _publish_warnings(self, warnings: list[Warning_], stream_id: str) -> None:
+        for warning in warnings:
+            self._report(warning.report(stream_id))
+
+    def _seq_out_of_range(self, chunk: StreamChunk, next_seq: int) -> None:
+        self._error(
+            ErrorCode.INVALID_REQUEST,
+            f"seq: {chunk.seq} is far out of range for stream {chunk.id!r} (next expected {next_seq}, "
+            f"at most {self._settings.max_seq_ahead} ahead); chunk ignored",
+            chunk.id,
+            "seq",
+        )
 
     def _arrive(self, stream: _Stream, chunk: StreamChunk) -> None:
         self._touch(chunk.id, stream)
@@ -114,13 +163,7 @@ class Streams:
             LOG.debug("stream %s: seq %d again, ignored", chunk.id, chunk.seq)
             return
         if chunk.seq > stream.next_seq + self._settings.max_seq_ahead:
-            self._error(
-                ErrorCode.INVALID_REQUEST,
-                f"seq: {chunk.seq} is far out of range for stream {chunk.id!r} (next expected {stream.next_seq}, "
-                f"at most {self._settings.max_seq_ahead} ahead); chunk ignored",
-                chunk.id,
-                "seq",
-            )
+            self._seq_out_of_range(chunk, stream.next_seq)
             return
         waiting = sum(len(early.text) for early in stream.waiting.values())
         if chunk.seq > stream.next_seq and stream.text.length + waiting + len(chunk.text) > self._settings.max_length:
@@ -210,10 +253,10 @@ class Streams:
         stream.waiting.clear()
         if not stream.text.ended:
             stream.text.end()
-        self._remember(stream_id, how)
+        self._remember(stream_id, how, stream.next_seq)
 
-    def _remember(self, stream_id: str, how: str) -> None:
-        self._ended[stream_id] = how  # the oldest is forgotten first when ENDED_MAX are kept
+    def _remember(self, stream_id: str, how: str, next_seq: int) -> None:
+        self._ended[stream_id] = _Ended(how, next_seq)  # the oldest is forgotten first when ENDED_MAX are kept
 
     # ----------------------------------------------------------------------------------- outbound
 
@@ -223,8 +266,8 @@ class Streams:
             return
         if event.id in self._open:
             self._finish(event.id, event.event_type.value)
-        elif event.id in self._ended:  # ended by `end` or the timeout; now its request has ended too
-            self._remember(event.id, event.event_type.value)
+        elif (ended := self._ended.get(event.id)) is not None:  # ended by `end` or the timeout; now its request too
+            self._remember(event.id, event.event_type.value, ended.next_seq)
 
     def close(self) -> None:
         for stream_id in list(self._open):

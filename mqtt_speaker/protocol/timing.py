@@ -4,6 +4,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+from mqtt_speaker.clock import clock_synchronized
 from mqtt_speaker.protocol.payloads import RequestRejected
 from mqtt_speaker.speech.vocabulary import ErrorCode, SayRequest, Warning_
 
@@ -40,3 +44,30 @@ def check_at(request: SayRequest, arrived: float, max_ahead: float) -> Warning_ 
         message=f"at: {-ahead:.3f} s in the past; it starts as soon as it can (late_ms in started says by how "
         "much), or is dropped as expired once its ttl has run out since then",
     )
+
+
+CLOCK_WARNING_EVERY = 3600.0  # seconds: an unsynchronized clock is said once an hour, not on every broadcast
+
+
+class ClockWatch:
+    """A warning when a synchronized request is placed on a clock the kernel says is not synchronized (no
+    NTP): across machines its shared instant is then only as good as that clock. At most once an hour."""
+
+    def __init__(self, synchronized: Callable[[], bool | None] = clock_synchronized) -> None:
+        self._synchronized = synchronized
+        self._said: float | None = None
+
+    def check(self, instant: float | None) -> Warning_ | None:
+        if instant is None or self._synchronized() is not False:
+            return None
+        now = time.monotonic()
+        if self._said is not None and now - self._said < CLOCK_WARNING_EVERY:
+            return None
+        self._said = now
+        return Warning_(
+            code=ErrorCode.CLOCK_UNSYNCHRONIZED,
+            field="at",
+            message="at: this speaker's clock is not synchronized (no NTP), so its shared start may be off from "
+            "the other rooms' by the clock's own error; run chrony or systemd-timesyncd (docs/sync.md). "
+            "Said once an hour",
+        )

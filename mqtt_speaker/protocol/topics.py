@@ -10,6 +10,9 @@
 <base>/<site>/cache/warm     in   JSON list of texts or say requests: synthesize into the cache, not played
 <base>/all/...               in   every command above, for every speaker (a say starts in sync, sync.py)
 <base>/group/<name>/...      in   every command above, for the members of a group ([sync] groups)
+<base>/all/shared/<key>/start  both  a broadcast synthesized once for the house: who, how (retained while it lasts)
+<base>/all/shared/<key>/audio  both  its audio, as frames (binary, never retained; protocol/fanout.py)
+<base>/+/availability, /state  in   every room's, for the house: who synthesizes a broadcast
 <prefix>/device/<site>/config          out  Home Assistant discovery (retained); prefix "homeassistant"
 <prefix>/<platform>/<site>/<id>/config out  the same, one topic per entity (for Home Assistant < 2024.11)
 <prefix>/status                        in   Home Assistant's birth message: discovery is sent again
@@ -26,6 +29,7 @@ from enum import StrEnum
 
 BROADCAST_SITE = "all"
 GROUP_LEVEL = "group"
+SHARED_LEVEL = "shared"  # <base>/all/shared/<key>/...: a broadcast's audio, synthesized once for the house
 ONLINE, OFFLINE = "online", "offline"  # the availability topic's payloads (offline is the last will)
 
 
@@ -112,4 +116,42 @@ class Topics:
 
     def is_broadcast(self, topic: str) -> bool:
         """The topic reaches more than this speaker: 'all' or one of our groups."""
-        return not topic.startswith(f"{self.base}/{self.site}/") and self.parse_command(topic) is not None
+        return self.scope(topic) is not None
+
+    def scope(self, topic: str) -> str | None:
+        """A broadcast topic's scope, 'all' or 'group/<name>'; None for this speaker's own topics."""
+        for prefix in self._prefixes()[1:]:  # 'all', then the groups
+            if topic.startswith(prefix) and self.parse_command(topic) is not None:
+                return prefix.removeprefix(f"{self.base}/").removesuffix("/")
+        return None
+
+    # The house: every room's retained availability and state, and the shared audio of broadcasts.
+
+    @property
+    def house(self) -> list[str]:
+        """Every room's availability and state (retained): who is there, its engine, its groups."""
+        return [f"{self.base}/+/availability", f"{self.base}/+/state"]
+
+    def room_of(self, topic: str) -> tuple[str, str] | None:
+        """(site, 'availability' or 'state') of a room's topic, or None."""
+        parts = topic.split("/")
+        if len(parts) == 3 and parts[0] == self.base and parts[2] in ("availability", "state"):
+            return parts[1], parts[2]
+        return None
+
+    @property
+    def shared(self) -> str:
+        """Every broadcast's shared audio: <base>/all/shared/<key>/start (retained while it lasts) and
+        <base>/all/shared/<key>/audio (frames, never retained)."""
+        return f"{self.base}/{BROADCAST_SITE}/{SHARED_LEVEL}/#"
+
+    def shared_topic(self, key: str, kind: str) -> str:
+        return f"{self.base}/{BROADCAST_SITE}/{SHARED_LEVEL}/{key}/{kind}"
+
+    def parse_shared(self, topic: str) -> tuple[str, str] | None:
+        """(key, 'start' or 'audio') of a shared-audio topic, or None."""
+        prefix = f"{self.base}/{BROADCAST_SITE}/{SHARED_LEVEL}/"
+        parts = topic.removeprefix(prefix).split("/") if topic.startswith(prefix) else []
+        if len(parts) == 2 and parts[1] in ("start", "audio") and parts[0]:
+            return parts[0], parts[1]
+        return None

@@ -19,6 +19,7 @@ class AudioChunk:
     samples: Pcm
     sample_rate: int
     segment: int
+    spoken: int | None = None  # characters of the segment whose audio is complete at this chunk's end, when known
 
     @property
     def is_speech(self) -> bool:

@@ -13,17 +13,44 @@ from __future__ import annotations
 import asyncio
 import re
 import string
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from mqtt_speaker.speech.vocabulary import SayRequest, Segment
 
-# A sentence ends at . ! ? or … (and any closing quotes or brackets) followed by white space, or at a
-# blank line. At the very end of the text so far the punctuation alone counts (a writer sends the space
-# with the next word), unless a digit comes before it ("3." may go on as "3.14").
-_BOUNDARY = re.compile(r"[.!?…]+[\"')\]\u2019\u201d\u00bb]*(?:\s+|$)|\n\s*\n")
-_ABBREVIATIONS = frozenset("mr mrs ms dr st prof sr jr vs etc e.g i.e approx no fig".split())
-CLAUSE_MARKS = string.whitespace + ",;:.!?"
+# Where a sentence ends, in every language Cartesia speaks (speech/emotions.py's LANGUAGES):
+# - at . ! ? or … (and any closing quotes or brackets) followed by white space, as in Latin, Cyrillic,
+#   Greek, Hebrew, Georgian, Korean and the scripts of South India; or followed at once by a Chinese,
+#   Japanese or Korean character (those scripts put no space after a sentence);
+# - at a mark that ends a sentence by itself, space or none: the ideographic full stop and the full-width
+#   ! ? . of Chinese and Japanese (。 U+FF61 U+FF01 U+FF1F U+FF0E), the danda of Hindi, Marathi, Bengali,
+#   Punjabi and Odia (। ॥), the Arabic question mark (؟) and the Urdu full stop (U+06D4), the Greek
+#   question mark (; after a Greek letter, or U+037E), and ‼ ⁇ ⁈ ⁉ ‽;
+# - in Thai, which has no sentence punctuation, at a space between two Thai letters;
+# - at a blank line.
+# At the very end of the text so far the punctuation alone counts (a writer sends the space with the next
+# word), unless a digit comes before a full stop ("3." may go on as "3.14").
+_CLOSERS = "\"')\\]\u2019\u201d\u00bb\u300d\u300f\u3011\u3015\u3009\u300b\uff09\uff3d\uff02"
+_CJK = "\u1100-\u11ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_BY_ITSELF = "\u3002\uff61\uff01\uff1f\uff0e\u0964\u0965\u061f\u06d4\u037e\u203c\u2047\u2048\u2049\u203d"
+_GREEK = "\u0370-\u03ff\u1f00-\u1fff"
+_THAI = "\u0e01-\u0e5b"
+_BOUNDARY = re.compile(
+    f"(?:[.!?\u2026]+|(?<=[{_GREEK}]);)[{_CLOSERS}]*(?:\\s+|$|(?=[{_CJK}]))"
+    f"|[{_BY_ITSELF}]+[.!?\u2026{_BY_ITSELF}]*[{_CLOSERS}]*\\s*"
+    f"|(?<=[{_THAI}])\\s+(?=[{_THAI}]|$)"
+    "|\\n\\s*\\n"
+)
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr st prof sr jr vs etc e.g i.e approx no fig "  # English
+    "bzw ca usw vgl nr hr str "  # German
+    "mme mlle "  # French
+    "sra srta ud uds "  # Spanish
+    "sig dott "  # Italian
+    "dhr mevr".split()  # Dutch
+)
+CLAUSE_MARKS = string.whitespace + ",;:.!?\u2026\u3001\uff0c" + _BY_ITSELF
 MIN_WORDS = 3  # after the first sentence, a continuation carries at least this many whole words
 MAX_HELD = 300  # characters without a sentence end: pushed up to the last space rather than held on
 
@@ -48,6 +75,15 @@ class Piece:
     closes: bool
 
 
+NOTHING_TO_SPEAK = "nothing to speak (only white space and punctuation)"
+
+
+def speakable(text: str) -> bool:
+    """Something in `text` can be spoken: a letter, a digit or a symbol (an emoji, a currency sign), not
+    only white space and punctuation."""
+    return any(unicodedata.category(char)[0] in "LNS" for char in text)
+
+
 def sentence_end(text: str) -> int:
     """The length of the longest prefix of `text` that ends at a sentence boundary (0: none yet)."""
     cut = 0
@@ -55,12 +91,20 @@ def sentence_end(text: str) -> int:
         end = match.end()
         head = text[: match.start()]
         word = head.rsplit(None, 1)[-1].lower() if head.strip() else ""
-        if word.rstrip(".") in _ABBREVIATIONS or (len(word) == 1 and word.isalpha() and match.group()[0] == "."):
+        stop = match.group()[0] == "."
+        if stop and _abbreviation(word):
             continue
-        if end == len(text) and not match.group()[-1].isspace() and head[-1:].isdigit():
+        if stop and end == len(text) and not match.group()[-1].isspace() and head[-1:].isdigit():
             continue
         cut = end
     return cut
+
+
+def _abbreviation(word: str) -> bool:
+    """A word that a full stop ends without ending the sentence: a known abbreviation, a single letter (an
+    initial), or one with a stop inside ("z.B.", "U.S.")."""
+    word = word.rstrip(".")
+    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or "." in word
 
 
 def words_end(text: str) -> int:
@@ -102,6 +146,11 @@ class LiveText:
     def length(self) -> int:
         return sum(len(run.text) for run in self.runs)
 
+    @property
+    def whole(self) -> str:
+        """The text so far, every run's."""
+        return "".join(run.text for run in self.runs)
+
     def segments(self) -> tuple[Segment, ...]:
         """The text so far as segments (a run's text with its settings)."""
         return tuple(run.voice.model_copy(update={"text": run.text}) for run in self.runs)
@@ -140,12 +189,12 @@ class LiveText:
             run = self.runs[segment]
             rest = run.text[offset:]
             if segment < len(self.runs) - 1 or self.ended:  # the run is complete
-                if rest or opened:
+                if opened or speakable(rest):
                     yield Piece(segment, offset, rest, run.voice, closes=True)
                 segment, offset, opened = segment + 1, 0, False
                 continue
             cut = sentence_end(rest) or hold_point(rest) or (continuations and opened and words_end(rest))
-            if cut:
+            if cut and (opened or speakable(rest[:cut])):  # a run never begins with nothing to say ("...")
                 yield Piece(segment, offset, rest[:cut], run.voice, closes=False)
                 offset, opened = offset + cut, True
                 continue

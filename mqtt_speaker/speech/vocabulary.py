@@ -24,6 +24,8 @@ MAX_SEGMENTS = 64
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 EngineName = Literal["cartesia", "piper", "espeak"]
+# Best first: of the rooms online, one with the best engine synthesizes a broadcast the house shares.
+ENGINE_PREFERENCE: tuple[EngineName, ...] = ("cartesia", "piper", "espeak")
 
 
 class EngineChoice(StrEnum):
@@ -77,6 +79,8 @@ class ErrorCode(StrEnum):
     STREAM_GAP = "stream_gap"
     TOO_MANY_STREAMS = "too_many_streams"
     TEXT_TOO_LONG = "text_too_long"
+    INVALID_FRAME = "invalid_frame"
+    CLOCK_UNSYNCHRONIZED = "clock_unsynchronized"
 
 
 class Warning_(BaseModel):
@@ -85,6 +89,10 @@ class Warning_(BaseModel):
     code: ErrorCode
     field: str
     message: str
+
+    def report(self, request_id: str) -> ErrorReport:
+        """As published: a warning about request `request_id`."""
+        return ErrorReport(code=self.code, message=self.message, id=request_id, field=self.field, severity="warning")
 
 
 class Segment(BaseModel):
@@ -120,6 +128,10 @@ class SayRequest(BaseModel):
     cache: bool = True
     duck: bool = Field(default=True, description="Lower other audio while this plays (false: leave it alone)")
     duck_db: float | None = Field(default=None, description="How far, in dB, for this request; None: the default")
+    scope: str | None = Field(default=None, description="A broadcast: 'all' or 'group/<name>'; None: this room only")
+    shared: str | None = Field(
+        default=None, description="A broadcast whose audio the house shares: its key (one room synthesizes it)"
+    )
 
     @property
     def text(self) -> str:
@@ -178,12 +190,22 @@ class StartedEvent(Event):
     late_ms: int | None = Field(
         default=None, description="A synchronized start: how late its first sample was, 0 when on time; else None"
     )
+    synthesized_by: str | None = Field(default=None, description="The room (site) whose synthesis plays")
+    shared: bool = Field(default=False, description="It plays the house's shared audio of a broadcast")
 
 
 class FinishedEvent(Event):
     event_type: Literal[EventType.FINISHED] = EventType.FINISHED
     duration_ms: int = Field(description="Audio actually played")
-    engine: str
+    engine: str = Field(description="The engine that spoke its end")
+    fallback: bool = Field(default=False, description="A fallback engine spoke all or part of it (also mid-way)")
+    fallback_reason: str | None = Field(default=None, description="Why the engine asked first did not speak it all")
+    synthesized_by: list[str] = Field(
+        default_factory=list, description="The rooms (sites) whose synthesis was played, in order"
+    )
+    shared: bool = Field(
+        default=False, description="It played the house's shared audio of a broadcast, at least in part"
+    )
 
 
 InterruptReason = Literal["stop", "skip", "priority", "shutdown"]
@@ -240,6 +262,11 @@ class StateReport(BaseModel):
         default=None, description="The system clock is synchronized (NTP); None where the system cannot tell"
     )
     duck_db: float = Field(description="Other audio is lowered by this many dB while speaking (0: not at all)")
+    clock_error_ms: float | None = Field(
+        default=None, description="The kernel's estimate of the system clock's error (NTP), ms; None where unknown"
+    )
+    groups: list[str] = Field(default_factory=list, description="The speaker groups this speaker belongs to")
+    shares: bool = Field(default=True, description="It takes part in broadcasts synthesized once for the house")
     version: str = __version__
 
 
