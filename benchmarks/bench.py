@@ -164,7 +164,7 @@ def run(count: int, idle_seconds: float) -> dict[str, Any]:  # noqa: PLR0915 - o
             local.stop()
 
         # 4. CPU per second of speech, CPU quotas and memory, beside pacat and a minimal player.
-        results["cpu"] = cpu.run(broker, observer, capture, work, cartesia, pulse.env)
+        results["cpu"] = cpu.run(broker, observer, capture, work, cartesia, pulse)
 
     results.update(
         {

@@ -28,18 +28,35 @@ class TimedCapture:
     """parec into memory, with the arrival time of every block, to map samples onto the wall clock."""
 
     def __init__(self, pulse: PulseAudio) -> None:
-        self._proc = subprocess.Popen(
-            parec_args(pulse.monitor), env={**os.environ, **pulse.env}, stdout=subprocess.PIPE
-        )
+        self._pulse = pulse
         self._data = bytearray()
         self._marks: list[tuple[float, int]] = []  # (arrival time, samples received so far)
         self._lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
-        wait_until(lambda: self.samples() > 0, 10, "parec")
+        self._proc = self._start()
 
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        while block := self._proc.stdout.read1(2048):  # type: ignore[attr-defined]
+    def _start(self) -> subprocess.Popen[bytes]:
+        before = self.samples()
+        proc = subprocess.Popen(
+            parec_args(self._pulse.monitor), env={**os.environ, **self._pulse.env}, stdout=subprocess.PIPE
+        )
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+        wait_until(lambda: self.samples() > before, 10, "parec")
+        return proc
+
+    @contextmanager
+    def detached(self) -> Iterator[None]:
+        """No capture for a while: a capture client asks for 20 ms of latency, which lowers the sink's own
+        (a pipe sink's, a null sink's, an ALSA sink's). Meanwhile the sink is at its own latency, as where
+        nothing records it; what is captured after goes on in the same record."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self._proc = self._start()
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        while block := proc.stdout.read1(2048):  # type: ignore[attr-defined]
             now = time.monotonic()
             with self._lock:
                 self._data += block

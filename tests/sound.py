@@ -87,6 +87,14 @@ class PulseAudio:
         wait_until(lambda: self.pactl("info").returncode == 0, 20, "PulseAudio to answer")
         return self
 
+    def restart(self) -> None:
+        """The server stopped and started again, on the same socket, runtime directory and home (what it saved
+        kept), as `systemctl --user restart pulseaudio` does; every client loses its connection, and modules
+        loaded since it started are gone."""
+        if self._proc is not None:
+            terminate(self._proc, 5)
+        self.start()
+
     @property
     def sink_arguments(self) -> str:
         fifo = self.dir / "sink.fifo"

@@ -1,16 +1,19 @@
 """End to end: music on the same PulseAudio sink is lowered while the daemon speaks, and brought back.
 
-The music is `paplay` playing a 3 kHz tone with media.role=music; the daemon speaks through the Cartesia
-emulator (200 Hz tones). The sink's monitor is captured and the music's own level is measured at its own
-frequency, 10 ms at a time.
+The music is `paplay` playing a 3 kHz tone with media.role=music (or silence: a stream merely open, as
+snapclient and MPD keep one); the daemon speaks through the Cartesia emulator (200 Hz tones), ducking at
+its default unless a test says otherwise. The sink's monitor is captured and the music's own level is
+measured at its own frequency, 10 ms at a time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from mqtt_speaker.playback.ducking import FADE_DOWN, FADE_UP, LINGER
+from mqtt_speaker.playback.ducking import FADE_DOWN
 from tests import pipewire
 from tests.conftest import Broker, Daemon, spoken_ok
 from tests.sound import RATE, Capture, PulseAudio, Signal, terminate, wait_until
@@ -35,13 +38,27 @@ FULL_DB = 20 * np.log10(MUSIC_AMPLITUDE)
 NO_SINK = "4294967295"  # pactl's sink index of a stream on no sink (PA_INVALID_INDEX)
 
 
-class Music:
-    """`paplay` of a long tone, tagged media.role=music, as a music player would play it."""
+# The music must be back (within 1 dB) this soon after the last word when nothing follows; the design's
+# target is 0.6 s (benchmarks/ducking.py measures it), 1 s allows for a busy machine.
+BACK_WITHIN = 1.0
 
-    def __init__(self, pulse: PulseAudio, directory: Path, seconds: float = 40.0) -> None:
-        self.path = directory / "music.wav"
+
+class Music:
+    """`paplay` of a long tone, tagged media.role=music, as a music player would play it (amplitude 0: a
+    stream merely open, playing silence, as snapclient and MPD keep one when nothing plays)."""
+
+    def __init__(
+        self,
+        pulse: PulseAudio,
+        directory: Path,
+        seconds: float = 40.0,
+        amplitude: float = MUSIC_AMPLITUDE,
+        app: str = "test-music",
+    ) -> None:
+        self.app = app
+        self.path = directory / f"music-{amplitude}.wav"
         t = np.arange(int(seconds * RATE)) / RATE
-        tone = (MUSIC_AMPLITUDE * np.sin(2 * np.pi * MUSIC_HZ * t) * 32767).astype("<i2")
+        tone = (amplitude * np.sin(2 * np.pi * MUSIC_HZ * t) * 32767).astype("<i2")
         with wave.open(str(self.path), "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(2)
@@ -52,7 +69,7 @@ class Music:
 
     def start(self) -> Music:
         self.proc = subprocess.Popen(
-            ["paplay", "--property=media.role=music", "--property=application.name=test-music", str(self.path)],
+            ["paplay", "--property=media.role=music", f"--property=application.name={self.app}", str(self.path)],
             env={**os.environ, **self._pulse.env},
         )
         # On PipeWire a new stream shows on no sink and at 0 % until WirePlumber has linked it.
@@ -65,7 +82,7 @@ class Music:
 
     def sink_input(self) -> dict[str, str] | None:
         """The music's sink input: its properties, plus 'index' and 'volume' (pactl's text)."""
-        return next((s for s in sink_inputs(self._pulse) if s.get("application.name") == "test-music"), None)
+        return next((s for s in sink_inputs(self._pulse) if s.get("application.name") == self.app), None)
 
     def volume(self) -> str:
         stream = self.sink_input()
@@ -129,8 +146,8 @@ def largest_step(level: Signal) -> float:
 
 
 # Switched at once, the level would fall DEPTH in one step; faded, it moves by what one of the server's
-# mixing blocks (about 20 ms here) takes of the fade: about 1 dB, 2.5 dB seen on a busy machine.
-MAX_STEP = DEPTH / 4
+# mixing blocks (about 20 ms here) takes of the fade down (0.12 s): about 2 dB, 3.2 dB seen on a busy machine.
+MAX_STEP = DEPTH / 3
 
 
 def wait_level(capture: Capture, predicate: Callable[[Signal], bool], what: str, timeout: float = 30) -> Signal:
@@ -213,8 +230,8 @@ def lowered_while_speaking_and_back(daemon: Daemon, pulse: PulseAudio, music: Mu
     assert (first - fade_start) * WINDOW / RATE <= FADE_DOWN + 0.2
     # ... back within 1 dB after (the lingering pause, then the fade up) ...
     assert np.all(np.abs(level[-50:] - FULL_DB) <= 1.0)
-    back = last + int((LINGER + FADE_UP + 0.5) * RATE / WINDOW)
-    assert back < level.size and np.all(np.abs(level[back:] - FULL_DB) <= 1.0)
+    back = last + int(BACK_WITHIN * RATE / WINDOW)  # the last word, then nothing queued: back soon
+    assert back < level.size and np.all(np.abs(level[back:] - FULL_DB) <= 1.0), level[last:back].round(1)
     # ... with no click: the level glides, a hard switch would be a 12 dB step.
     music_on = level[int(np.flatnonzero(level > FULL_DB - 3)[0]) :]
     assert largest_step(music_on) < MAX_STEP, largest_step(music_on)
@@ -281,7 +298,7 @@ def test_duck_false_leaves_the_music_alone(
         spoken_ok(daemon, "duck-3")
         x = capture.signal()
         # what would be the lingering pause and the fade up, had it ducked
-        wait_until(lambda: capture.signal().size > x.size + (LINGER + FADE_UP) * RATE, 10, "the would-be fade up")
+        wait_until(lambda: capture.signal().size > x.size + BACK_WITHIN * RATE, 10, "the would-be fade up")
         x = capture.signal()
     level = music_level(x)
     assert speech_windows(x).size, "the voice was not heard"
@@ -398,7 +415,7 @@ def test_a_volume_change_made_while_ducked_stands(
         spoken_ok(daemon, "duck-6")
         # 50% on PulseAudio's cubic scale is about -18 dB; it is not raised back to full.
         x = wait_level(capture, at(FULL_DB - 18.06, 1.0), "the music at the level the user chose")
-        wait_until(lambda: capture.signal().size > x.size + (LINGER + FADE_UP) * RATE, 10, "the would-be fade up")
+        wait_until(lambda: capture.signal().size > x.size + BACK_WITHIN * RATE, 10, "the would-be fade up")
         x = capture.signal()
     assert np.all(np.abs(music_level(x)[-50:] - (FULL_DB - 18.06)) <= 1.0)
     # ... nor lowered again for the rest of the announcement (from 0.1 s after the change on). The change is
@@ -530,3 +547,142 @@ def test_a_new_stream_that_inherits_the_lowered_volume_goes_back_to_its_own(
         assert music.volume() == "mono: 65536 / 100% / 0.00 dB"
     finally:
         server.pactl("unload-module", loaded.stdout.strip())
+
+
+def first_word_held(daemon: Daemon, player: Music, name: str, count: int = 5) -> float:
+    """How much later the first word comes with ducking than without it (ms, the median of `count` of each,
+    alternating; cache hits, so no synthesis hides a wait): `started`'s latency_ms is from the request's
+    arrival to its first sample handed to the sound server. Each ducked one begins with the player back at
+    its own volume."""
+    own = player.volume()
+    daemon.say(json.dumps({"id": f"{name}-fill", "text": "Held or not.", "duck": False}))  # into the cache
+    spoken_ok(daemon, f"{name}-fill")
+    latencies: dict[bool, list[int]] = {False: [], True: []}
+    for n in range(count):
+        for duck in (False, True):
+            request_id = f"{name}-{duck}-{n}"
+            daemon.say(json.dumps({"id": request_id, "text": "Held or not.", "duck": duck}))
+            started = daemon.wait_for_event(request_id, "started")
+            assert started["cached"], started
+            latencies[duck].append(started["latency_ms"])
+            spoken_ok(daemon, request_id)
+            wait_until(lambda: player.volume() == own, 10, "the player back at its own volume")
+    return statistics.median(latencies[True]) - statistics.median(latencies[False])
+
+
+def test_a_silent_stream_costs_the_first_word_nothing_and_music_is_down_by_it(
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, workdir: Path
+) -> None:
+    """A stream merely open, playing silence (snapclient, MPD): nothing to hear under the first word, so it
+    does not wait for the fade. Music: it does (up to the fade, 0.12 s, on a cache hit). Before, a silent
+    stream held every first word for the whole fade (0.25 s then), as music did."""
+    daemon = make_daemon(env, CACHE__ENABLED="true")
+    silence = Music(server, workdir, amplitude=0.0).start()
+    try:
+        silent_held = first_word_held(daemon, silence, "silence")
+    finally:
+        silence.stop()
+    music = Music(server, workdir).start()
+    try:
+        music_held = first_word_held(daemon, music, "music")
+    finally:
+        music.stop()
+    assert silent_held < 0.05 * 1000, (silent_held, music_held)  # the benchmark's target is 10 ms
+    assert music_held > FADE_DOWN / 2 * 1000, (silent_held, music_held)  # the music is down by the first word
+
+
+def test_a_say_waiting_for_its_instant_lowers_the_music_only_as_the_instant_nears(
+    make_daemon: Callable[..., Daemon], env: dict[str, str], server: PulseAudio, music: Music
+) -> None:
+    """Before, a say held for its `at` kept the music down for the whole wait (up to 60 s), with nothing said."""
+    daemon = make_daemon(env)
+    music.start()
+    with server.capture() as capture:
+        wait_level(capture, at(FULL_DB), "the music at full level")
+        begin = capture.signal().size // WINDOW * WINDOW
+        daemon.say(json.dumps({"id": "later", "text": "It is time.", "at": time.time() + 4}))
+        spoken_ok(daemon, "later", timeout=30)
+        x = wait_level(capture, at(FULL_DB), "the music back at full level")[begin:]
+    level = steady(music_level(x))
+    speech = speech_windows(x)
+    assert speech.size, "the voice was not heard"
+    first, last = int(speech[0]), int(speech[-1])
+    assert first > 300, "it did not wait for its instant"
+    # At its own level while the say waits, until shortly before its instant (0.37 s; 1 s allowed) ...
+    waiting = level[: first - 100]
+    assert np.all(np.abs(waiting - FULL_DB) <= 1.0), (waiting.min(), int(np.argmin(waiting)), first)
+    # ... and down by the depth over its words.
+    during = level[first : last + 1]
+    assert np.all(np.abs(during - (FULL_DB - DEPTH)) <= 2.0), (during.min(), during.max())
+
+
+# ---------------------------------------------------------------------------------- sound server restarts
+
+
+@pytest.fixture
+def restartable() -> Iterator[PulseAudio]:
+    """A PulseAudio of the test's own, to restart (the session's is shared)."""
+    server = PulseAudio().start()
+    yield server
+    server.stop()
+
+
+def test_a_sound_server_restart_mid_announcement_never_leaves_the_music_down(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], restartable: PulseAudio, workdir: Path
+) -> None:
+    """The server remembers each role's volume (module-stream-restore, in every stock setup) and saves the
+    lowered one while we speak; then it restarts. A player of that role (here another one: the server keeps
+    the volume by role) connects after the daemon has (snapclient and MPD come back on their own), gets
+    the lowered volume the server remembered, and must still end at its own. Before, what the daemon had
+    lowered was looked for only by its index and process id, which a restarted server gives out anew: the
+    music stayed down for good."""
+    server = restartable
+    assert server.pactl("load-module", "module-stream-restore").returncode == 0
+    daemon = make_daemon({**cartesia_env, **server.env}, AUDIO__DUCK_DB=str(DEPTH))
+    music = Music(server, workdir)
+    before = music.start().volume()
+    try:
+        with server.capture() as capture:
+            wait_level(capture, at(FULL_DB), "the music at full level")
+            daemon.say(json.dumps({"id": "cut", "text": SENTENCE * 3}))
+            daemon.wait_for_event("cut", "started")
+            wait_level(capture, at(FULL_DB - DEPTH, 1.0), "the music lowered")
+        server.restart()  # the player, the capture and the daemon's connections end with it
+        music.stop()
+        assert server.pactl("load-module", "module-stream-restore").returncode == 0
+        daemon.wait_terminal("cut")
+        wait_until(lambda: "ducking works again" in daemon.log(), 10, "the daemon to reach the server again")
+        time.sleep(1.0)  # the player reconnects a while after the server is back
+        music = Music(server, workdir, app="another-player").start()
+        with server.capture() as capture:
+            wait_level(capture, at(FULL_DB), "the music back at its own level")
+        assert music.volume() == before
+    finally:
+        music.stop()
+
+
+def test_the_first_announcement_after_a_sound_server_restart_is_lowered_from_its_first_word(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], restartable: PulseAudio, workdir: Path
+) -> None:
+    """Before, a connection the server had dropped was noticed only when the next announcement used it, and
+    the daemon waited a second before connecting again: that announcement began over full-level music."""
+    server = restartable
+    daemon = make_daemon({**cartesia_env, **server.env}, AUDIO__DUCK_DB=str(DEPTH))
+    daemon.say(json.dumps({"id": "before-restart", "text": "Connected."}))  # the daemon is settled in
+    spoken_ok(daemon, "before-restart")
+    time.sleep(2.0)  # idle a while, as between announcements (the music back up long since)
+    server.restart()
+    music = Music(server, workdir)
+    music.start()
+    try:
+        with server.capture() as capture:
+            wait_level(capture, at(FULL_DB), "the music at full level")
+            daemon.say(json.dumps({"id": "after-restart", "text": SENTENCE}))
+            spoken_ok(daemon, "after-restart")
+            x = wait_level(capture, at(FULL_DB), "the music back at full level")
+    finally:
+        music.stop()
+    speech = speech_windows(x)
+    assert speech.size, "the voice was not heard"
+    during = steady(music_level(x))[int(speech[0]) : int(speech[-1]) + 1]
+    assert np.all(np.abs(during - (FULL_DB - DEPTH)) <= 2.0), (during.min(), during.max())

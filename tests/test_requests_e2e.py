@@ -171,8 +171,13 @@ def test_state_is_retained_and_follows_speaking(
         "quiet": False,
         "quiet_now": False,
         "clock_synchronized": clock_synchronized(),  # this machine's, as the daemon reads it (docs/sync.md)
+        "clock_error_ms": state["clock_error_ms"],  # the kernel's estimate moves: checked below
+        "groups": [],
+        "shares": True,
         "duck_db": 12.0,
     }
+    error = state["clock_error_ms"]
+    assert error is None if not clock_synchronized() else isinstance(error, float) and error >= 0, error
     availability = daemon.observer.on(daemon.topic("availability"))
     assert availability[-1].payload == b"online"
     # A client that subscribes now is handed the retained state and availability.

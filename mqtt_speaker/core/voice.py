@@ -275,7 +275,9 @@ class Voice:
         server is lowered meanwhile (ducking.py), chime included, unless the request says `"duck": false`."""
         request = job.request
         depth = request.duck_db if request.duck_db is not None else self._defaults.current.duck_db
-        lowered = self._ducker.hold(depth) if self._ducker is not None and request.duck and depth > 0 else None
+        lowered = None
+        if self._ducker is not None and request.duck and depth > 0:  # a synchronized start: only as it nears
+            lowered = self._ducker.hold(depth, at=request.start_at)
         try:
             return await self._speak(job, lowered)
         finally:

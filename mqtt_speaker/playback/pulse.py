@@ -57,7 +57,7 @@ LOG = logging.getLogger(__name__)
 _PA_STREAM_PLAYBACK = 1
 _PA_SAMPLE_S16LE = 3
 _PA_DEFAULT = 0xFFFFFFFF  # (uint32_t) -1: the server chooses
-FLUSH_LEAD = 0.003  # seconds the flush takes to reach the server: the fade starts that much later
+FLUSH_LEAD = 0.003  # seconds the flush takes to reach the server: the fade starts that much later (without a report)
 QUOTA_MARGIN = 0.02  # seconds queued beyond the longest pause a CPU quota can impose
 PLACE_MARGIN = 0.05  # seconds: a synchronized start is placed in two steps, the second this far ahead
 TOP_UP = 0.5  # the server's buffer is filled up again once it holds less than this share of it
@@ -318,6 +318,13 @@ class PulseStream:
             with self._locked():
                 self._pulse.pa_operation_unref(operation)
 
+    def read_position(self) -> int | None:
+        """Frames of the stream the server has read (mixed into the sink) so far: where it reads on, from a
+        report asked for now; None when it cannot say."""
+        self._update_timing()
+        info = self._timing()
+        return None if info is None else int(info.read_index) // 2
+
     def flush(self) -> None:
         """Drop everything queued: silence at once."""
         error = ctypes.c_int(0)
@@ -341,7 +348,7 @@ class _Utterance:
         self.ended = False  # no more audio will come
         self.fade: int | None = None  # frames to fade out over: a stop was asked for
         self.done: Callable[[float], None] | None = None  # called once heard (or faded), with seconds heard
-        self.left: float | None = None  # seconds the last sample still had to go, when last asked
+        self.end_at: float | None = None  # monotonic: when its last sample is heard, once everything is written
 
 
 class _Writer:
@@ -509,7 +516,7 @@ class _Writer:
         elif utterance.start is not None:
             self._wait(self._place(stream, utterance, room, size, top_up))
         else:
-            self._finish(stream, utterance, stream.delay())
+            self._finish(stream, utterance)
         return True
 
     def _watch(self, level: int) -> None:
@@ -590,21 +597,21 @@ class _Writer:
         self._call(utterance.on_placed, late)
         return None
 
-    def _finish(self, stream: PulseStream, utterance: _Utterance, delay: float) -> None:
-        """Everything is written: pad with the prebuffer's silence once (a stream that ran dry plays
-        only once that much is queued), then wait until the last sample was heard."""
+    def _finish(self, stream: PulseStream, utterance: _Utterance) -> None:
+        """Everything is written: pad with the prebuffer's silence once (a stream that ran dry plays only once
+        that much is queued), then wait until the last sample is heard: when the server's timing (a report
+        asked for then) says, once. (Asked again later, a stream that ran dry reports the sink's delay,
+        frozen: waiting for it to go down held the end, and a stop, by up to twice the sink's latency.)"""
         if utterance.speech_at is None:  # nothing was written
             self._done(utterance, 0)
             return
-        if self._position == utterance.speech_at + utterance.written:
-            self._silence(stream, self._prebuffer_frames)
-            delay = stream.delay()
-        tail = (self._position - utterance.speech_at - utterance.written) / self._rate
-        left = delay - tail
-        # A stream that ran dry (everything handed to the sink) reports the sink's delay from then on,
-        # frozen: done once the delay stops going down, or is down to the padding.
-        if left > 0.002 and (utterance.left is None or left < utterance.left - 0.001):
-            utterance.left = left
+        if utterance.end_at is None:
+            if self._position == utterance.speech_at + utterance.written:
+                self._silence(stream, self._prebuffer_frames)
+            tail = (self._position - utterance.speech_at - utterance.written) / self._rate
+            utterance.end_at = time.monotonic() + stream.delay(fresh=True) - tail
+        left = utterance.end_at - time.monotonic()
+        if left > 0.002:
             with self._cond:
                 if utterance.fade is None and not self._closing:
                     self._cond.wait(left)
@@ -612,27 +619,46 @@ class _Writer:
         self._done(utterance, utterance.written)
 
     def _fade(self, stream: PulseStream, utterance: _Utterance, delay: float) -> None:
-        """Stop: flush the server's buffer and queue, in its place, `fade` frames of what was about to be
-        heard, ramped down to silence; report the seconds heard."""
+        """Stop: flush the server's buffer and queue, in its place, `fade` frames of what would have been heard
+        next, ramped down to silence; report the seconds heard.
+
+        What the flush dropped begins where the server reads our stream next (its report, asked for after
+        the flush): a sink that cannot take back what it holds (a pipe, a network tunnel, Bluetooth) still
+        plays that, and the fade goes on from its end. (Faded from what was being heard, as before, such a
+        sink played its last 0.2 s twice.) Without a report: from what was being heard."""
         frames = utterance.fade or 0
         heard = self._position - int(delay * self._rate)
+        stream.flush()
+        resume = stream.read_position()
+        if resume is None or not heard - self._rate * 0.01 <= resume <= self._position:
+            resume = min(heard + int(FLUSH_LEAD * self._rate), self._position)
         # Only its own audio is faded (what is queued before it, a synchronized start's silence, is not).
         speech_at = utterance.speech_at if utterance.speech_at is not None else self._position
-        start = max(heard + int(FLUSH_LEAD * self._rate), speech_at)
+        start = max(resume, speech_at)
         end_of_speech = speech_at + utterance.written
         tail = self._recent(start, min(frames, max(0, end_of_speech - start)))
-        stream.flush()
+        self._rewind(resume)  # the server writes on from there
         if tail.size:
             ramp = np.linspace(1.0, 0.0, tail.size, dtype=np.float32)
             self._send(stream, (tail * ramp).astype(np.int16))
         with self._cond:
             utterance.fade = None
             utterance.ended = True
-            utterance.left = None
+            utterance.end_at = None
             utterance.start = None  # a start still waiting for its instant is never placed
         utterance.written = max(0, min(start, end_of_speech) - speech_at) + tail.size
         # What is queued now is the fade: the utterance "ends" where the fade does (nothing was: at once).
         utterance.speech_at = self._position - utterance.written if utterance.written else None
+
+    def _rewind(self, position: int) -> None:
+        """The server's write index went back to `position` (a flush): so does ours, and what we wrote past it
+        is forgotten."""
+        while self._history and self._history[-1][0] >= position:
+            self._history.pop()
+        if self._history and (over := self._history[-1][0] + self._history[-1][1].size - position) > 0:
+            start, block = self._history.pop()
+            self._history.append((start, block[: block.size - over]))
+        self._position = position
 
     def _recent(self, start: int, frames: int) -> Pcm:
         """`frames` of what was written from stream position `start` on (empty if no longer kept)."""
