@@ -166,6 +166,7 @@ def test_state_is_retained_and_follows_speaking(
         "last_error": None,
         "version": state["version"],
         "volume": 100,
+        "muted": False,
         "emotion": "neutral",
         "voice": "Default",  # the configured voice, which has no name in `voices`
         "quiet": False,
