@@ -75,6 +75,17 @@ def test_a_bad_media_url_fails_with_its_error_and_the_next_request_is_spoken(
     assert daemon.alive()
 
 
+def test_a_chime_url_that_cannot_be_had_is_a_warning_and_the_speech_is_spoken(
+    make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str], media: MediaServer
+) -> None:
+    daemon = make_daemon(cartesia_env)
+    say(daemon, "chimeless", text="Spoken anyway", chime=media.url("missing"))
+    spoken_ok(daemon, "chimeless")
+    warning = daemon.wait_for_error(lambda e: e.get("id") == "chimeless")
+    assert (warning["code"], warning["field"], warning["severity"]) == ("media_unavailable", "chime", "warning")
+    assert warning["message"].startswith("chime: ") and warning["message"].endswith("played without it")
+
+
 def test_a_say_with_media_and_text_is_refused(make_daemon: Callable[..., Daemon], cartesia_env: dict[str, str]) -> None:
     daemon = make_daemon(cartesia_env)
     say(daemon, "both", text="Hello", media="http://example.invalid/x.mp3")

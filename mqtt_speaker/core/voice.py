@@ -162,15 +162,8 @@ class Voice:
             return _after(self._chime_or_nothing(fetched, request), speech)
         chime = await asyncio.to_thread(self._sounds.chunks, request.chime, self._output.sample_rate)
         if chime is None:
-            self._listener.on_error(
-                ErrorReport(
-                    code=ErrorCode.UNKNOWN_SOUND,
-                    message=f"chime: no sound {request.chime!r} in the sounds folder; the default chime is played",
-                    id=request.id,
-                    field="chime",
-                    severity="warning",
-                )
-            )
+            message = f"no sound {request.chime!r} in the sounds folder; the default chime is played"
+            self._chime_warning(request, ErrorCode.UNKNOWN_SOUND, message)
             chime = self._sounds.chunks(True, self._output.sample_rate) or []
         return _after(_each(chime), speech)
 
@@ -183,15 +176,11 @@ class Voice:
                 async for chunk in chunks:
                     yield chunk
         except SynthesisError as exc:
-            self._listener.on_error(
-                ErrorReport(
-                    code=exc.code,
-                    message=f"chime: {exc.message}; played without it",
-                    id=request.id,
-                    field="chime",
-                    severity="warning",
-                )
-            )
+            self._chime_warning(request, exc.code, f"{exc.message}; played without it")
+
+    def _chime_warning(self, request: SayRequest, code: ErrorCode, message: str) -> None:
+        report = ErrorReport(code=code, message=f"chime: {message}", id=request.id, field="chime", severity="warning")
+        self._listener.on_error(report)
 
     async def _source(
         self, engine: Engine, script: Script, voicing: Voicing
