@@ -508,7 +508,7 @@ class Ducker:
         loop's nudge, or `timeout` (None: none). A server that went away raises PulseDisconnected here, so
         it is noticed when it happens, not at the next announcement."""
         with self._cond:
-            if self._nudged:
+            if self._nudged or self._wanted.closing:  # closing: the next step ends it, no event is waited for
                 return
         if self._leftovers:  # looked for until given up (then forgotten, also in the file)
             left = self._leftovers_until - time.monotonic()
